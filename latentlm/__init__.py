@@ -1,0 +1,3 @@
+"""latentlm: latent-space language diffusion."""
+
+__version__ = "0.1.0"

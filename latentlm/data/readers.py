@@ -1,0 +1,123 @@
+"""Read documents from local text files, JSONL files, folders, or Hugging Face datasets.
+
+* ``.txt``: documents separated by blank lines; a file without blank lines is
+  read one document per line.
+* ``.jsonl``: one JSON object per line with a ``text`` field.
+* a folder: every ``.txt`` / ``.jsonl`` file below it, in sorted order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from latentlm.errors import DataError
+
+TEXT_SUFFIXES = (".txt", ".jsonl")
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not valid UTF-8 (byte {e.start}: {e.reason}); re-encode it as UTF-8, "
+            f"e.g. `iconv -f latin1 -t utf-8 {path.name}`"
+        ) from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_txt(path: Path) -> list[str]:
+    """Documents of a ``.txt`` file: split on blank lines, or one per line when there are none."""
+    text = _read_utf8(path).replace("\r\n", "\n")
+    if re.search(r"\n[ \t]*\n", text):
+        docs = re.split(r"\n[ \t]*\n", text)
+    else:
+        docs = text.split("\n")
+    return [d.strip() for d in docs if d.strip()]
+
+
+def read_jsonl(path: Path, field: str = "text") -> list[str]:
+    """Documents of a ``.jsonl`` file: the ``field`` of every non-empty line."""
+    docs = []
+    for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise DataError(f"{path}:{lineno}: expected an object with a string {field!r} field")
+        if record[field].strip():
+            docs.append(record[field].strip())
+    return docs
+
+
+def _files_of(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+        if not files:
+            raise DataError(f"folder {path} contains no .txt or .jsonl files")
+        return files
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist")
+    if path.suffix not in TEXT_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .txt or .jsonl")
+    return [path]
+
+
+def read_documents(paths: str | Path | Sequence[str | Path]) -> list[str]:
+    """Read every document of the given files and folders, in order.
+
+    Raises:
+        DataError: a path is missing, unsupported, not UTF-8, malformed, or no
+            document was found.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise DataError("no data path given")
+    docs: list[str] = []
+    for p in paths:
+        for f in _files_of(Path(p)):
+            docs.extend(read_jsonl(f) if f.suffix == ".jsonl" else read_txt(f))
+    if not docs:
+        raise DataError(f"no text found in {', '.join(str(p) for p in paths)} (files are empty)")
+    return docs
+
+
+def load_hf_dataset(
+    name_or_path: str, split: str = "train", *, field: str = "text", config: str | None = None
+) -> list[str]:
+    """Documents of a Hugging Face ``datasets`` dataset (a hub name or a local path).
+
+    Needs the optional ``datasets`` package (``pip install latentlm[hub]``).
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            "loading a Hugging Face dataset needs `datasets`: pip install 'latentlm[hub]'"
+        ) from None
+    try:
+        ds = datasets.load_dataset(name_or_path, config, split=split)
+    except Exception as e:  # datasets raises many types (FileNotFoundError, ConnectionError...)
+        raise DataError(f"cannot load dataset {name_or_path!r} split {split!r}: {e}") from e
+    if field not in ds.column_names:
+        raise DataError(f"dataset {name_or_path!r} has no {field!r} column; columns: {ds.column_names}")
+    docs = [t.strip() for t in ds[field] if isinstance(t, str) and t.strip()]
+    if not docs:
+        raise DataError(f"dataset {name_or_path!r} split {split!r} has no text")
+    return docs
+
+
+def iter_texts(docs: Iterable[str]) -> Iterable[str]:
+    """Documents with surrounding whitespace removed and empty ones dropped."""
+    for d in docs:
+        d = d.strip()
+        if d:
+            yield d

@@ -1,0 +1,83 @@
+"""Byte-level BPE tokenizer trained with `tokenizers`, saved as a `PreTrainedTokenizerFast`.
+
+Special tokens: ``<pad>`` (id 0), ``<eot>`` end of text (id 1), ``<mask>`` (id 2).
+The byte-level model has no unknown token and ``decode(encode(x)) == x``
+for any UTF-8 string (no normaliser, no prefix space, no clean-up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from latentlm.errors import CheckpointError, InputError
+
+PAD, EOT, MASK = "<pad>", "<eot>", "<mask>"
+SPECIAL_TOKENS = [PAD, EOT, MASK]
+DEFAULT_VOCAB_SIZE = 4096
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, *, min_frequency: int = 2
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts`` and wrap it for transformers."""
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise InputError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)}, got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """Wrap a raw `tokenizers.Tokenizer` with our special tokens."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        eos_token=EOT,
+        mask_token=MASK,
+        clean_up_tokenization_spaces=False,
+        model_max_length=1_000_000,
+    )
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a tokenizer folder saved by :func:`train_tokenizer` (``save_pretrained``).
+
+    Raises:
+        CheckpointError: the folder is missing or lacks our special tokens.
+    """
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise CheckpointError(f"{path} is not a tokenizer folder (no tokenizer.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as e:  # malformed json and friends
+        raise CheckpointError(f"cannot load tokenizer from {path / 'tokenizer.json'}: {e}") from e
+    check_special_tokens(tok, path)
+    return tok
+
+
+def check_special_tokens(tok: PreTrainedTokenizerFast, where: str | Path = "tokenizer") -> None:
+    """Raise if ``tok`` lacks the pad / end-of-text / mask tokens latentlm relies on."""
+    missing = [
+        name
+        for name, attr in (("pad", "pad_token_id"), ("end-of-text", "eos_token_id"), ("mask", "mask_token_id"))
+        if getattr(tok, attr, None) is None
+    ]
+    if missing:
+        raise CheckpointError(
+            f"tokenizer at {where} has no {', '.join(missing)} token; it was not made by "
+            "`latentlm train tokenizer` (train one with that command)"
+        )

@@ -1,0 +1,32 @@
+"""Typed errors raised by latentlm.
+
+Every failure caused by user input is one of these, with a message that says
+what was wrong and how to fix it. They subclass the closest builtin so that
+callers catching ``ValueError`` / ``FileNotFoundError`` keep working.
+"""
+
+from __future__ import annotations
+
+
+class LatentLMError(Exception):
+    """Base class of every error latentlm raises on purpose."""
+
+
+class ConfigError(LatentLMError, ValueError):
+    """A preset, config file or ``--set`` override is invalid."""
+
+
+class DataError(LatentLMError, ValueError):
+    """A data file or folder is missing, empty, unreadable or malformed."""
+
+
+class InputError(LatentLMError, ValueError):
+    """An argument to a public function is out of range or of the wrong shape."""
+
+
+class CheckpointError(LatentLMError, RuntimeError):
+    """A checkpoint or saved model folder is missing, corrupt or incompatible."""
+
+
+class TrainingDivergedError(LatentLMError, RuntimeError):
+    """The training loss became NaN or infinite."""

@@ -1,0 +1,504 @@
+"""The one training loop of latentlm, on accelerate, used by every model.
+
+``train(model, loss_fn, data, cfg, out_dir)`` runs AdamW with warmup + cosine
+(diffusers' ``get_scheduler``), gradient clipping and accumulation, mixed
+precision (decided once, in :func:`resolve_mixed_precision`), optional EMA
+(diffusers' ``EMAModel``), periodic validation, atomic checkpoints, resume,
+a tqdm bar with loss and tokens/s, a JSONL metrics log, a clear stop on a
+non-finite loss, and a checkpoint on SIGTERM / Ctrl-C.
+
+Data is any object with ``batch(step) -> dict[str, Tensor]`` returning the
+*global* batch of that step (e.g. :class:`latentlm.data.PackedBatches`).
+Because a batch depends only on the step, a resumed run sees exactly the
+batches an uninterrupted one would, and each data-parallel rank takes rows
+``rank::world_size`` of the same global batch.
+
+Checkpoint layout (``out_dir/checkpoints``)::
+
+    step-00000100/         accelerate save_state + trainer_state.json (written last)
+    latest                 one line naming the newest complete checkpoint
+
+A checkpoint is written to a temporary folder, checksummed, then renamed;
+``latest`` is replaced atomically afterwards, so it never names a half-written
+checkpoint. On resume a checkpoint that fails its checksums is skipped with a
+warning and the previous valid one is used. Optimizer and RNG state inside
+checkpoints are accelerate's pickled files: the one place latentlm reads
+pickles, and only from the user's own runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from latentlm.errors import CheckpointError, ConfigError, TrainingDivergedError
+
+Batch = dict[str, torch.Tensor]
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+
+
+class BatchSource(Protocol):
+    def batch(self, step: int) -> Batch: ...
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every model (``[<kind>.train]`` in presets)."""
+
+    steps: int = 1000
+    batch_size: int = 32  # global batch, sequences per optimizer step
+    grad_accum: int = 1
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # any diffusers get_scheduler name
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    mixed_precision: MixedPrecision = "auto"
+    ema_decay: float = 0.0  # 0 disables EMA
+    eval_every: int = 0  # 0: only at the end
+    eval_batches: int = 8
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    log_with: Literal["none", "tensorboard"] = "none"
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_batches", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "save_every", "grad_clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum})"
+            )
+
+
+@dataclass
+class LossOutput:
+    """What a loss function returns: the scalar to minimise and metrics to log."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+LossFn = Callable[[torch.nn.Module, Batch], LossOutput]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_loss: float
+    valid_loss: float | None
+    interrupted: bool
+    out_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_mixed_precision(choice: MixedPrecision) -> str:
+    """The single place where latentlm picks a compute dtype.
+
+    ``auto``: bf16 on CUDA GPUs that support it, fp16 on older GPUs, and bf16
+    on CPU (autocast; about 1.5x faster training on a modern x86 CPU).
+    """
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16"
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+STATE_FILE = "trainer_state.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new content, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def validate_checkpoint(path: Path) -> dict[str, Any]:
+    """Return a checkpoint's trainer state, or raise CheckpointError naming the bad file."""
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(f"{path} is incomplete: {STATE_FILE} is missing")
+    try:
+        state = json.loads(state_file.read_text("utf-8"))
+        manifest = state["files"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{state_file} is malformed: {e}") from None
+    for name, digest in manifest.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f} is corrupt (checksum mismatch)")
+    return state
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Checkpoints to try on resume, best first: the one ``latest`` names, then newest first."""
+    if not ckpt_root.is_dir():
+        return []
+    found = sorted((p for p in ckpt_root.glob("step-*") if p.is_dir()), reverse=True)
+    latest = ckpt_root / "latest"
+    if latest.is_file():
+        named = ckpt_root / latest.read_text("utf-8").strip()
+        if named in found:
+            found.remove(named)
+            found.insert(0, named)
+    return found
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _StopSignal:
+    """Turns SIGTERM / SIGINT into a flag checked after each step."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _TrainerState:
+    """Step counter checkpointed with accelerate's custom objects."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _count_tokens(batch: Batch) -> int:
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    if "input_ids" in batch:
+        return batch["input_ids"].numel()
+    return 0
+
+
+def _shard(batch: Batch, rank: int, world: int, accum: int) -> list[Batch]:
+    """Rows ``rank::world`` of the global batch, split into ``accum`` micro-batches."""
+    local = {k: v[rank::world] for k, v in batch.items()}
+    n = next(iter(local.values())).shape[0]
+    size = n // accum
+    return [{k: v[i * size : (i + 1) * size] for k, v in local.items()} for i in range(accum)]
+
+
+def default_export(model: torch.nn.Module, folder: Path) -> None:
+    model.save_pretrained(folder)  # type: ignore[operator]
+
+
+def train(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    data: BatchSource,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    valid_batches: list[Batch] | None = None,
+    resume: bool = True,
+    export: Callable[[torch.nn.Module, Path], None] | None = default_export,
+    stop_after: int | None = None,
+    run_config: dict[str, Any] | None = None,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``data`` with ``loss_fn``; checkpoint into and export to ``out_dir``.
+
+    Args:
+        model: any ``nn.Module``; exported with ``export(model, out_dir)`` at the end
+            (EMA weights when EMA is on).
+        loss_fn: ``loss_fn(model, micro_batch) -> LossOutput``.
+        data: ``data.batch(step)`` gives the global batch of a step.
+        cfg: optimisation settings.
+        out_dir: run folder: ``checkpoints/``, ``metrics.jsonl``, exported model.
+        valid_batches: fixed batches for validation loss.
+        resume: continue from the newest valid checkpoint in ``out_dir`` if any.
+        export: how to save the final model; None to skip.
+        stop_after: stop (with a checkpoint) once this step is reached, without
+            changing the schedule: for training in chunks.
+        run_config: saved as ``run_config.json`` for reproducibility.
+        accelerator: an existing Accelerator (one per process); made from cfg if None.
+        progress: show a tqdm bar on the main process.
+
+    Returns:
+        the final step, losses, and whether a signal interrupted the run.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite (the last
+            checkpoint is kept; nothing is exported).
+    """
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    if accelerator is None:
+        accelerator = Accelerator(
+            mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+            log_with=None if cfg.log_with == "none" else cfg.log_with,
+            project_dir=str(out_dir),
+        )
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ConfigError(
+            f"train.batch_size ({cfg.batch_size}) must be divisible by processes x grad_accum "
+            f"({world} x {cfg.grad_accum})"
+        )
+    set_seed(cfg.seed)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_root.mkdir(exist_ok=True)
+        if run_config is not None:
+            write_text_atomic(out_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
+
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        foreach=True,
+    )
+    scheduler = get_scheduler(
+        cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    state = _TrainerState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = EMAModel(unwrapped.parameters(), decay=cfg.ema_decay)
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    if cfg.log_with != "none":
+        accelerator.init_trackers(out_dir.name, config=asdict(cfg))
+
+    if resume:
+        _resume(accelerator, ckpt_root)
+
+    def save_checkpoint() -> None:
+        name = f"step-{state.step:08d}"
+        tmp = ckpt_root / f".tmp-{name}"
+        if main and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if main:
+            files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            write_text_atomic(tmp / STATE_FILE, json.dumps({"step": state.step, "files": files}))
+            _fsync_dir(tmp)
+            final = ckpt_root / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(ckpt_root)
+            write_text_atomic(ckpt_root / "latest", name + "\n")
+            for old in sorted(ckpt_root.glob("step-*"))[: -cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def evaluate() -> float | None:
+        if not valid_batches:
+            return None
+        model.eval()
+        losses = []
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), accelerator.autocast():
+            torch.manual_seed(cfg.seed + 1)
+            for vb in valid_batches[: cfg.eval_batches]:
+                vb = {k: v.to(accelerator.device) for k, v in vb.items()}
+                losses.append(float(loss_fn(model, vb).loss))
+        model.train()
+        return sum(losses) / len(losses)
+
+    history: list[dict[str, Any]] = []
+    metrics_file = out_dir / "metrics.jsonl"
+    last_loss, valid_loss, interrupted = float("nan"), None, False
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not (main and progress),
+               desc=out_dir.name, dynamic_ncols=True)
+    model.train()
+    tokens_seen, t0 = 0, time.perf_counter()
+    with _StopSignal() as stop:
+        while state.step < end:
+            micro_batches = _shard(data.batch(state.step), rank, world, cfg.grad_accum)
+            step_loss = torch.zeros((), device=accelerator.device)
+            step_metrics: dict[str, float] = {}
+            for i, mb in enumerate(micro_batches):
+                mb = {k: v.to(accelerator.device) for k, v in mb.items()}
+                sync = i == len(micro_batches) - 1
+                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
+                with ctx:
+                    with accelerator.autocast():
+                        out = loss_fn(model, mb)
+                    accelerator.backward(out.loss / cfg.grad_accum)
+                step_loss += out.loss.detach().float() / cfg.grad_accum
+                for k, v in out.metrics.items():
+                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+                tokens_seen += _count_tokens(mb) * world
+            if not torch.isfinite(step_loss):
+                bar.close()
+                raise TrainingDivergedError(
+                    f"loss became {step_loss.item()} at step {state.step}; nothing was saved after the "
+                    f"last checkpoint in {ckpt_root}. Lower train.lr, raise train.warmup_steps or set "
+                    "train.grad_clip, then resume."
+                )
+            if cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(unwrapped.parameters())
+            state.step += 1
+
+            last_loss = float(accelerator.reduce(step_loss, "mean"))
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == end:
+                elapsed = time.perf_counter() - t0
+                record = {"step": state.step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
+                          "tokens_per_s": tokens_seen / max(elapsed, 1e-9), **step_metrics}
+                if cfg.eval_every and state.step % cfg.eval_every == 0:
+                    valid_loss = record["valid_loss"] = evaluate()
+                history.append(record)
+                bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if main:
+                    with metrics_file.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                if cfg.log_with != "none":
+                    accelerator.log(record, step=state.step)
+                tokens_seen, t0 = 0, time.perf_counter()
+            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < end:
+                save_checkpoint()
+            if stop.received is not None:
+                interrupted = True
+                break
+        bar.close()
+        save_checkpoint()
+
+    if state.step >= cfg.steps and not interrupted:
+        if valid_batches:
+            valid_loss = evaluate()
+            if main:
+                with metrics_file.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": state.step, "valid_loss": valid_loss}) + "\n")
+        if export is not None and main:
+            _export(unwrapped, ema, export, out_dir)
+    accelerator.wait_for_everyone()
+    if cfg.log_with != "none":
+        accelerator.end_training()
+    return TrainResult(state.step, last_loss, valid_loss, interrupted, out_dir, history)
+
+
+def _resume(accelerator: Accelerator, ckpt_root: Path) -> None:
+    for i, path in enumerate(list_checkpoints(ckpt_root)):
+        try:
+            validate_checkpoint(path)
+            accelerator.load_state(str(path))
+        except CheckpointError as e:
+            warnings.warn(f"skipping checkpoint: {e}; trying an older one", stacklevel=3)
+            continue
+        except Exception as e:  # noqa: BLE001 - accelerate raises many types on bad files
+            warnings.warn(f"skipping checkpoint {path}: cannot load it ({e})", stacklevel=3)
+            continue
+        if i > 0:
+            warnings.warn(f"resumed from the older checkpoint {path.name}", stacklevel=3)
+        return
+
+
+def _export(model, ema, export, out_dir: Path) -> None:
+    """Export (EMA weights if any) into a temporary folder, then move files into out_dir."""
+    tmp = out_dir / ".export-tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    try:
+        export(model, tmp)
+    finally:
+        if ema is not None:
+            ema.restore(model.parameters())
+    for f in sorted(tmp.rglob("*")):
+        target = out_dir / f.relative_to(tmp)
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
