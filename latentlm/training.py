@@ -44,6 +44,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -310,6 +311,10 @@ def train(
     out_dir = Path(out_dir)
     ckpt_root = out_dir / "checkpoints"
     if accelerator is None:
+        # accelerate keeps one process-wide state; each run may pick its own precision,
+        # so clear it (the distributed PartialState is kept).
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
             log_with=None if cfg.log_with == "none" else cfg.log_with,

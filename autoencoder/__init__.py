@@ -1,0 +1,1 @@
+"""Text autoencoder: token sequences <-> short sequences of normalised latents (in progress)."""

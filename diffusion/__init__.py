@@ -1,0 +1,1 @@
+"""Latent denoiser, noise schedules, samplers and the latent likelihood bound (in progress)."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, consistency probes, likelihood, speed, compare harness (in progress)."""

@@ -1,0 +1,5 @@
+import sys
+
+from latentlm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""Command line: ``latentlm <command> ...`` (also ``python -m latentlm``).
+
+Parsing and dispatch only; the work lives in the library modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from latentlm.errors import LatentLMError
+
+
+def _add_train_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named preset (cpu-tiny, cpu-small, gpu-base)")
+    p.add_argument("--config", help="TOML file with the same layout as a preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--data", nargs="+", required=True, help=".txt/.jsonl files or folders")
+    p.add_argument("--valid", nargs="+", help="validation files (default: a split of --data)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: train one on --data)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics, exported model")
+    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentlm", description="Latent-space language diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make or inspect data").add_subparsers(dest="data_cmd", required=True)
+    syn = data.add_parser("synthetic", help="write synthetic stories with known facts as JSONL")
+    syn.add_argument("--n", type=int, required=True, help="number of stories")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--out", required=True, help="output .jsonl file")
+    syn.add_argument("--min-gap", type=int, default=0, help="filler sentences before a reference (min)")
+    syn.add_argument("--max-gap", type=int, default=2, help="filler sentences before a reference (max)")
+
+    tr = sub.add_parser("train", help="train a tokenizer or a model").add_subparsers(dest="kind", required=True)
+    tok = tr.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tok.add_argument("--data", nargs="+", required=True)
+    tok.add_argument("--out", required=True)
+    tok.add_argument("--vocab-size", type=int, default=4096)
+    ar = tr.add_parser("ar", help="train the autoregressive baseline")
+    _add_train_common(ar)
+
+    info = sub.add_parser("info", help="describe a saved model: class, config, parameter count")
+    info.add_argument("--model", required=True)
+
+    gen = sub.add_parser("generate", help="continue a prompt with a saved model")
+    gen.add_argument("--model", required=True)
+    gen.add_argument("prompt", nargs="?", default="")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--num-samples", type=int, default=1)
+    gen.add_argument("--seed", type=int, default=0)
+
+    qs = sub.add_parser("quickstart", help="the main job: train every model on synthetic stories and compare")
+    qs.add_argument("--out", default="runs/quickstart")
+    qs.add_argument("--n-stories", type=int, default=4000)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        from latentlm.data.synthetic import generate_stories, write_jsonl
+
+        stories = generate_stories(args.n, args.seed, min_gap=args.min_gap, max_gap=args.max_gap)
+        print(f"wrote {len(stories)} stories to {write_jsonl(stories, args.out)}")
+    elif args.command == "train" and args.kind == "tokenizer":
+        from latentlm.data import read_documents, train_tokenizer
+
+        tok = train_tokenizer(read_documents(args.data), args.vocab_size)
+        tok.save_pretrained(args.out)
+        print(f"tokenizer with {len(tok)} tokens saved to {args.out}")
+    elif args.command == "train":
+        from latentlm.recipes import run_training
+
+        result = run_training(args.kind, args.data, args.out, preset=args.preset,
+                              config_file=args.config, overrides=args.overrides, valid=args.valid,
+                              tokenizer=args.tokenizer, resume=not args.no_resume)
+        if result.interrupted:
+            print(f"interrupted at step {result.step}; checkpoint saved, rerun the command to resume")
+            return 130
+        print(json.dumps({"step": result.step, "train_loss": result.train_loss,
+                          "valid_loss": result.valid_loss, "out": str(result.out_dir)}))
+    elif args.command == "info":
+        from latentlm.loading import count_parameters, load_model, read_model_config
+
+        cfg = read_model_config(args.model)
+        model = load_model(args.model)
+        print(json.dumps({"class": cfg["_class_name"], "parameters": count_parameters(model),
+                          "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}, indent=2))
+    elif args.command == "generate":
+        from latentlm.generation import generate_text
+
+        for text in generate_text(args.model, args.prompt, max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature, top_p=args.top_p,
+                                  num_samples=args.num_samples, seed=args.seed):
+            print(text)
+    elif args.command == "quickstart":
+        from latentlm.quickstart import quickstart
+
+        quickstart(Path(args.out), n_stories=args.n_stories)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except LatentLMError as e:
+        print(f"latentlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("latentlm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

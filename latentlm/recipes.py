@@ -1,0 +1,132 @@
+"""Training recipes: how each model kind is configured, fed and exported.
+
+A recipe names the config sections of a kind, builds its model from a
+tokenizer and the model section, gives its loss and its batch layout. One
+function, :func:`run_training`, turns data paths + a preset into a trained,
+exported model through the one training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentlm.config import resolve_config
+from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
+from latentlm.data.readers import read_documents
+from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, train_tokenizer
+from latentlm.errors import ConfigError, DataError
+from latentlm.training import LossFn, TrainConfig, TrainResult, train
+
+
+@dataclass
+class DataConfig:
+    """Data section of a preset (``[<kind>.data]``)."""
+
+    seq_len: int = 128
+    valid_fraction: float = 0.05  # used when no validation path is given
+    vocab_size: int = DEFAULT_VOCAB_SIZE  # when a tokenizer is trained for this run
+
+    def validate(self) -> None:
+        if self.seq_len < 2:
+            raise ConfigError(f"data.seq_len must be at least 2, got {self.seq_len}")
+        if not 0 < self.valid_fraction < 1:
+            raise ConfigError(f"data.valid_fraction must be in (0, 1), got {self.valid_fraction}")
+
+
+@dataclass
+class Recipe:
+    kind: str
+    model_config: type
+    build_model: Callable[[Any, Any, DataConfig], torch.nn.Module]  # (model_cfg, tokenizer, data_cfg)
+    loss_fn: LossFn
+    layout: Layout = "stream"
+
+    def schema(self) -> dict[str, type]:
+        return {"model": self.model_config, "train": TrainConfig, "data": DataConfig}
+
+
+def _ar_recipe() -> Recipe:
+    from latentlm.baselines.autoregressive import ARConfig, CausalLM, ar_loss
+
+    def build(m: ARConfig, tok, d: DataConfig) -> torch.nn.Module:
+        return CausalLM(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                        eot_token_id=tok.eos_token_id, max_seq_len=max(m.max_seq_len, d.seq_len),
+                        **{k: v for k, v in dataclasses.asdict(m).items() if k != "max_seq_len"})
+
+    return Recipe("ar", ARConfig, build, ar_loss)
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {"ar": _ar_recipe}
+
+
+def get_recipe(kind: str) -> Recipe:
+    if kind not in RECIPES:
+        raise ConfigError(f"unknown model kind {kind!r}; available: {', '.join(sorted(RECIPES))}")
+    return RECIPES[kind]()
+
+
+def resolve_run_config(
+    kind: str, preset: str | None = None, config_file: str | None = None,
+    overrides: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The ``model`` / ``train`` / ``data`` sections of a run of ``kind``."""
+    return resolve_config(kind, get_recipe(kind).schema(), preset=preset, config_file=config_file,
+                          overrides=list(overrides or []))
+
+
+def run_training(
+    kind: str,
+    data: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    config_file: str | None = None,
+    overrides: Sequence[str] | None = None,
+    valid: Sequence[str | Path] | None = None,
+    tokenizer: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a model of ``kind`` on text files/folders ``data`` and export it to ``out_dir``.
+
+    The exported folder holds the model (``config.json`` + safetensors) and its
+    tokenizer. Without ``tokenizer`` a byte-level BPE is trained on ``data``.
+    """
+    recipe = get_recipe(kind)
+    cfg = resolve_run_config(kind, preset, config_file, overrides)
+    train_cfg: TrainConfig = cfg["train"]
+    data_cfg: DataConfig = cfg["data"]
+    docs = read_documents(list(data))
+    if valid:
+        valid_docs = read_documents(list(valid))
+    else:
+        docs, valid_docs = split_documents(docs, data_cfg.valid_fraction, seed=train_cfg.seed)
+    tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(docs, data_cfg.vocab_size)
+    train_ids = tokenize_documents(docs, tok)
+    valid_ids = tokenize_documents(valid_docs, tok)
+    common = dict(seq_len=data_cfg.seq_len, eot_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                  layout=recipe.layout)
+    batches = PackedBatches(train_ids, batch_size=train_cfg.batch_size, seed=train_cfg.seed, **common)
+    try:
+        valid_batches = PackedBatches(valid_ids, batch_size=train_cfg.batch_size, seed=0,
+                                      **common).sequential_batches(train_cfg.eval_batches)
+    except DataError:
+        valid_batches = []
+    torch.manual_seed(train_cfg.seed)
+    model = recipe.build_model(cfg["model"], tok, data_cfg)
+
+    def export(m: torch.nn.Module, folder: Path) -> None:
+        m.save_pretrained(folder)  # type: ignore[operator]
+        tok.save_pretrained(folder)
+
+    run_config = {"kind": kind, "preset": preset, "config_file": config_file,
+                  "overrides": list(overrides or []),
+                  **{k: dataclasses.asdict(v) for k, v in cfg.items()}}
+    return train(model, recipe.loss_fn, batches, train_cfg, out_dir, valid_batches=valid_batches,
+                 resume=resume, export=export, run_config=run_config, progress=progress)

@@ -1,0 +1,58 @@
+import pytest
+
+from latentlm.config import available_presets, parse_overrides
+from latentlm.errors import ConfigError
+from latentlm.recipes import resolve_run_config
+
+
+def test_presets_ship_with_package():
+    assert {"cpu-tiny", "cpu-small", "gpu-base"} <= set(available_presets())
+
+
+def test_precedence_preset_then_file_then_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[ar.train]\nsteps = 7\nlr = 0.5\n")
+    cfg = resolve_run_config("ar", "cpu-tiny", str(f), ["train.lr=0.25", "model.dim=32"])
+    assert cfg["train"].steps == 7 and cfg["train"].lr == 0.25
+    assert cfg["model"].dim == 32 and cfg["model"].depth == 4  # depth from the preset
+
+
+def test_override_value_types():
+    assert parse_overrides(["a.b=3", "a.c=1e-3", "a.d=true", "a.e=hello"]) == {
+        "a": {"b": 3, "c": 1e-3, "d": True, "e": "hello"}
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(preset="nope"), "available presets: cpu-small"),
+        (dict(overrides=["train.stepz=1"]), "valid keys:"),
+        (dict(overrides=["trian.steps=1"]), "valid sections"),
+        (dict(overrides=["train.steps=0"]), "positive integer"),
+        (dict(overrides=["train.steps=-3"]), "positive integer"),
+        (dict(overrides=["train.batch_size=0"]), "positive integer"),
+        (dict(overrides=["train.steps=abc"]), "must be an integer"),
+        (dict(overrides=["train.lr=-1.0"]), "must be positive"),
+        (dict(overrides=["nodot=1"]), "section.key=value"),
+        (dict(overrides=["train.mixed_precision=fp8"]), "must be one of"),
+    ],
+)
+def test_bad_config_is_a_clear_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_run_config("ar", **kwargs)
+
+
+def test_unknown_kind_and_bad_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown model kind"):
+        resolve_run_config("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_run_config("ar", config_file=str(tmp_path / "missing.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[ar.train\nsteps=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve_run_config("ar", config_file=str(bad))
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[ar.optim]\nlr = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[ar.optim\]"):
+        resolve_run_config("ar", config_file=str(unknown))
