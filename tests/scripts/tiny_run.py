@@ -70,8 +70,10 @@ def main():
     cfg = TrainConfig(steps=args.steps, batch_size=8, lr=1e-2, warmup_steps=2, mixed_precision=args.mp,
                       save_every=args.save_every, log_every=1, ema_decay=0.5)
     r = train(tiny_model(), loss_fn, RandomTokens(), cfg, args.out, progress=False)
-    print(json.dumps({"step": r.step, "losses": [h["loss"] for h in r.history], "interrupted": r.interrupted}),
-          flush=True)
+    result = json.dumps({"step": r.step, "losses": [h["loss"] for h in r.history], "interrupted": r.interrupted})
+    with open(os.path.join(args.out, f"result-rank{os.environ.get('RANK', '0')}.json"), "w") as f:
+        f.write(result)  # one file per rank: ranks share stdout, lines could interleave
+    print(result, flush=True)
 
 
 if __name__ == "__main__":

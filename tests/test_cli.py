@@ -1,0 +1,68 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from latentlm.cli import build_parser, main
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "latentlm", *args], capture_output=True, text=True, timeout=600,
+                          **kw)
+
+
+@pytest.mark.parametrize("cmd", [[], ["data"], ["data", "synthetic"], ["train"], ["train", "tokenizer"],
+                                 ["train", "ar"], ["info"], ["generate"], ["quickstart"]])
+def test_every_command_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: latentlm" in capsys.readouterr().out
+
+
+def test_synthetic_tokenizer_train_info_generate(tmp_path):
+    data = tmp_path / "stories.jsonl"
+    assert main(["data", "synthetic", "--n", "300", "--seed", "1", "--out", str(data)]) == 0
+    lines = data.read_text().splitlines()
+    assert len(lines) == 300 and json.loads(lines[0])["text"].startswith("once upon a time")
+    assert main(["train", "tokenizer", "--data", str(data), "--out", str(tmp_path / "tok"),
+                 "--vocab-size", "600"]) == 0
+    out = tmp_path / "ar"
+    proc = run("train", "ar", "--preset", "cpu-tiny", "--data", str(data), "--tokenizer", str(tmp_path / "tok"),
+               "--out", str(out), "--set", "train.steps=4", "--set", "model.dim=32", "--set", "model.depth=1",
+               "--set", "train.eval_every=2")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["step"] == 4
+    info = run("info", "--model", str(out))
+    assert info.returncode == 0, info.stderr
+    described = json.loads(info.stdout)
+    assert described["class"] == "CausalLM" and described["parameters"] > 0
+    gen = run("generate", "--model", str(out), "once upon a time", "--max-new-tokens", "5", "--num-samples", "2")
+    assert gen.returncode == 0, gen.stderr
+    assert all(line.startswith("once upon a time") for line in gen.stdout.strip().splitlines())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "ar", "--preset", "nope", "--data", "x.txt", "--out", "o"], "unknown preset 'nope'"),
+        (["train", "ar", "--data", "missing.txt", "--out", "o"], "does not exist"),
+        (["train", "ar", "--data", "x.txt", "--out", "o", "--set", "train.steps=0"], "positive integer"),
+        (["train", "ar", "--data", "x.txt", "--out", "o", "--set", "train.batch_size=-2"], "positive integer"),
+        (["train", "ar", "--data", "x.txt", "--out", "o", "--set", "train.bogus=1"], "unknown key"),
+        (["info", "--model", "nowhere"], "does not exist"),
+        (["generate", "--model", "nowhere", "hi"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_message(tmp_path, capsys, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.txt").write_text("some text\n\nmore text\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latentlm: error:") and message in err and "Traceback" not in err
+
+
+def test_python_dash_m_entry_point():
+    proc = run("--help")
+    assert proc.returncode == 0 and "quickstart" in proc.stdout
