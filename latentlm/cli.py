@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--data", nargs="+", required=True)
     tok.add_argument("--out", required=True)
     tok.add_argument("--vocab-size", type=int, default=4096)
-    ar = tr.add_parser("ar", help="train the autoregressive baseline")
-    _add_train_common(ar)
+    for kind, what in (("autoencoder", "the text autoencoder"), ("ar", "the autoregressive baseline")):
+        _add_train_common(tr.add_parser(kind, help=f"train {what}"))
 
     info = sub.add_parser("info", help="describe a saved model: class, config, parameter count")
     info.add_argument("--model", required=True)

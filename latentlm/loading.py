@@ -16,9 +16,10 @@ from latentlm.errors import CheckpointError
 
 
 def _model_classes() -> dict[str, type]:
+    from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder
     from latentlm.baselines.autoregressive import CausalLM
 
-    return {"CausalLM": CausalLM}
+    return {"CausalLM": CausalLM, "TextAutoencoder": TextAutoencoder}
 
 
 def read_model_config(folder: str | Path) -> dict[str, Any]:

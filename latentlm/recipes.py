@@ -9,6 +9,7 @@ exported model through the one training loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,28 +42,82 @@ class DataConfig:
 
 @dataclass
 class Recipe:
+    """How to build, feed and train one model kind.
+
+    ``build_model(cfg, tokenizer)`` and ``make_loss(cfg)`` receive the resolved
+    sections (``cfg["model"]``, ``cfg["data"]``, and any ``extra_sections``).
+    """
+
     kind: str
     model_config: type
-    build_model: Callable[[Any, Any, DataConfig], torch.nn.Module]  # (model_cfg, tokenizer, data_cfg)
-    loss_fn: LossFn
+    build_model: Callable[[dict[str, Any], Any], torch.nn.Module]
+    make_loss: Callable[[dict[str, Any]], LossFn]
     layout: Layout = "stream"
+    extra_sections: dict[str, type] = dataclasses.field(default_factory=dict)
 
     def schema(self) -> dict[str, type]:
-        return {"model": self.model_config, "train": TrainConfig, "data": DataConfig}
+        return {"model": self.model_config, "train": TrainConfig, "data": DataConfig,
+                **self.extra_sections}
 
 
 def _ar_recipe() -> Recipe:
     from latentlm.baselines.autoregressive import ARConfig, CausalLM, ar_loss
 
-    def build(m: ARConfig, tok, d: DataConfig) -> torch.nn.Module:
+    def build(cfg: dict[str, Any], tok) -> torch.nn.Module:
+        m: ARConfig = cfg["model"]
         return CausalLM(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                        eot_token_id=tok.eos_token_id, max_seq_len=max(m.max_seq_len, d.seq_len),
+                        eot_token_id=tok.eos_token_id, max_seq_len=max(m.max_seq_len, cfg["data"].seq_len),
                         **{k: v for k, v in dataclasses.asdict(m).items() if k != "max_seq_len"})
 
-    return Recipe("ar", ARConfig, build, ar_loss)
+    return Recipe("ar", ARConfig, build, lambda cfg: ar_loss)
 
 
-RECIPES: dict[str, Callable[[], Recipe]] = {"ar": _ar_recipe}
+def _autoencoder_recipe() -> Recipe:
+    from latentlm.autoencoder.losses import AutoencoderLossConfig, autoencoder_loss
+    from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder, token_texts_of
+
+    def build(cfg: dict[str, Any], tok) -> torch.nn.Module:
+        m: AutoencoderConfig = cfg["model"]
+        semantic = m.encoder_type == "semantic"
+        model = TextAutoencoder(vocab_size=len(tok), max_seq_len=cfg["data"].seq_len,
+                                pad_token_id=tok.pad_token_id, eot_token_id=tok.eos_token_id,
+                                token_texts=token_texts_of(tok) if semantic else None,
+                                **dataclasses.asdict(m))
+        if semantic:
+            model.semantic.load_pretrained_weights()
+        return model
+
+    return Recipe("autoencoder", AutoencoderConfig, build,
+                  lambda cfg: functools.partial(autoencoder_loss, cfg=cfg["loss"]),
+                  layout="document", extra_sections={"loss": AutoencoderLossConfig})
+
+
+@dataclass
+class AutoencoderConfig:
+    """Model section of an autoencoder preset (``[autoencoder.model]``)."""
+
+    tokens_per_latent: int = 4
+    latent_dim: int = 64
+    dim: int = 256
+    encoder_depth: int = 3
+    decoder_depth: int = 3
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    encoder_type: str = "scratch"  # or "semantic"
+    semantic_model: str = "all-MiniLM-L6-v2"
+    semantic_trainable: bool = False
+    normalization: str = "l2"  # or "standardize"
+
+    def validate(self) -> None:
+        if self.encoder_type not in ("scratch", "semantic"):
+            raise ConfigError(f"model.encoder_type must be 'scratch' or 'semantic', got {self.encoder_type!r}")
+        if self.normalization not in ("l2", "standardize"):
+            raise ConfigError(f"model.normalization must be 'l2' or 'standardize', got {self.normalization!r}")
+        if self.tokens_per_latent < 1 or self.latent_dim < 1:
+            raise ConfigError("model.tokens_per_latent and model.latent_dim must be positive")
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {"ar": _ar_recipe, "autoencoder": _autoencoder_recipe}
 
 
 def get_recipe(kind: str) -> Recipe:
@@ -119,7 +174,7 @@ def run_training(
     except DataError:
         valid_batches = []
     torch.manual_seed(train_cfg.seed)
-    model = recipe.build_model(cfg["model"], tok, data_cfg)
+    model = recipe.build_model(cfg, tok)
 
     def export(m: torch.nn.Module, folder: Path) -> None:
         m.save_pretrained(folder)  # type: ignore[operator]
@@ -128,5 +183,5 @@ def run_training(
     run_config = {"kind": kind, "preset": preset, "config_file": config_file,
                   "overrides": list(overrides or []),
                   **{k: dataclasses.asdict(v) for k, v in cfg.items()}}
-    return train(model, recipe.loss_fn, batches, train_cfg, out_dir, valid_batches=valid_batches,
+    return train(model, recipe.make_loss(cfg), batches, train_cfg, out_dir, valid_batches=valid_batches,
                  resume=resume, export=export, run_config=run_config, progress=progress)

