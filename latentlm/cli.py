@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from latentlm.errors import LatentLMError
+from latentlm.errors import InputError, LatentLMError
 
 
 def _add_train_common(p: argparse.ArgumentParser) -> None:
@@ -42,8 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--data", nargs="+", required=True)
     tok.add_argument("--out", required=True)
     tok.add_argument("--vocab-size", type=int, default=4096)
-    for kind, what in (("autoencoder", "the text autoencoder"), ("ar", "the autoregressive baseline")):
+    for kind, what in (("autoencoder", "the text autoencoder"), ("ar", "the autoregressive baseline"),
+                       ("mdlm", "the masked-diffusion baseline")):
         _add_train_common(tr.add_parser(kind, help=f"train {what}"))
+
+    ev = sub.add_parser("eval", help="evaluate a saved model").add_subparsers(dest="eval_kind", required=True)
+    eva = ev.add_parser("autoencoder", help="reconstruction under latent noise, latent statistics, "
+                        "interpolation, semantic alignment, speed")
+    eva.add_argument("--model", required=True)
+    eva.add_argument("--data", nargs="+", required=True)
+    eva.add_argument("--out", help="JSON file to write (default: MODEL/eval_autoencoder.json)")
+    eva.add_argument("--max-texts", type=int, help="evaluate on the first N texts only")
+    eva.add_argument("--seed", type=int, default=0)
 
     info = sub.add_parser("info", help="describe a saved model: class, config, parameter count")
     info.add_argument("--model", required=True)
@@ -86,6 +96,24 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 130
         print(json.dumps({"step": result.step, "train_loss": result.train_loss,
                           "valid_loss": result.valid_loss, "out": str(result.out_dir)}))
+    elif args.command == "eval":
+        from latentlm.autoencoder.evaluation import evaluate_autoencoder, summary_table
+        from latentlm.data import load_tokenizer, read_documents
+        from latentlm.loading import load_model
+        from latentlm.training import write_text_atomic
+
+        model = load_model(args.model)
+        if type(model).__name__ != "TextAutoencoder":
+            raise InputError(f"{args.model} holds a {type(model).__name__}, not a TextAutoencoder")
+        if args.max_texts is not None and args.max_texts < 1:
+            raise InputError(f"--max-texts must be positive, got {args.max_texts}")
+        result = evaluate_autoencoder(model, load_tokenizer(args.model), read_documents(args.data),
+                                      max_texts=args.max_texts, seed=args.seed)
+        out = Path(args.out) if args.out else Path(args.model) / "eval_autoencoder.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(result, indent=2))
+        print(summary_table(result))
+        print(f"written to {out}")
     elif args.command == "info":
         from latentlm.loading import count_parameters, load_model, read_model_config
 

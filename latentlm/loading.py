@@ -18,8 +18,9 @@ from latentlm.errors import CheckpointError
 def _model_classes() -> dict[str, type]:
     from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder
     from latentlm.baselines.autoregressive import CausalLM
+    from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
 
-    return {"CausalLM": CausalLM, "TextAutoencoder": TextAutoencoder}
+    return {"CausalLM": CausalLM, "TextAutoencoder": TextAutoencoder, "MaskedDiffusionLM": MaskedDiffusionLM}
 
 
 def read_model_config(folder: str | Path) -> dict[str, Any]:

@@ -117,7 +117,22 @@ class AutoencoderConfig:
             raise ConfigError("model.tokens_per_latent and model.latent_dim must be positive")
 
 
-RECIPES: dict[str, Callable[[], Recipe]] = {"ar": _ar_recipe, "autoencoder": _autoencoder_recipe}
+def _mdlm_recipe() -> Recipe:
+    from latentlm.baselines.masked_diffusion import MaskedDiffusionLM, MDLMConfig, mdlm_loss
+
+    def build(cfg: dict[str, Any], tok) -> torch.nn.Module:
+        m: MDLMConfig = cfg["model"]
+        return MaskedDiffusionLM(vocab_size=len(tok), mask_token_id=tok.mask_token_id,
+                                 pad_token_id=tok.pad_token_id, eot_token_id=tok.eos_token_id,
+                                 max_seq_len=max(m.max_seq_len, cfg["data"].seq_len),
+                                 **{k: v for k, v in dataclasses.asdict(m).items() if k != "max_seq_len"})
+
+    return Recipe("mdlm", MDLMConfig, build, lambda cfg: mdlm_loss)
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {
+    "ar": _ar_recipe, "autoencoder": _autoencoder_recipe, "mdlm": _mdlm_recipe,
+}
 
 
 def get_recipe(kind: str) -> Recipe:

@@ -33,3 +33,29 @@ def tiny_tokenizer(synthetic_texts):
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_files(tmp_path_factory):
+    """Synthetic train/valid JSONL files and a tokenizer folder trained on train."""
+    from latentlm.data.synthetic import generate_stories, write_jsonl
+    from latentlm.data.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("synthetic")
+    train = generate_stories(3000, seed=0)
+    write_jsonl(train, root / "train.jsonl")
+    write_jsonl(generate_stories(200, seed=99), root / "valid.jsonl")
+    train_tokenizer([s.text for s in train], 4096).save_pretrained(root / "tokenizer")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder_dir(synthetic_files, tmp_path_factory):
+    """The cpu-tiny autoencoder trained on synthetic stories (about 1.5 minutes, once per session)."""
+    from latentlm.recipes import run_training
+
+    out = tmp_path_factory.mktemp("ae") / "run"
+    run_training("autoencoder", [synthetic_files / "train.jsonl"], out, preset="cpu-tiny",
+                 valid=[synthetic_files / "valid.jsonl"], tokenizer=synthetic_files / "tokenizer",
+                 progress=False)
+    return out

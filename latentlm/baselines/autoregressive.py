@@ -81,6 +81,21 @@ def ar_loss(model: CausalLM, batch: dict[str, torch.Tensor]) -> LossOutput:
     return LossOutput(loss)
 
 
+@torch.no_grad()
+def sequence_nll(model: CausalLM, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 prefix_len: int = 0) -> torch.Tensor:
+    """Exact -log p of each row's tokens after the first ``prefix_len`` + 1 (b,), in nats.
+
+    ``ids`` (b, s) starts with the context token (end-of-text) at position 0; the
+    scored targets are positions ``prefix_len + 1 ..`` where the mask is 1.
+    """
+    logits = model(ids[:, :-1], None if attention_mask is None else attention_mask[:, :-1]).float()
+    nll = -logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (b, s-1)
+    weight = torch.ones_like(nll) if attention_mask is None else attention_mask[:, 1:].float()
+    weight[:, :prefix_len] = 0
+    return (nll * weight).sum(-1)
+
+
 def sample_next(
     logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, generator=None
 ) -> torch.Tensor:

@@ -1,0 +1,210 @@
+"""One interface for every model: ``generate(prompts, ...) -> texts + NFE`` and
+``nll(texts, prefix_len) -> nats/token (+ standard error where it is a bound)``.
+
+Scored tokens, the same for every model: the text's tokens after the first
+``prefix_len`` ones, plus the final end-of-text. Texts longer than the model's
+context keep their first ``context - 2`` tokens (documented truncation).
+Bits per character divide the total nats by ln 2 and by the characters of the
+scored text, counting the end-of-text as one character.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from latentlm.data.tokenizer import load_tokenizer
+from latentlm.errors import InputError
+from latentlm.loading import load_model, read_model_config
+
+
+@dataclass
+class GenerationOutput:
+    texts: list[str]  # prompt + continuation, one per prompt
+    continuations: list[str]
+    nfe: int  # network evaluations per batch
+
+
+@dataclass
+class NLLOutput:
+    nats_per_token: float
+    stderr: float  # Monte Carlo standard error of nats/token (0 for exact likelihoods)
+    bits_per_char: float
+    n_tokens: int
+    n_chars: int
+    exact: bool
+    per_text: list[float] = field(default_factory=list)  # nats of each text (for bootstrap)
+
+
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise InputError("empty prompt list: pass at least one prompt (an empty string for unconditional)")
+    if not all(isinstance(p, str) for p in prompts):
+        raise InputError("prompts must be strings")
+    return prompts
+
+
+class LanguageModelAdapter:
+    """Base: tokenisation, truncation and bookkeeping shared by every adapter."""
+
+    kind = "base"
+
+    def __init__(self, model, tokenizer, name: str | None = None) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.name = name or self.kind
+
+    @property
+    def context(self) -> int:
+        return int(self.model.config.max_seq_len)
+
+    def _tokens(self, text: str, budget: int) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"][:budget]
+
+    def _prompt_ids(self, prompts: list[str], max_new_tokens: int, reserve: int) -> list[list[int]]:
+        if max_new_tokens <= 0:
+            raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        ids = [self._tokens(p, 10**9) for p in prompts]
+        longest = max(len(x) for x in ids)
+        if longest + max_new_tokens + reserve > self.context:
+            raise InputError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the "
+                             f"context of {self.context} tokens; shorten the prompt or max_new_tokens")
+        return ids
+
+    def _finish(self, prompts: list[str], new: torch.Tensor) -> tuple[list[str], list[str]]:
+        eot = self.tokenizer.eos_token_id
+        conts = []
+        for row in new.tolist():
+            if eot in row:
+                row = row[: row.index(eot)]
+            conts.append(self.tokenizer.decode(row))
+        return [p + c for p, c in zip(prompts, conts)], conts
+
+    def _score_units(self, texts: Sequence[str], prefix_len: int) -> list[tuple[list[int], int]]:
+        if prefix_len < 0:
+            raise InputError(f"prefix_len must be >= 0, got {prefix_len}")
+        texts = list(texts)
+        if not texts:
+            raise InputError("no text to score")
+        units = []
+        for t in texts:
+            ids = self._tokens(t, self.context - 2) + [self.tokenizer.eos_token_id]
+            if prefix_len >= len(ids):
+                raise InputError(f"prefix_len {prefix_len} leaves nothing to score in a text of {len(ids) - 1} tokens")
+            scored_chars = len(self.tokenizer.decode(ids[prefix_len:-1])) + 1
+            units.append((ids, scored_chars))
+        return units
+
+
+class ARAdapter(LanguageModelAdapter):
+    kind = "ar"
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
+                 top_p: float = 1.0) -> GenerationOutput:
+        from latentlm.baselines.autoregressive import generate
+
+        prompts = _check_prompts(prompts)
+        ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
+        eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        outs, nfe = [], 0
+        for group in _same_length_groups(ids):  # equal lengths: no padding inside the KV cache
+            x = torch.tensor([[eot] + ids[i] for i in group], device=self.model.device)
+            new, n = generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
+                              generator=generator)
+            outs.append((group, new.cpu()))
+            nfe += n
+        new = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long)
+        for group, rows in outs:
+            new[group] = rows
+        texts, conts = self._finish(prompts, new)
+        return GenerationOutput(texts, conts, nfe)
+
+    @torch.no_grad()
+    def nll(self, texts, prefix_len: int = 0, *, batch_size: int = 16, progress: bool = False) -> NLLOutput:
+        from latentlm.baselines.autoregressive import sequence_nll
+
+        units = self._score_units(texts, prefix_len)
+        per_text = []
+        eot = self.tokenizer.eos_token_id
+        for i in tqdm(range(0, len(units), batch_size), desc=f"nll {self.name}", disable=not progress):
+            chunk = units[i : i + batch_size]
+            width = max(len(ids) for ids, _ in chunk) + 1
+            x = torch.zeros(len(chunk), width, dtype=torch.long)
+            m = torch.zeros_like(x)
+            for r, (ids, _) in enumerate(chunk):
+                x[r, : len(ids) + 1] = torch.tensor([eot] + ids)
+                m[r, : len(ids) + 1] = 1
+            per_text += sequence_nll(self.model, x.to(self.model.device), m.to(self.model.device),
+                                     prefix_len).tolist()
+        return _summarise(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
+
+
+class MDLMAdapter(LanguageModelAdapter):
+    kind = "mdlm"
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, decoder: str = "ancestral",
+                 steps: int = 64, threshold: float = 0.9, temperature: float = 1.0) -> GenerationOutput:
+        from latentlm.baselines.masked_diffusion import generate
+
+        prompts = _check_prompts(prompts)
+        ids = self._prompt_ids(prompts, max_new_tokens, reserve=0)
+        new = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long)
+        nfe = 0
+        for group in _same_length_groups(ids):
+            x = torch.tensor([ids[i] for i in group], dtype=torch.long, device=self.model.device)
+            rows, n = generate(self.model, x, max_new_tokens, decoder=decoder, steps=steps, threshold=threshold,
+                               temperature=temperature, generator=generator)
+            new[group] = rows.cpu()
+            nfe += n
+        texts, conts = self._finish(prompts, new)
+        return GenerationOutput(texts, conts, nfe)
+
+    @torch.no_grad()
+    def nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
+            seed: int = 0) -> NLLOutput:
+        from latentlm.baselines.masked_diffusion import nll_bound
+
+        units = self._score_units(texts, prefix_len)
+        means, ses = [], []
+        for i, (ids, _) in enumerate(tqdm(units, desc=f"nll {self.name}", disable=not progress)):
+            x = torch.tensor([ids], device=self.model.device)
+            m, se = nll_bound(self.model, x, prefix_len=prefix_len, n_samples=n_samples, generator_seed=seed + i)
+            means.append(float(m[0]))
+            ses.append(float(se[0]))
+        return _summarise(means, ses, units, prefix_len, exact=False)
+
+
+def _same_length_groups(ids: list[list[int]]) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        groups.setdefault(len(x), []).append(i)
+    return list(groups.values())
+
+
+def _summarise(per_text: list[float], ses: list[float], units, prefix_len: int, exact: bool) -> NLLOutput:
+    n_tokens = sum(len(ids) - prefix_len for ids, _ in units)
+    n_chars = sum(c for _, c in units)
+    total = sum(per_text)
+    stderr = math.sqrt(sum(s * s for s in ses)) / n_tokens  # independent estimates per text
+    return NLLOutput(total / n_tokens, stderr, total / math.log(2) / n_chars, n_tokens, n_chars, exact, per_text)
+
+
+ADAPTERS = {"CausalLM": ARAdapter, "MaskedDiffusionLM": MDLMAdapter}
+
+
+def load_language_model(folder: str | Path, name: str | None = None) -> LanguageModelAdapter:
+    """The evaluation adapter of the model saved in ``folder`` (kind read from config.json)."""
+    cls_name = read_model_config(folder)["_class_name"]
+    if cls_name not in ADAPTERS:
+        raise InputError(f"{folder} holds a {cls_name}, which is not a language model "
+                         f"(one of {', '.join(ADAPTERS)})")
+    return ADAPTERS[cls_name](load_model(folder), load_tokenizer(folder), name)

@@ -1,0 +1,303 @@
+"""Masked (absorbing-state) token diffusion: MDLM (Sahoo et al. 2024) on the shared layers.
+
+Forward process: each token is independently replaced by ``<mask>`` with
+probability ``t`` (log-linear schedule, alpha(t) = 1 - t). The network is a
+bidirectional transformer without time input (the mask count carries it).
+
+SUBS parameterisation: the mask token gets zero probability and unmasked
+tokens are carried over unchanged. The continuous-time NELBO is
+
+    NELBO(x) = E_{t ~ U(0,1)} [ (1/t) * sum_{i masked in x_t} -log p(x_i | x_t) ]
+
+(weight -alpha'(t) / (1 - alpha(t)) = 1/t). It upper-bounds -log p(x) of the
+model's reverse process, which unmasks positions in a uniformly random order:
+p(x) = E_order prod_i p(x_order(i) | x_order(<i)). ``exact_nll_by_orders``
+computes that by enumeration for tiny cases (the test of the bound).
+
+Decoders (all sample categoricals in float64 and return the number of network
+evaluations, NFE): ancestral with the no-change cache; low-confidence top-k
+remasking (LLaDA); confidence threshold (Fast-dLLM); anchor revealing (AXON).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from latentlm.errors import InputError
+from latentlm.layers import Transformer
+from latentlm.training import LossOutput
+
+DECODERS = ("ancestral", "llada", "threshold", "anchor")
+T_EPS = 1e-3  # smallest masking level (the 1/t weight is unbounded at 0)
+
+
+@dataclass
+class MDLMConfig:
+    """Model section of an MDLM preset (``[mdlm.model]``)."""
+
+    dim: int = 256
+    depth: int = 6
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    max_seq_len: int = 1024
+
+
+class MaskedDiffusionLM(ModelMixin, ConfigMixin):
+    """Bidirectional transformer giving SUBS log-probabilities of the clean tokens."""
+
+    @register_to_config
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 256,
+        depth: int = 6,
+        n_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        max_seq_len: int = 1024,
+        mask_token_id: int = 2,
+        pad_token_id: int = 0,
+        eot_token_id: int = 1,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.backbone = Transformer(dim, depth, n_heads, mlp_ratio)
+        self.head = nn.Linear(dim, vocab_size)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        return_attention_layers: int = 0,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x_t (b, s) -> SUBS log-probabilities (b, s, vocab) in float32.
+
+        Masked positions: log-softmax with the mask token at -inf. Unmasked
+        positions: log-prob 0 on their own token, -inf elsewhere (carry-over).
+        """
+        if input_ids.shape[1] > self.config.max_seq_len:
+            raise InputError(f"sequence of {input_ids.shape[1]} tokens exceeds the model's context of "
+                             f"{self.config.max_seq_len}")
+        h, attn = self.backbone(self.embed(input_ids), attention_mask=attention_mask,
+                                return_attention_layers=return_attention_layers)
+        logits = self.head(h).float()
+        logits[..., self.config.mask_token_id] = float("-inf")
+        logp = logits.log_softmax(-1)
+        unmasked = input_ids != self.config.mask_token_id
+        carry = torch.full_like(logp, float("-inf")).scatter(-1, input_ids[..., None], 0.0)
+        logp = torch.where(unmasked[..., None], carry, logp)
+        return (logp, attn) if return_attention_layers else logp
+
+
+def _mask_tokens(ids: torch.Tensor, t: torch.Tensor, mask_id: int, keep: torch.Tensor | None) -> torch.Tensor:
+    """Forward process: mask each token with probability t (b, 1); ``keep`` positions never."""
+    masked = torch.rand(ids.shape, device=ids.device) < t
+    if keep is not None:
+        masked &= ~keep
+    return torch.where(masked, torch.full_like(ids, mask_id), ids)
+
+
+def nelbo_terms(
+    model: MaskedDiffusionLM, ids: torch.Tensor, t: torch.Tensor, *, keep: torch.Tensor | None = None,
+    weight_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One-sample NELBO of each row (b,) at masking levels t (b,): (1/t) * sum of masked CE."""
+    xt = _mask_tokens(ids, t[:, None], model.config.mask_token_id, keep)
+    logp = model(xt)
+    nll = -logp.gather(-1, ids[..., None]).squeeze(-1)  # (b, s); 0 at unmasked positions
+    nll = torch.where(xt == model.config.mask_token_id, nll, torch.zeros_like(nll))
+    if weight_mask is not None:
+        nll = nll * weight_mask
+    return nll.sum(-1) / t
+
+
+def mdlm_loss(model: MaskedDiffusionLM, batch: dict[str, torch.Tensor]) -> LossOutput:
+    """NELBO per token with stratified (low-discrepancy) masking levels across the batch."""
+    ids = batch["input_ids"]
+    b = ids.shape[0]
+    u = (torch.rand((), device=ids.device) + torch.arange(b, device=ids.device) / b) % 1
+    t = T_EPS + (1 - T_EPS) * u
+    mask = batch.get("attention_mask")
+    per_row = nelbo_terms(model, ids, t, weight_mask=None if mask is None else mask.float())
+    n_tokens = ids.numel() if mask is None else mask.sum()
+    return LossOutput(per_row.sum() / n_tokens)
+
+
+@torch.no_grad()
+def nll_bound(
+    model: MaskedDiffusionLM, ids: torch.Tensor, *, prefix_len: int = 0, n_samples: int = 64,
+    generator_seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte Carlo NELBO of each row of ids (b, s), conditional on the first ``prefix_len`` tokens.
+
+    Uses ``n_samples`` stratified masking levels per row. Returns (mean, standard
+    error) of the per-row bound in nats (sum over the scored tokens), each (b,).
+    """
+    if n_samples < 2:
+        raise InputError(f"n_samples must be at least 2 for a standard error, got {n_samples}")
+    if not 0 <= prefix_len < ids.shape[1]:
+        raise InputError(f"prefix_len must be in [0, {ids.shape[1]}), got {prefix_len}")
+    keep = torch.zeros_like(ids, dtype=torch.bool)
+    keep[:, :prefix_len] = True
+    g = torch.Generator(device="cpu").manual_seed(generator_seed)
+    draws = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(generator_seed)
+        offset = torch.rand((), generator=g)
+        for k in range(n_samples):
+            u = ((k + offset) / n_samples) % 1
+            t = torch.full((ids.shape[0],), T_EPS + (1 - T_EPS) * float(u), device=ids.device)
+            draws.append(nelbo_terms(model, ids, t, keep=keep))
+    d = torch.stack(draws).double()  # (n_samples, b)
+    return d.mean(0), d.std(0) / math.sqrt(n_samples)
+
+
+@torch.no_grad()
+def exact_nll_by_orders(model: MaskedDiffusionLM, ids: torch.Tensor) -> tuple[float, float]:
+    """Exact -log p(x) of the model's reverse process for one short row ids (1, s), by
+    enumerating every unmasking order, and the order-averaged loss the NELBO equals:
+
+        p(x)  = mean over orders of prod_i p(x_order(i) | x_order(<i))
+        bound = mean over orders of sum_i -log p(x_order(i) | x_order(<i))   (>= -log p(x))
+    """
+    s = ids.shape[1]
+    if s > 7:
+        raise InputError("enumeration over orders is for toy lengths (at most 7 tokens)")
+    mask_id = model.config.mask_token_id
+    logps = []
+    for order in itertools.permutations(range(s)):
+        x = torch.full_like(ids, mask_id)
+        total = 0.0
+        for pos in order:
+            total += float(model(x)[0, pos, ids[0, pos]])
+            x[0, pos] = ids[0, pos]
+        logps.append(total)
+    lp = torch.tensor(logps, dtype=torch.float64)
+    exact = -(torch.logsumexp(lp, 0) - math.log(len(logps)))
+    return float(exact), float(-lp.mean())
+
+
+# ----------------------------------------------------------------------------- decoders
+
+
+def _sample(logp: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0):
+    """Sample from log-probs (..., V) in float64; returns ids and their probabilities."""
+    logits = logp.double() / max(temperature, 1e-6)
+    probs = logits.softmax(-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    if temperature == 0:
+        ids = flat.argmax(-1)
+    else:
+        ids = torch.multinomial(flat.cpu(), 1, generator=generator).squeeze(-1).to(flat.device)
+    conf = flat.gather(-1, ids[:, None]).squeeze(-1)
+    return ids.reshape(probs.shape[:-1]), conf.reshape(probs.shape[:-1])
+
+
+def _reveal_counts(n: int, steps: int) -> list[int]:
+    """How many tokens to reveal at each of ``steps`` steps (as even as possible, sum n)."""
+    base, extra = divmod(n, steps)
+    return [base + (1 if i < extra else 0) for i in range(steps)]
+
+
+@torch.no_grad()
+def generate(
+    model: MaskedDiffusionLM,
+    prompt_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    decoder: str = "ancestral",
+    steps: int = 64,
+    threshold: float = 0.9,
+    anchor_weight: float = 1.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Fill ``max_new_tokens`` masked positions after a clamped prompt (b, p).
+
+    Decoders:
+        ancestral: MDLM reverse process on ``steps`` uniform time steps; each masked
+            position is revealed with probability (t - s) / t; a step where nothing is
+            revealed reuses the previous network output (no-change cache: no NFE).
+        llada: ``steps`` steps, each samples every masked position and keeps the
+            most confident ones (an even share per step), remasking the rest.
+        threshold: Fast-dLLM: each step reveals every masked position whose sampled
+            token has probability above ``threshold`` (at least the even share, so NFE
+            <= steps).
+        anchor: AXON-style: among masked positions, prefer revealing confident ones that
+            the uncertain masked positions attend to most (last-layer attention):
+            score = confidence + anchor_weight * attention received from uncertain
+            positions (normalised to [0, 1]); reveals the even share per step.
+
+    Returns the new tokens (b, max_new_tokens) and the NFE.
+    """
+    if decoder not in DECODERS:
+        raise InputError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+    if max_new_tokens <= 0:
+        raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if steps <= 0:
+        raise InputError(f"steps must be positive, got {steps}")
+    if not 0 < threshold <= 1:
+        raise InputError(f"threshold must be in (0, 1], got {threshold}")
+    b, p = prompt_ids.shape
+    if p + max_new_tokens > model.config.max_seq_len:
+        raise InputError(f"prompt ({p}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                         f"{model.config.max_seq_len} tokens")
+    mask_id = model.config.mask_token_id
+    x = torch.cat([prompt_ids, torch.full((b, max_new_tokens), mask_id, dtype=prompt_ids.dtype,
+                                          device=prompt_ids.device)], dim=1)
+    steps = min(steps, max_new_tokens) if decoder != "ancestral" else steps
+    nfe = 0
+    if decoder == "ancestral":
+        cached = None
+        for k in range(steps):
+            t, s = 1 - k / steps, 1 - (k + 1) / steps
+            masked = x == mask_id
+            if not masked.any():
+                break
+            if cached is None:
+                cached = model(x)
+                nfe += 1
+            ids, _ = _sample(cached, generator, temperature)
+            reveal = masked & (torch.rand(x.shape, generator=generator).to(x.device) < (t - s) / t)
+            if reveal.any():
+                x = torch.where(reveal, ids, x)
+                cached = None  # the input changed: the next step needs a fresh evaluation
+        return x[:, p:], nfe
+
+    counts = _reveal_counts(max_new_tokens, steps)
+    for k in range(steps):
+        masked = x == mask_id
+        if not masked.any():
+            break
+        if decoder == "anchor":
+            logp, attn = model(x, return_attention_layers=1)
+        else:
+            logp = model(x)
+        nfe += 1
+        ids, conf = _sample(logp, generator, temperature)
+        conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
+        score = conf.clone()
+        if decoder == "anchor":
+            a = attn[-1].float().mean(1)  # (b, q, k) averaged over heads
+            uncertain = masked & (conf < threshold)
+            received = (a * uncertain[:, :, None]).sum(1)  # (b, k): attention from uncertain queries
+            received = received / received.amax(-1, keepdim=True).clamp_min(1e-12)
+            score = torch.where(masked, conf + anchor_weight * received.double(), score)
+        reveal = torch.zeros_like(masked)
+        for r in range(b):
+            n_masked = int(masked[r].sum())
+            if n_masked == 0:
+                continue
+            n = min(counts[k] if k < len(counts) else n_masked, n_masked)
+            if decoder == "threshold":
+                n = max(n, int(((conf[r] > threshold) & masked[r]).sum()))
+            if k == steps - 1:
+                n = n_masked
+            reveal[r, score[r].topk(n).indices] = True
+        x = torch.where(reveal & masked, ids, x)
+    return x[:, p:], nfe

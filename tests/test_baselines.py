@@ -1,0 +1,136 @@
+import pytest
+import torch
+
+from latentlm.baselines.autoregressive import CausalLM, sequence_nll
+from latentlm.baselines.autoregressive import generate as ar_generate
+from latentlm.baselines.masked_diffusion import (
+    DECODERS,
+    MaskedDiffusionLM,
+    exact_nll_by_orders,
+    generate,
+    mdlm_loss,
+    nll_bound,
+)
+from latentlm.errors import InputError
+
+
+@pytest.fixture
+def mdlm():
+    torch.manual_seed(0)
+    return MaskedDiffusionLM(vocab_size=12, dim=32, depth=2, n_heads=4, max_seq_len=64, mask_token_id=2).eval()
+
+
+def test_subs_zero_mask_probability_and_carry_over(mdlm):
+    x = torch.tensor([[5, 2, 7, 2, 9, 2]])
+    logp = mdlm(x)
+    probs = logp.exp()
+    assert (probs[..., 2] == 0).all()  # never predicts the mask token
+    assert torch.allclose(probs.sum(-1), torch.ones(1, 6))
+    for pos in (0, 2, 4):  # unmasked tokens carried over with probability 1
+        assert probs[0, pos, x[0, pos]] == 1.0
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_revealed_tokens_never_change_and_prompt_is_clamped(mdlm, decoder):
+    """Record the sequence after every network call: a revealed token keeps its value."""
+    history = []
+    original = mdlm.forward
+
+    def spy(ids, *a, **k):
+        history.append(ids.clone())
+        return original(ids, *a, **k)
+
+    mdlm.forward = spy
+    prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    new, nfe = generate(mdlm, prompt, 10, decoder=decoder, steps=5, generator=torch.Generator().manual_seed(0))
+    del mdlm.forward
+    assert new.shape == (2, 10) and (new != 2).all()
+    assert nfe == len(history) and 1 <= nfe <= (10 if decoder == "ancestral" else 5)
+    final = torch.cat([prompt, new], 1)
+    for snap in history:
+        revealed = snap != 2
+        assert torch.equal(snap[revealed], final[revealed])
+        assert torch.equal(snap[:, :3], prompt)
+
+
+def test_ancestral_cache_skips_calls_when_nothing_changes(mdlm):
+    _, nfe = generate(mdlm, torch.tensor([[5]]), 4, decoder="ancestral", steps=200,
+                      generator=torch.Generator().manual_seed(0))
+    assert nfe <= 4  # at most one evaluation per revealed token, not one per step
+
+
+def test_float64_sampling_is_deterministic_under_a_generator(mdlm):
+    a, _ = generate(mdlm, torch.tensor([[5, 6]]), 8, decoder="llada", steps=4, generator=torch.Generator().manual_seed(3))
+    b, _ = generate(mdlm, torch.tensor([[5, 6]]), 8, decoder="llada", steps=4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_bound_is_never_below_exact_nll_on_a_toy(mdlm):
+    """Tiny vocabulary and length: enumerate every unmasking order for the exact likelihood."""
+    torch.manual_seed(1)
+    for seq in ([3, 4, 5], [7, 7, 3, 9], [4, 5]):
+        x = torch.tensor([seq])
+        exact, order_bound = exact_nll_by_orders(mdlm, x)
+        mean, se = nll_bound(mdlm, x, n_samples=1500)
+        assert order_bound >= exact - 1e-9  # Jensen: the NELBO's expectation bounds -log p(x)
+        assert abs(float(mean[0]) - order_bound) < 4 * float(se[0]) + 1e-3  # MC estimates that expectation
+        assert float(mean[0]) + 3 * float(se[0]) >= exact
+
+
+def test_conditional_bound_scores_only_the_suffix(mdlm):
+    x = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    full, _ = nll_bound(mdlm, x, n_samples=256)
+    cond, _ = nll_bound(mdlm, x, prefix_len=3, n_samples=256)
+    assert 0 < float(cond[0]) < float(full[0])
+    with pytest.raises(InputError):
+        nll_bound(mdlm, x, prefix_len=6)
+
+
+def test_mdlm_loss_is_finite_and_learns_something(mdlm):
+    batch = {"input_ids": torch.randint(3, 12, (8, 16))}
+    mdlm.train()
+    opt = torch.optim.Adam(mdlm.parameters(), 1e-2)
+    first = None
+    for _ in range(30):
+        loss = mdlm_loss(mdlm, {"input_ids": batch["input_ids"][:, :1].repeat(1, 16)}).loss
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss) and float(loss) < first / 2
+
+
+def test_decoder_bad_input(mdlm):
+    p = torch.tensor([[5]])
+    with pytest.raises(InputError, match="unknown decoder"):
+        generate(mdlm, p, 4, decoder="beam")
+    with pytest.raises(InputError, match="max_new_tokens"):
+        generate(mdlm, p, 0)
+    with pytest.raises(InputError, match="exceeds the context"):
+        generate(mdlm, torch.ones(1, 60, dtype=torch.long), 10)
+    with pytest.raises(InputError, match="steps"):
+        generate(mdlm, p, 4, steps=0)
+
+
+def test_ar_cached_step_equals_uncached():
+    torch.manual_seed(0)
+    m = CausalLM(vocab_size=20, dim=32, depth=2, n_heads=4, max_seq_len=32).eval()
+    ids = torch.randint(3, 20, (2, 12))
+    full = m(ids)
+    cache = m.new_cache()
+    steps = [m(ids[:, :5], kv_caches=cache)] + [m(ids[:, i : i + 1], kv_caches=cache) for i in range(5, 12)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_ar_exact_nll_matches_chain_rule():
+    torch.manual_seed(0)
+    m = CausalLM(vocab_size=10, dim=16, depth=1, n_heads=2, max_seq_len=16).eval()
+    x = torch.tensor([[1, 4, 5, 6, 1]])
+    total = float(sequence_nll(m, x))
+    manual = 0.0
+    for i in range(1, 5):
+        manual -= float(m(x[:, :i])[0, -1].log_softmax(-1)[x[0, i]])
+    assert abs(total - manual) < 1e-4
+    assert float(sequence_nll(m, x, prefix_len=2)) < total
+    with pytest.raises(InputError):
+        ar_generate(m, x, 0)
