@@ -23,6 +23,7 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer folder (default: train one on --data)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics, exported model")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
+    p.add_argument("--autoencoder", help="trained autoencoder folder (denoiser only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--out", required=True)
     tok.add_argument("--vocab-size", type=int, default=4096)
     for kind, what in (("autoencoder", "the text autoencoder"), ("ar", "the autoregressive baseline"),
-                       ("mdlm", "the masked-diffusion baseline")):
+                       ("mdlm", "the masked-diffusion baseline"),
+                       ("denoiser", "the latent denoiser (exports a complete pipeline)")):
         _add_train_common(tr.add_parser(kind, help=f"train {what}"))
 
     ev = sub.add_parser("eval", help="evaluate a saved model").add_subparsers(dest="eval_kind", required=True)
@@ -90,7 +92,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         result = run_training(args.kind, args.data, args.out, preset=args.preset,
                               config_file=args.config, overrides=args.overrides, valid=args.valid,
-                              tokenizer=args.tokenizer, resume=not args.no_resume)
+                              tokenizer=args.tokenizer, resume=not args.no_resume,
+                              autoencoder=args.autoencoder)
         if result.interrupted:
             print(f"interrupted at step {result.step}; checkpoint saved, rerun the command to resume")
             return 130

@@ -19,8 +19,10 @@ def _model_classes() -> dict[str, type]:
     from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder
     from latentlm.baselines.autoregressive import CausalLM
     from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
+    from latentlm.diffusion.modeling_denoiser import LatentDenoiser
 
-    return {"CausalLM": CausalLM, "TextAutoencoder": TextAutoencoder, "MaskedDiffusionLM": MaskedDiffusionLM}
+    return {"CausalLM": CausalLM, "TextAutoencoder": TextAutoencoder, "MaskedDiffusionLM": MaskedDiffusionLM,
+            "LatentDenoiser": LatentDenoiser}
 
 
 def read_model_config(folder: str | Path) -> dict[str, Any]:
@@ -69,6 +71,42 @@ def load_model(folder: str | Path):
         return cls.from_pretrained(str(folder), use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as e:  # shape mismatches, missing keys...
         raise CheckpointError(f"cannot load {cfg['_class_name']} from {folder}: {e}") from e
+
+
+def is_pipeline_folder(folder: str | Path) -> bool:
+    return (Path(folder) / "model_index.json").is_file()
+
+
+def load_pipeline(folder: str | Path):
+    """Load a :class:`~latentlm.LatentDiffusionPipeline` folder, checking every component
+    first so that a missing or corrupt file gives an error naming it."""
+    from latentlm.data.tokenizer import load_tokenizer
+    from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline
+
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise CheckpointError(f"{index} is missing: {folder} is not a saved latent diffusion pipeline")
+    try:
+        spec = json.loads(index.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index} is not valid JSON: {e}") from None
+    for name in ("tokenizer", "autoencoder", "denoiser", "scheduler"):
+        if name not in spec or not (folder / name).is_dir():
+            raise CheckpointError(f"pipeline component {name!r} is missing from {folder}")
+    tokenizer = load_tokenizer(folder / "tokenizer")
+    autoencoder = load_model(folder / "autoencoder")
+    denoiser = load_model(folder / "denoiser")
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    try:
+        sched_cfg = json.loads(sched_file.read_text("utf-8"))
+        import diffusers
+
+        scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
+    except (OSError, json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{sched_file} is missing or malformed: {e}") from None
+    return LatentDiffusionPipeline(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
+                                   scheduler=scheduler)
 
 
 def count_parameters(model) -> int:

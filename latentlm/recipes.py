@@ -44,16 +44,20 @@ class DataConfig:
 class Recipe:
     """How to build, feed and train one model kind.
 
-    ``build_model(cfg, tokenizer)`` and ``make_loss(cfg)`` receive the resolved
-    sections (``cfg["model"]``, ``cfg["data"]``, and any ``extra_sections``).
+    ``build_model(cfg, tokenizer, ctx)`` and ``make_loss(cfg, ctx)`` receive the
+    resolved sections (``cfg["model"]``, ``cfg["data"]``, any ``extra_sections``)
+    and the run context (``ctx["autoencoder"]``: the frozen autoencoder of a
+    denoiser run). ``export(model, tokenizer, ctx, folder)`` writes the result.
     """
 
     kind: str
     model_config: type
-    build_model: Callable[[dict[str, Any], Any], torch.nn.Module]
-    make_loss: Callable[[dict[str, Any]], LossFn]
+    build_model: Callable[[dict[str, Any], Any, dict[str, Any]], torch.nn.Module]
+    make_loss: Callable[[dict[str, Any], dict[str, Any]], LossFn]
     layout: Layout = "stream"
     extra_sections: dict[str, type] = dataclasses.field(default_factory=dict)
+    needs_autoencoder: bool = False
+    export: Callable[[torch.nn.Module, Any, dict[str, Any], Path], None] | None = None
 
     def schema(self) -> dict[str, type]:
         return {"model": self.model_config, "train": TrainConfig, "data": DataConfig,
@@ -63,20 +67,20 @@ class Recipe:
 def _ar_recipe() -> Recipe:
     from latentlm.baselines.autoregressive import ARConfig, CausalLM, ar_loss
 
-    def build(cfg: dict[str, Any], tok) -> torch.nn.Module:
+    def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
         m: ARConfig = cfg["model"]
         return CausalLM(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
                         eot_token_id=tok.eos_token_id, max_seq_len=max(m.max_seq_len, cfg["data"].seq_len),
                         **{k: v for k, v in dataclasses.asdict(m).items() if k != "max_seq_len"})
 
-    return Recipe("ar", ARConfig, build, lambda cfg: ar_loss)
+    return Recipe("ar", ARConfig, build, lambda cfg, ctx: ar_loss)
 
 
 def _autoencoder_recipe() -> Recipe:
     from latentlm.autoencoder.losses import AutoencoderLossConfig, autoencoder_loss
     from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder, token_texts_of
 
-    def build(cfg: dict[str, Any], tok) -> torch.nn.Module:
+    def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
         m: AutoencoderConfig = cfg["model"]
         semantic = m.encoder_type == "semantic"
         model = TextAutoencoder(vocab_size=len(tok), max_seq_len=cfg["data"].seq_len,
@@ -88,7 +92,7 @@ def _autoencoder_recipe() -> Recipe:
         return model
 
     return Recipe("autoencoder", AutoencoderConfig, build,
-                  lambda cfg: functools.partial(autoencoder_loss, cfg=cfg["loss"]),
+                  lambda cfg, ctx: functools.partial(autoencoder_loss, cfg=cfg["loss"]),
                   layout="document", extra_sections={"loss": AutoencoderLossConfig})
 
 
@@ -120,18 +124,62 @@ class AutoencoderConfig:
 def _mdlm_recipe() -> Recipe:
     from latentlm.baselines.masked_diffusion import MaskedDiffusionLM, MDLMConfig, mdlm_loss
 
-    def build(cfg: dict[str, Any], tok) -> torch.nn.Module:
+    def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
         m: MDLMConfig = cfg["model"]
         return MaskedDiffusionLM(vocab_size=len(tok), mask_token_id=tok.mask_token_id,
                                  pad_token_id=tok.pad_token_id, eot_token_id=tok.eos_token_id,
                                  max_seq_len=max(m.max_seq_len, cfg["data"].seq_len),
                                  **{k: v for k, v in dataclasses.asdict(m).items() if k != "max_seq_len"})
 
-    return Recipe("mdlm", MDLMConfig, build, lambda cfg: mdlm_loss)
+    return Recipe("mdlm", MDLMConfig, build, lambda cfg, ctx: mdlm_loss)
+
+
+@dataclass
+class DenoiserConfig:
+    """Model section of a denoiser preset (``[denoiser.model]``)."""
+
+    dim: int = 256
+    depth: int = 6
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    parameterisation: str = "x0"  # or "eps", "v"
+    self_conditioning: bool = True
+    schedule: str = "shifted_cosine"  # or "cosine"
+    schedule_shift: float = 4.0
+    sampler: str = "ddim"  # scheduler saved with the pipeline: ddpm, ddim, dpm++, flow-euler
+
+    def validate(self) -> None:
+        if self.parameterisation not in ("x0", "eps", "v"):
+            raise ConfigError(f"model.parameterisation must be x0, eps or v, got {self.parameterisation!r}")
+        if self.schedule not in ("cosine", "shifted_cosine"):
+            raise ConfigError(f"model.schedule must be cosine or shifted_cosine, got {self.schedule!r}")
+
+
+def _denoiser_recipe() -> Recipe:
+    from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss
+    from latentlm.diffusion.modeling_denoiser import LatentDenoiser
+
+    def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
+        m: DenoiserConfig = cfg["model"]
+        ae = ctx["autoencoder"]
+        fields = {k: v for k, v in dataclasses.asdict(m).items() if k != "sampler"}
+        return LatentDenoiser(latent_dim=ae.config.latent_dim, max_latents=ae.n_latents, **fields)
+
+    def export(model, tok, ctx, folder: Path) -> None:
+        from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline, make_scheduler
+
+        pipe = LatentDiffusionPipeline(tok, ctx["autoencoder"], model, make_scheduler(ctx["sampler"], model))
+        pipe.save_pretrained(folder)
+
+    return Recipe("denoiser", DenoiserConfig, build,
+                  lambda cfg, ctx: functools.partial(denoiser_loss, autoencoder=ctx["autoencoder"],
+                                                     cfg=cfg["loss"]),
+                  layout="document", extra_sections={"loss": DenoiserLossConfig},
+                  needs_autoencoder=True, export=export)
 
 
 RECIPES: dict[str, Callable[[], Recipe]] = {
-    "ar": _ar_recipe, "autoencoder": _autoencoder_recipe, "mdlm": _mdlm_recipe,
+    "ar": _ar_recipe, "autoencoder": _autoencoder_recipe, "mdlm": _mdlm_recipe, "denoiser": _denoiser_recipe,
 }
 
 
@@ -162,16 +210,33 @@ def run_training(
     tokenizer: str | Path | None = None,
     resume: bool = True,
     progress: bool = True,
+    autoencoder: str | Path | None = None,
 ) -> TrainResult:
     """Train a model of ``kind`` on text files/folders ``data`` and export it to ``out_dir``.
 
     The exported folder holds the model (``config.json`` + safetensors) and its
     tokenizer. Without ``tokenizer`` a byte-level BPE is trained on ``data``.
+    A denoiser run needs ``autoencoder`` (a trained autoencoder folder): its
+    tokenizer and maximum length are used, and the export is a complete
+    :class:`~latentlm.LatentDiffusionPipeline` folder.
     """
     recipe = get_recipe(kind)
     cfg = resolve_run_config(kind, preset, config_file, overrides)
     train_cfg: TrainConfig = cfg["train"]
     data_cfg: DataConfig = cfg["data"]
+    ctx: dict[str, Any] = {}
+    if recipe.needs_autoencoder:
+        if autoencoder is None:
+            raise ConfigError(f"training a {kind} needs --autoencoder DIR (a trained autoencoder)")
+        from latentlm.loading import load_model
+
+        ae = load_model(autoencoder)
+        if type(ae).__name__ != "TextAutoencoder":
+            raise ConfigError(f"{autoencoder} holds a {type(ae).__name__}, not a TextAutoencoder")
+        ae.requires_grad_(False).eval()
+        ctx = {"autoencoder": ae, "sampler": cfg["model"].sampler}
+        tokenizer = autoencoder
+        data_cfg = dataclasses.replace(data_cfg, seq_len=ae.config.max_seq_len)
     docs = read_documents(list(data))
     if valid:
         valid_docs = read_documents(list(valid))
@@ -189,14 +254,17 @@ def run_training(
     except DataError:
         valid_batches = []
     torch.manual_seed(train_cfg.seed)
-    model = recipe.build_model(cfg, tok)
+    model = recipe.build_model(cfg, tok, ctx)
 
     def export(m: torch.nn.Module, folder: Path) -> None:
+        if recipe.export is not None:
+            recipe.export(m, tok, ctx, folder)
+            return
         m.save_pretrained(folder)  # type: ignore[operator]
         tok.save_pretrained(folder)
 
     run_config = {"kind": kind, "preset": preset, "config_file": config_file,
                   "overrides": list(overrides or []),
                   **{k: dataclasses.asdict(v) for k, v in cfg.items()}}
-    return train(model, recipe.make_loss(cfg), batches, train_cfg, out_dir, valid_batches=valid_batches,
+    return train(model, recipe.make_loss(cfg, ctx), batches, train_cfg, out_dir, valid_batches=valid_batches,
                  resume=resume, export=export, run_config=run_config, progress=progress)

@@ -1,0 +1,113 @@
+"""Denoiser training loss: continuous-time diffusion on autoencoder latents of split documents.
+
+Every document of the batch (tokens + end-of-text + padding) is split at a
+random token: the prefix is the prompt, the rest the continuation (a share
+``p_unconditional`` of rows gets an empty prompt). Both are encoded separately
+by the frozen autoencoder, exactly as the pipeline will encode them:
+
+    z0     = encode(continuation)                    # (b, n, d), n random in [n_min, n_max] per batch
+    prompt = encode(prefix)                          # (b, p, d), left-padded, dropped w.p. p_drop (CFG)
+    t ~ U(0, 1) stratified;  z_t = alpha_t z0 + sigma_t eps
+    self-conditioning: with prob. 1/2, x0_sc = stopgrad(x0_hat(z_t, t, prompt, 0)) is fed as input
+    loss = || F - target ||^2,  target = z0 | eps | alpha eps - sigma z0  for  x0 | eps | v
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from latentlm.errors import ConfigError
+from latentlm.training import LossOutput
+
+
+@dataclass
+class DenoiserLossConfig:
+    """Loss section of a denoiser preset (``[denoiser.loss]``)."""
+
+    p_unconditional: float = 0.1  # rows with an empty prompt
+    p_prompt_drop: float = 0.1  # prompt replaced by the null token (classifier-free guidance)
+    p_self_cond: float = 0.5
+    min_latents_fraction: float = 0.25  # shortest continuation, as a share of the autoencoder's latents
+
+    def validate(self) -> None:
+        for name in ("p_unconditional", "p_prompt_drop", "p_self_cond"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"loss.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.min_latents_fraction <= 1:
+            raise ConfigError(f"loss.min_latents_fraction must be in (0, 1], got {self.min_latents_fraction}")
+
+
+def left_align(latents: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real latent slots (b, p) to the end (left padding)."""
+    b, p = real.shape
+    counts = real.sum(1)
+    shift = (p - counts)[:, None]
+    idx = (torch.arange(p, device=latents.device)[None, :] - shift) % p  # source index for each target slot
+    out = latents.gather(1, idx[..., None].expand(-1, -1, latents.shape[-1]))
+    mask = torch.arange(p, device=latents.device)[None, :] >= shift
+    return out * mask[..., None], mask.long()
+
+
+@torch.no_grad()
+def encode_prompts(autoencoder, ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Encode token-id prompts (no end-of-text) -> left-padded latents (b, p, d) and mask (b, p)."""
+    longest = max((len(x) for x in ids), default=0)
+    if longest == 0:
+        return None, None
+    k = autoencoder.config.tokens_per_latent
+    x = torch.full((len(ids), longest), pad_id, dtype=torch.long, device=device)
+    m = torch.zeros_like(x)
+    for r, row in enumerate(ids):
+        x[r, : len(row)] = torch.tensor(row, device=device)
+        m[r, : len(row)] = 1
+    z = autoencoder.encode(x, m).float()  # (b, ceil(longest / k), d)
+    real = F.pad(m, (0, z.shape[1] * k - longest)).reshape(len(ids), -1, k).any(-1)
+    return left_align(z, real)
+
+
+def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: DenoiserLossConfig) -> LossOutput:
+    ids, mask = batch["input_ids"], batch["attention_mask"]  # (b, s) documents + eot + pads
+    device = ids.device
+    autoencoder = autoencoder.to(device).eval()
+    b, s = ids.shape
+    k = autoencoder.config.tokens_per_latent
+    lengths = mask.sum(1)
+    # split points: 0 (unconditional) or a token inside the text
+    u = torch.rand(b, device=device)
+    split = (u * (lengths - 1).clamp_min(1)).long().clamp_min(1) * (torch.rand(b, device=device) >= cfg.p_unconditional)
+    n_max = s // k
+    n = int(torch.randint(max(1, int(n_max * cfg.min_latents_fraction)), n_max + 1, ()).item())
+    pad = autoencoder.config.pad_token_id
+    cont = torch.full((b, n * k), pad, dtype=torch.long, device=device)
+    cont_mask = torch.zeros_like(cont)
+    prompts = []
+    for r in range(b):
+        rest = ids[r, split[r] : lengths[r]][: n * k]
+        cont[r, : len(rest)] = rest
+        cont_mask[r, : len(rest)] = 1
+        prompts.append(ids[r, : split[r]].tolist())
+    with torch.no_grad():
+        z0 = autoencoder.encode(cont, cont_mask).float()  # (b, n, d)
+        prompt, prompt_mask = encode_prompts(autoencoder, prompts, pad, device)
+        if prompt is not None:
+            keep = (torch.rand(b, device=device) >= cfg.p_prompt_drop).long()[:, None]
+            prompt_mask = prompt_mask * keep
+    schedule = model.schedule
+    t = ((torch.rand((), device=device) + torch.arange(b, device=device) / b) % 1).float()
+    alpha, sigma = (v.float()[:, None, None] for v in schedule.alpha_sigma(t))
+    eps = torch.randn_like(z0)
+    z_t = alpha * z0 + sigma * eps
+    self_cond = None
+    if model.config.self_conditioning and torch.rand(()) < cfg.p_self_cond:
+        with torch.no_grad():
+            self_cond = model.predict_x0(z_t, t, prompt, prompt_mask).detach()
+    f = model(z_t, t, prompt, prompt_mask, self_cond).float()
+    p = model.config.parameterisation
+    target = {"x0": z0, "eps": eps, "v": alpha * eps - sigma * z0}[p]
+    loss = F.mse_loss(f, target)
+    with torch.no_grad():
+        x0_mse = F.mse_loss(model.x0_from_output(f, z_t, t), z0)
+    return LossOutput(loss, {"x0_mse": float(x0_mse)})

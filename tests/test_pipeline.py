@@ -1,0 +1,131 @@
+import json
+
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
+
+from latentlm import LatentDiffusionPipeline, load_pipeline
+from latentlm.autoencoder import TextAutoencoder
+from latentlm.diffusion import LatentDenoiser
+from latentlm.errors import CheckpointError, InputError
+from latentlm.pipeline_latent_diffusion import make_scheduler
+
+
+@pytest.fixture
+def pipe(tiny_tokenizer):
+    torch.manual_seed(0)
+    ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=8, dim=32, encoder_depth=1,
+                         decoder_depth=1).eval()
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8).eval()
+    for name, param in den.named_parameters():  # leave the zero init (adaLN-Zero): outputs depend on inputs
+        if name.startswith("out.") or ".ada." in name:
+            torch.nn.init.normal_(param, std=0.1)
+    return LatentDiffusionPipeline(tiny_tokenizer, ae, den, make_scheduler("ddim", den))
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_prompt_returned_unchanged_and_types(pipe):
+    out = pipe(["lily had", "once upon a time there was a"], max_new_tokens=12, num_inference_steps=4,
+               generator=gen())
+    assert out.texts[0].startswith("lily had") and out.texts[1].startswith("once upon a time there was a")
+    assert out.latents.shape == (2, 3, 8) and out.sequences.shape == (2, 12) and out.nfe == 4
+    ids = pipe("lily", max_new_tokens=8, num_inference_steps=3, generator=gen(), output_type="ids")
+    assert ids.texts is None and ids.sequences.shape == (1, 8)
+    lat = pipe("lily", max_new_tokens=8, num_inference_steps=3, generator=gen(), output_type="latent")
+    assert lat.sequences is None and torch.equal(lat.latents, ids.latents)
+
+
+def test_unconditional_and_samples_per_prompt(pipe):
+    out = pipe(None, max_new_tokens=8, num_inference_steps=3, num_samples_per_prompt=3, generator=gen())
+    assert len(out.texts) == 3 and not torch.equal(out.latents[0], out.latents[1])
+    assert pipe("", max_new_tokens=8, num_inference_steps=3, generator=gen()).latents.shape == (1, 2, 8)
+
+
+def test_seeded_determinism_and_save_load_roundtrip(pipe, tmp_path):
+    a = pipe("the sun", max_new_tokens=16, num_inference_steps=5, generator=gen(3))
+    b = pipe("the sun", max_new_tokens=16, num_inference_steps=5, generator=gen(3))
+    assert torch.equal(a.latents, b.latents) and a.texts == b.texts
+    pipe.save_pretrained(tmp_path)
+    for loaded in (load_pipeline(tmp_path), LatentDiffusionPipeline.from_pretrained(tmp_path)):
+        c = loaded("the sun", max_new_tokens=16, num_inference_steps=5, generator=gen(3))
+        assert torch.equal(a.latents, c.latents) and a.texts == c.texts
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler,
+                                 FlowMatchEulerDiscreteScheduler])
+def test_scheduler_swap(pipe, cls):
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    if cls is not FlowMatchEulerDiscreteScheduler:
+        assert pipe.scheduler.config.clip_sample is False if "clip_sample" in pipe.scheduler.config else True
+        assert pipe.scheduler.config.prediction_type == "sample"
+    out = pipe(["a", "lily had a red"], max_new_tokens=8, num_inference_steps=6, generator=gen())
+    assert torch.isfinite(out.latents).all() and out.nfe == 6
+
+
+def test_corrector_and_guidance_count_evaluations(pipe):
+    out = pipe("lily", max_new_tokens=8, num_inference_steps=4, corrector_steps=2, generator=gen())
+    assert out.nfe == 4 + 3 * 2  # no corrector after the last step
+    guided = pipe("lily", max_new_tokens=8, num_inference_steps=4, guidance_scale=3.0, generator=gen())
+    assert guided.nfe == 8
+    plain = pipe("lily", max_new_tokens=8, num_inference_steps=4, guidance_scale=1.0, generator=gen())
+    assert not torch.equal(guided.latents, plain.latents)
+
+
+def test_callback_sees_every_step(pipe):
+    seen = []
+    pipe("x", max_new_tokens=8, num_inference_steps=5, generator=gen(),
+         callback_on_step_end=lambda p, i, t, kw: seen.append((i, kw["latents"].shape)))
+    assert [i for i, _ in seen] == list(range(5))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(num_inference_steps=-3), "num_inference_steps"),
+    (dict(guidance_scale=-1.0), "guidance_scale"),
+    (dict(guidance_scale=float("nan")), "guidance_scale"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_new_tokens=33), "exceeds the autoencoder's maximum"),
+    (dict(num_samples_per_prompt=0), "num_samples_per_prompt"),
+    (dict(corrector_steps=-1), "corrector_steps"),
+    (dict(output_type="pil"), "output_type"),
+])
+def test_bad_arguments(pipe, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        pipe("lily", **{"max_new_tokens": 8, **kwargs})
+    with pytest.raises(InputError, match="prompt must be"):
+        pipe(["ok", 3])
+    with pytest.raises(InputError, match="prompt must be"):
+        pipe([])
+
+
+def test_long_prompt_keeps_its_last_tokens(pipe):
+    out = pipe("the sun was warm. " * 50, max_new_tokens=8, num_inference_steps=2, generator=gen())
+    assert out.texts[0].startswith("the sun was warm. " * 50)
+
+
+def test_mismatched_or_broken_components(pipe, tiny_tokenizer, tmp_path):
+    other = LatentDenoiser(latent_dim=16, dim=32, depth=1, n_heads=4, max_latents=8)
+    with pytest.raises(CheckpointError, match="latents have width 8 but the denoiser expects 16"):
+        LatentDiffusionPipeline(tiny_tokenizer, pipe.autoencoder, other, pipe.scheduler)
+    pipe.save_pretrained(tmp_path)
+    weights = next((tmp_path / "denoiser").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="denoiser.*corrupt or truncated"):
+        load_pipeline(tmp_path)
+    (tmp_path / "autoencoder" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="autoencoder/config.json is missing"):
+        load_pipeline(tmp_path)
+    (tmp_path / "model_index.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="model_index.json is not valid JSON"):
+        load_pipeline(tmp_path)
+    with pytest.raises(CheckpointError, match="not a saved latent diffusion pipeline"):
+        load_pipeline(tmp_path / "nothing")
+    assert json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())["clip_sample"] is False
