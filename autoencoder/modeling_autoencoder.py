@@ -53,10 +53,16 @@ class SemanticFeatures(nn.Module):
     """Word-piece states of a pretrained sentence-transformer, aligned to our tokens.
 
     Our token ids are turned back into text with ``token_texts`` (the string of
-    every id), the text is re-tokenised by the pretrained model's tokenizer, and
-    each of our tokens takes the state of the word piece under its first
-    non-space character.
+    every id; special tokens are empty), the text is re-tokenised by the
+    pretrained model's tokenizer, and each of our tokens takes the state of the
+    word piece under its first non-space character.
+
+    When frozen, the features of a token sequence never change, so they are
+    cached (float16, CPU, up to ``cache_size`` sequences): after the first
+    epoch the pretrained model costs nothing.
     """
+
+    cache_size = 50_000
 
     def __init__(self, model_name: str, token_texts: list[str], trainable: bool) -> None:
         super().__init__()
@@ -72,6 +78,7 @@ class SemanticFeatures(nn.Module):
         self.token_texts = token_texts
         self.model.requires_grad_(trainable)
         self.hidden_size = self.model.config.hidden_size
+        self._cache: dict[bytes, torch.Tensor] = {}
 
     def load_pretrained_weights(self) -> None:
         from transformers import AutoModel
@@ -104,21 +111,35 @@ class SemanticFeatures(nn.Module):
             index[r] = char_to_piece[np.minimum(firsts, len(text))]
         return dict(enc), index
 
+    def _features(self, rows: list[list[int]], device) -> torch.Tensor:
+        """Aligned states (b, width, hidden) of token-id rows, padded with empty-text tokens."""
+        width = max(1, max(len(r) for r in rows))
+        padded = [r + [0] * (width - len(r)) for r in rows]
+        enc, index = self._align(padded)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            states = self.model(**enc).last_hidden_state  # (b, pieces, hidden)
+        return torch.gather(states, 1, torch.as_tensor(index, device=states.device)[..., None]
+                            .expand(-1, -1, states.shape[-1]))  # (b, width, hidden)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(b, s) -> (b, s, hidden) states of the aligned word pieces (zeros at padding)."""
         rows = [row[m.bool()].tolist() for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
-        width = max(1, max(len(r) for r in rows))
-        padded = [r + [r[-1] if r else 0] * (width - len(r)) for r in rows]
-        enc, index = self._align(padded)
-        enc = {k: v.to(input_ids.device) for k, v in enc.items()}
-        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            states = self.model(**enc).last_hidden_state  # (b, pieces, hidden)
-        gathered = torch.gather(states, 1, torch.as_tensor(index, device=states.device)[..., None]
-                                .expand(-1, -1, states.shape[-1]))  # (b, width, hidden)
-        out = states.new_zeros(input_ids.shape[0], input_ids.shape[1], states.shape[-1])
-        for r, row in enumerate(rows):
-            pos = attention_mask[r].bool().nonzero().squeeze(-1)
-            out[r, pos] = gathered[r, : len(row)]
+        out = torch.zeros(input_ids.shape[0], input_ids.shape[1], self.hidden_size, device=input_ids.device)
+        use_cache = not self.trainable
+        keys = [np.asarray(r, dtype=np.int32).tobytes() for r in rows]
+        missing = [i for i, k in enumerate(keys) if not (use_cache and k in self._cache)]
+        if missing:
+            feats = self._features([rows[i] for i in missing], input_ids.device)
+            for j, i in enumerate(missing):
+                f = feats[j, : len(rows[i])]
+                if use_cache and len(self._cache) < self.cache_size:
+                    self._cache[keys[i]] = f.detach().to("cpu", torch.float16)
+                else:
+                    out[i, attention_mask[i].bool()] = f.to(out.dtype)
+        for i, k in enumerate(keys):
+            if use_cache and k in self._cache:
+                out[i, attention_mask[i].bool()] = self._cache[k].to(out.device, out.dtype)
         return out
 
 
@@ -262,5 +283,7 @@ def decode_ids(ids: torch.Tensor, tokenizer) -> list[str]:
 
 
 def token_texts_of(tokenizer) -> list[str]:
-    """The text of every token id (for aligning with another tokenizer)."""
-    return [tokenizer.convert_tokens_to_string([t]) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+    """The text of every token id (for aligning with another tokenizer); special tokens are empty."""
+    special = set(tokenizer.all_special_ids)
+    return ["" if i in special else tokenizer.convert_tokens_to_string([t])
+            for i, t in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))]

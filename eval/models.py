@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from latentlm.data.tokenizer import load_tokenizer
-from latentlm.errors import InputError
+from latentlm.errors import InputError, check_text
 from latentlm.loading import load_model, read_model_config
 
 
@@ -47,9 +47,7 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
     prompts = list(prompts)
     if not prompts:
         raise InputError("empty prompt list: pass at least one prompt (an empty string for unconditional)")
-    if not all(isinstance(p, str) for p in prompts):
-        raise InputError("prompts must be strings")
-    return prompts
+    return [check_text(p) for p in prompts]
 
 
 class LanguageModelAdapter:
@@ -90,7 +88,7 @@ class LanguageModelAdapter:
     def _score_units(self, texts: Sequence[str], prefix_len: int) -> list[tuple[list[int], int]]:
         if prefix_len < 0:
             raise InputError(f"prefix_len must be >= 0, got {prefix_len}")
-        texts = list(texts)
+        texts = [check_text(t, "text") for t in texts] if not isinstance(texts, str) else [check_text(texts, "text")]
         if not texts:
             raise InputError("no text to score")
         units = []
@@ -198,11 +196,52 @@ def _summarise(per_text: list[float], ses: list[float], units, prefix_len: int, 
     return NLLOutput(total / n_tokens, stderr, total / math.log(2) / n_chars, n_tokens, n_chars, exact, per_text)
 
 
+class LatentAdapter(LanguageModelAdapter):
+    """The latent diffusion pipeline behind the common interface."""
+
+    kind = "latent"
+
+    def __init__(self, pipe, name: str | None = None) -> None:
+        self.pipe, self.tokenizer, self.model = pipe, pipe.tokenizer, pipe.denoiser
+        self.name = name or self.kind
+
+    @property
+    def context(self) -> int:
+        return int(self.pipe.autoencoder.config.max_seq_len)
+
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, steps: int = 32,
+                 guidance_scale: float = 1.0, corrector_steps: int = 0, scheduler: str | None = None
+                 ) -> GenerationOutput:
+        prompts = _check_prompts(prompts)
+        if scheduler is not None:
+            from latentlm.pipeline_latent_diffusion import make_scheduler
+
+            self.pipe.scheduler = make_scheduler(scheduler, self.pipe.denoiser)
+        out = self.pipe(prompts, max_new_tokens=max_new_tokens, num_inference_steps=steps,
+                        guidance_scale=guidance_scale, corrector_steps=corrector_steps, generator=generator)
+        conts = [t[len(p):] for t, p in zip(out.texts, prompts)]
+        return GenerationOutput(out.texts, conts, out.nfe)
+
+    def nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
+            seed: int = 0) -> NLLOutput:
+        from latentlm.diffusion.likelihood import pipeline_nll_bound
+
+        units = self._score_units(texts, prefix_len)
+        texts = [self.tokenizer.decode(ids[:-1]) for ids, _ in units]
+        nats, ses, _ = pipeline_nll_bound(self.pipe, texts, prefix_len=prefix_len, n_samples=n_samples, seed=seed)
+        return _summarise(nats, ses, units, prefix_len, exact=False)
+
+
 ADAPTERS = {"CausalLM": ARAdapter, "MaskedDiffusionLM": MDLMAdapter}
 
 
 def load_language_model(folder: str | Path, name: str | None = None) -> LanguageModelAdapter:
-    """The evaluation adapter of the model saved in ``folder`` (kind read from config.json)."""
+    """The evaluation adapter of the model saved in ``folder``: a latent diffusion pipeline
+    folder (``model_index.json``) or a baseline (kind read from ``config.json``)."""
+    from latentlm.loading import is_pipeline_folder, load_pipeline
+
+    if is_pipeline_folder(folder):
+        return LatentAdapter(load_pipeline(folder), name)
     cls_name = read_model_config(folder)["_class_name"]
     if cls_name not in ADAPTERS:
         raise InputError(f"{folder} holds a {cls_name}, which is not a language model "

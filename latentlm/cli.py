@@ -64,14 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True)
     gen.add_argument("prompt", nargs="?", default="")
     gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--num-samples", type=int, default=1)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, default=32, help="denoising steps (latent, mdlm)")
+    gen.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (latent)")
+    gen.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm++", "flow-euler"], help="sampler (latent)")
+    gen.add_argument("--decoder", choices=["ancestral", "llada", "threshold", "anchor"], default="ancestral",
+                     help="decoder (mdlm)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar)")
 
     qs = sub.add_parser("quickstart", help="the main job: train every model on synthetic stories and compare")
     qs.add_argument("--out", default="runs/quickstart")
     qs.add_argument("--n-stories", type=int, default=4000)
+    qs.add_argument("--n-prompts", type=int, default=64, help="held-out openings to continue")
     return parser
 
 
@@ -118,23 +124,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(summary_table(result))
         print(f"written to {out}")
     elif args.command == "info":
-        from latentlm.loading import count_parameters, load_model, read_model_config
+        from latentlm.loading import describe
 
-        cfg = read_model_config(args.model)
-        model = load_model(args.model)
-        print(json.dumps({"class": cfg["_class_name"], "parameters": count_parameters(model),
-                          "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}, indent=2))
+        print(json.dumps(describe(args.model), indent=2))
     elif args.command == "generate":
-        from latentlm.generation import generate_text
+        import torch
 
-        for text in generate_text(args.model, args.prompt, max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature, top_p=args.top_p,
-                                  num_samples=args.num_samples, seed=args.seed):
+        from latentlm.eval.models import load_language_model
+
+        if args.num_samples < 1:
+            raise InputError(f"--num-samples must be positive, got {args.num_samples}")
+        lm = load_language_model(args.model)
+        options = {"ar": dict(temperature=args.temperature, top_p=args.top_p),
+                   "mdlm": dict(decoder=args.decoder, steps=args.steps),
+                   "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale, scheduler=args.scheduler)}
+        out = lm.generate([args.prompt] * args.num_samples, args.max_new_tokens,
+                          generator=torch.Generator().manual_seed(args.seed), **options[lm.kind])
+        for text in out.texts:
             print(text)
+        print(f"(NFE {out.nfe})", file=sys.stderr)
     elif args.command == "quickstart":
         from latentlm.quickstart import quickstart
 
-        quickstart(Path(args.out), n_stories=args.n_stories)
+        quickstart(Path(args.out), n_stories=args.n_stories, n_prompts=args.n_prompts)
     return 0
 
 

@@ -30,3 +30,14 @@ class CheckpointError(LatentLMError, RuntimeError):
 
 class TrainingDivergedError(LatentLMError, RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def check_text(text: object, what: str = "prompt") -> str:
+    """Return ``text`` if it is a string encodable as UTF-8, else raise InputError."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{what} is not valid Unicode text ({e.reason} at position {e.start})") from None
+    return text

@@ -111,3 +111,20 @@ def load_pipeline(folder: str | Path):
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def describe(folder: str | Path) -> dict[str, Any]:
+    """Class, parameter count and config of a saved model or pipeline (``latentlm info``)."""
+    folder = Path(folder)
+    if is_pipeline_folder(folder):
+        pipe = load_pipeline(folder)
+        parts = {name: count_parameters(getattr(pipe, name)) for name in ("autoencoder", "denoiser")}
+        return {"class": "LatentDiffusionPipeline", "parameters": sum(parts.values()),
+                "components": parts, "scheduler": type(pipe.scheduler).__name__,
+                "autoencoder": {k: v for k, v in pipe.autoencoder.config.items()
+                                if not k.startswith("_") and k != "token_texts"},
+                "denoiser": {k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")}}
+    cfg = read_model_config(folder)
+    model = load_model(folder)
+    return {"class": cfg["_class_name"], "parameters": count_parameters(model),
+            "config": {k: v for k, v in cfg.items() if not k.startswith("_") and k != "token_texts"}}

@@ -30,7 +30,7 @@ from diffusers.utils import BaseOutput
 
 from latentlm.diffusion.losses import encode_prompts
 from latentlm.diffusion.sampling import langevin_correct
-from latentlm.errors import CheckpointError, InputError
+from latentlm.errors import CheckpointError, InputError, check_text
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,
@@ -96,9 +96,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         if prompt is None:
             return [""]
         if isinstance(prompt, str):
-            return [prompt]
+            return [check_text(prompt)]
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-            return list(prompt)
+            return [check_text(p) for p in prompt]
         raise InputError("prompt must be None, a string or a non-empty list of strings")
 
     def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
@@ -161,8 +161,10 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end: called as f(pipe, step, timestep, {"latents": x}) after each step.
         """
         prompts = self._normalise_prompts(prompt)
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise InputError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        max_steps = int(getattr(self.scheduler.config, "num_train_timesteps", 1000))
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= max_steps:
+            raise InputError(f"num_inference_steps must be an integer in [1, {max_steps}] (the scheduler's "
+                             f"training timesteps), got {num_inference_steps!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)) or guidance_scale < 0:

@@ -64,16 +64,19 @@ class Recipe:
                 **self.extra_sections}
 
 
+def _build_lm(cls, cfg: dict[str, Any], tok, **special) -> torch.nn.Module:
+    """A baseline of class ``cls`` from an ``LMConfig`` section and the tokenizer."""
+    m = cfg["model"]
+    return cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eot_token_id=tok.eos_token_id,
+               max_seq_len=max(m.max_seq_len, cfg["data"].seq_len), **special,
+               **{k: v for k, v in dataclasses.asdict(m).items() if k != "max_seq_len"})
+
+
 def _ar_recipe() -> Recipe:
-    from latentlm.baselines.autoregressive import ARConfig, CausalLM, ar_loss
+    from latentlm.baselines.autoregressive import CausalLM, ar_loss
+    from latentlm.baselines.config import LMConfig
 
-    def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
-        m: ARConfig = cfg["model"]
-        return CausalLM(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                        eot_token_id=tok.eos_token_id, max_seq_len=max(m.max_seq_len, cfg["data"].seq_len),
-                        **{k: v for k, v in dataclasses.asdict(m).items() if k != "max_seq_len"})
-
-    return Recipe("ar", ARConfig, build, lambda cfg, ctx: ar_loss)
+    return Recipe("ar", LMConfig, lambda cfg, tok, ctx: _build_lm(CausalLM, cfg, tok), lambda cfg, ctx: ar_loss)
 
 
 def _autoencoder_recipe() -> Recipe:
@@ -122,16 +125,12 @@ class AutoencoderConfig:
 
 
 def _mdlm_recipe() -> Recipe:
-    from latentlm.baselines.masked_diffusion import MaskedDiffusionLM, MDLMConfig, mdlm_loss
+    from latentlm.baselines.config import LMConfig
+    from latentlm.baselines.masked_diffusion import MaskedDiffusionLM, mdlm_loss
 
-    def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
-        m: MDLMConfig = cfg["model"]
-        return MaskedDiffusionLM(vocab_size=len(tok), mask_token_id=tok.mask_token_id,
-                                 pad_token_id=tok.pad_token_id, eot_token_id=tok.eos_token_id,
-                                 max_seq_len=max(m.max_seq_len, cfg["data"].seq_len),
-                                 **{k: v for k, v in dataclasses.asdict(m).items() if k != "max_seq_len"})
-
-    return Recipe("mdlm", MDLMConfig, build, lambda cfg, ctx: mdlm_loss)
+    return Recipe("mdlm", LMConfig,
+                  lambda cfg, tok, ctx: _build_lm(MaskedDiffusionLM, cfg, tok, mask_token_id=tok.mask_token_id),
+                  lambda cfg, ctx: mdlm_loss)
 
 
 @dataclass

@@ -56,3 +56,35 @@ def test_unknown_kind_and_bad_file(tmp_path):
     unknown.write_text("[ar.optim]\nlr = 1\n")
     with pytest.raises(ConfigError, match=r"unknown section \[ar.optim\]"):
         resolve_run_config("ar", config_file=str(unknown))
+
+
+@pytest.mark.parametrize("preset", ["cpu-tiny", "cpu-small", "gpu-base"])
+@pytest.mark.parametrize("vocab", [700, 4096])
+def test_baseline_presets_match_latent_model_parameters(preset, vocab):
+    """AR and MDLM presets are within 10% of autoencoder + denoiser parameters of the same preset."""
+    import dataclasses
+
+    import torch
+
+    from latentlm.recipes import get_recipe
+
+    class FakeTok:  # what build_model reads from a tokenizer
+        pad_token_id, eos_token_id, mask_token_id = 0, 1, 2
+
+        def __len__(self):
+            return vocab
+
+    def params(model):
+        return sum(p.numel() for p in model.parameters())
+
+    with torch.device("meta"):
+        ae_cfg = resolve_run_config("autoencoder", preset)
+        ae = get_recipe("autoencoder").build_model(ae_cfg, FakeTok(), {})
+        den = get_recipe("denoiser").build_model(resolve_run_config("denoiser", preset), FakeTok(),
+                                                 {"autoencoder": ae})
+        latent = params(ae) + params(den)
+        for kind in ("ar", "mdlm"):
+            cfg = resolve_run_config(kind, preset)
+            n = params(get_recipe(kind).build_model(cfg, FakeTok(), {}))
+            assert abs(n / latent - 1) <= 0.10, (preset, kind, n, latent)
+            assert dataclasses.asdict(cfg["model"])["depth"] == resolve_run_config("ar", preset)["model"].depth

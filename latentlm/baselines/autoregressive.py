@@ -5,7 +5,7 @@ Exact likelihood (``nll``) and sampling with temperature / top-p in float64.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import torch
 import torch.nn.functional as F
@@ -13,20 +13,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from latentlm.baselines.config import LMConfig
 from latentlm.errors import InputError
 from latentlm.layers import KVCache, Transformer
 from latentlm.training import LossOutput
 
-
-@dataclass
-class ARConfig:
-    """Model section of an AR preset (``[ar.model]``)."""
-
-    dim: int = 256
-    depth: int = 6
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    max_seq_len: int = 1024
+ARConfig = LMConfig  # model section of an AR preset (``[ar.model]``)
 
 
 class CausalLM(ModelMixin, ConfigMixin):
@@ -129,6 +121,10 @@ def generate(
     """
     if max_new_tokens <= 0:
         raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
     if input_ids.shape[1] == 0:
         raise InputError("generation needs at least one prompt token (use the end-of-text id)")
     if input_ids.shape[1] + max_new_tokens > model.config.max_seq_len:

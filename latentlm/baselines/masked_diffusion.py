@@ -23,30 +23,23 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from latentlm.baselines.config import LMConfig
 from latentlm.errors import InputError
 from latentlm.layers import Transformer
 from latentlm.training import LossOutput
 
 DECODERS = ("ancestral", "llada", "threshold", "anchor")
+MAX_STEPS = 10_000  # documented limit on decoding steps (bounds the time of one call)
 T_EPS = 1e-3  # smallest masking level (the 1/t weight is unbounded at 0)
 
 
-@dataclass
-class MDLMConfig:
-    """Model section of an MDLM preset (``[mdlm.model]``)."""
-
-    dim: int = 256
-    depth: int = 6
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    max_seq_len: int = 1024
+MDLMConfig = LMConfig  # model section of an MDLM preset (``[mdlm.model]``)
 
 
 class MaskedDiffusionLM(ModelMixin, ConfigMixin):
@@ -239,8 +232,10 @@ def generate(
         raise InputError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
     if max_new_tokens <= 0:
         raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if steps <= 0:
-        raise InputError(f"steps must be positive, got {steps}")
+    if not 0 < steps <= MAX_STEPS:
+        raise InputError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
     if not 0 < threshold <= 1:
         raise InputError(f"threshold must be in (0, 1], got {threshold}")
     b, p = prompt_ids.shape

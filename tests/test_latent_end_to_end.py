@@ -1,0 +1,49 @@
+"""Denoiser training through the CLI, the exported pipeline folder, generate / info / nll."""
+
+import json
+
+import pytest
+import torch
+
+from latentlm.cli import main
+from latentlm.eval.models import load_language_model
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tiny_autoencoder_dir, synthetic_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("latent") / "pipe"
+    assert main(["train", "denoiser", "--preset", "cpu-tiny", "--autoencoder", str(tiny_autoencoder_dir),
+                 "--data", str(synthetic_files / "train.jsonl"), "--valid", str(synthetic_files / "valid.jsonl"),
+                 "--out", str(out), "--set", "train.steps=20", "--set", "train.eval_every=10"]) == 0
+    return out
+
+
+def test_export_is_a_complete_pipeline(pipeline_dir, capsys):
+    for part in ("model_index.json", "tokenizer", "autoencoder", "denoiser", "scheduler"):
+        assert (pipeline_dir / part).exists(), part
+    assert main(["info", "--model", str(pipeline_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["class"] == "LatentDiffusionPipeline"
+    assert info["parameters"] == info["components"]["autoencoder"] + info["components"]["denoiser"]
+
+
+def test_generate_cli(pipeline_dir, capsys):
+    assert main(["generate", "--model", str(pipeline_dir), "once upon a time", "--max-new-tokens", "16",
+                 "--steps", "4", "--num-samples", "2", "--scheduler", "dpm++"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("once upon a time") for line in lines)
+
+
+def test_latent_adapter_nll_is_a_positive_bound(pipeline_dir):
+    lm = load_language_model(pipeline_dir)
+    res = lm.nll(["lily had a red kite.", "the sun was warm."], n_samples=4)
+    assert res.nats_per_token > 0 and res.stderr > 0 and not res.exact
+    cond = lm.nll(["lily had a red kite."], prefix_len=2, n_samples=4)
+    assert cond.n_tokens == len(lm.tokenizer("lily had a red kite.")["input_ids"]) - 2 + 1
+    out = lm.generate(["lily had"], 8, generator=torch.Generator().manual_seed(0), steps=3)
+    assert out.texts[0].startswith("lily had") and out.nfe == 3
+
+
+def test_denoiser_needs_an_autoencoder(synthetic_files, tmp_path, capsys):
+    assert main(["train", "denoiser", "--data", str(synthetic_files / "train.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "needs --autoencoder" in capsys.readouterr().err
