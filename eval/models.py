@@ -27,7 +27,7 @@ from latentlm.loading import load_model, read_model_config
 class GenerationOutput:
     texts: list[str]  # prompt + continuation, one per prompt
     continuations: list[str]
-    nfe: int  # network evaluations per batch
+    nfe: int  # network evaluations each sample went through
 
 
 @dataclass
@@ -118,7 +118,7 @@ class ARAdapter(LanguageModelAdapter):
             new, n = generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
                               generator=generator)
             outs.append((group, new.cpu()))
-            nfe += n
+            nfe = max(nfe, n)  # every sample saw n evaluations (groups are batched separately)
         new = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long)
         for group, rows in outs:
             new[group] = rows
@@ -162,7 +162,7 @@ class MDLMAdapter(LanguageModelAdapter):
             rows, n = generate(self.model, x, max_new_tokens, decoder=decoder, steps=steps, threshold=threshold,
                                temperature=temperature, generator=generator)
             new[group] = rows.cpu()
-            nfe += n
+            nfe = max(nfe, n)
         texts, conts = self._finish(prompts, new)
         return GenerationOutput(texts, conts, nfe)
 

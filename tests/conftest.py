@@ -32,7 +32,7 @@ def tiny_tokenizer(synthetic_texts):
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("LATENTLM_TEST_THREADS", "2")))
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,8 @@ def tiny_autoencoder_dir(synthetic_files, tmp_path_factory):
     from latentlm.recipes import run_training
 
     out = tmp_path_factory.mktemp("ae") / "run"
-    run_training("autoencoder", [synthetic_files / "train.jsonl"], out, preset="cpu-tiny",
-                 valid=[synthetic_files / "valid.jsonl"], tokenizer=synthetic_files / "tokenizer",
-                 progress=False)
+    result = run_training("autoencoder", [synthetic_files / "train.jsonl"], out, preset="cpu-tiny",
+                          valid=[synthetic_files / "valid.jsonl"], tokenizer=synthetic_files / "tokenizer",
+                          progress=False)
+    assert not result.interrupted and result.step == 400, "the fixture's training was interrupted by a signal"
     return out

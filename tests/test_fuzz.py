@@ -26,7 +26,7 @@ PROMPTS = st.one_of(
 )
 INTS = st.one_of(st.integers(-5, 40), st.sampled_from([0, -1, 10**9]))
 FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1.0, -0.5, 3.0]))
-SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 CASES = {"n": 0}
 
 

@@ -95,7 +95,8 @@ def sample_next(
     effective temperature: Zheng et al. 2024). temperature 0 is greedy."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    logits = logits.double()
+    probs = torch.softmax((logits - logits.amax(-1, keepdim=True)) / temperature, dim=-1)  # no overflow
     if top_p < 1.0:
         sorted_p, idx = probs.sort(dim=-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p

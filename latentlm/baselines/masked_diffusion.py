@@ -180,8 +180,8 @@ def exact_nll_by_orders(model: MaskedDiffusionLM, ids: torch.Tensor) -> tuple[fl
 
 def _sample(logp: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0):
     """Sample from log-probs (..., V) in float64; returns ids and their probabilities."""
-    logits = logp.double() / max(temperature, 1e-6)
-    probs = logits.softmax(-1)
+    logits = logp.double()
+    probs = ((logits - logits.amax(-1, keepdim=True)) / max(temperature, 1e-6)).softmax(-1)  # no overflow
     flat = probs.reshape(-1, probs.shape[-1])
     if temperature == 0:
         ids = flat.argmax(-1)
