@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--vocab-size", type=int, default=4096)
     for kind, what in (("autoencoder", "the text autoencoder"), ("ar", "the autoregressive baseline"),
                        ("mdlm", "the masked-diffusion baseline"),
+                       ("judge", "the judge of `compare` (an AR model larger and trained longer than the baseline)"),
                        ("denoiser", "the latent denoiser (exports a complete pipeline)")):
         _add_train_common(tr.add_parser(kind, help=f"train {what}"))
 
@@ -73,6 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decoder (mdlm)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar)")
+
+    cmp = sub.add_parser("compare", help="likelihood, sample quality, consistency and speed of saved models "
+                         "in one report")
+    cmp.add_argument("--model", dest="models", action="append", required=True, metavar="NAME=DIR",
+                     help="a model to compare (repeatable), e.g. --model latent=runs/denoiser")
+    cmp.add_argument("--data", required=True, help="held-out texts (.jsonl/.txt): openings, references, likelihood")
+    cmp.add_argument("--out", required=True, help="report folder (report.md, results.json, plots, samples)")
+    cmp.add_argument("--train", help="training texts: memorisation, name lexicon, sanity samplers")
+    cmp.add_argument("--judge", help="AR judge model folder (`latentlm train judge`) for generation perplexity")
+    cmp.add_argument("--seeds", type=int, default=1, help="sampling seeds per model")
+    cmp.add_argument("--prompts", type=int, default=128, help="openings to continue")
+    cmp.add_argument("--max-new-tokens", type=int, default=128)
+    cmp.add_argument("--nll-texts", type=int, default=128, help="texts for the likelihood")
+    cmp.add_argument("--no-mauve", action="store_true", help="skip MAUVE")
+    cmp.add_argument("--speed-lengths", type=int, nargs="+", default=[128, 256, 512, 1024])
 
     qs = sub.add_parser("quickstart", help="the main job: train every model on synthetic stories and compare")
     qs.add_argument("--out", default="runs/quickstart")
@@ -143,6 +159,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         for text in out.texts:
             print(text)
         print(f"(NFE {out.nfe})", file=sys.stderr)
+    elif args.command == "compare":
+        from latentlm.eval.compare import CompareConfig, compare
+        from latentlm.eval.report import summary_table
+
+        models = {}
+        for spec in args.models:
+            name, sep, folder = spec.partition("=")
+            if not sep or not name or not folder:
+                raise InputError(f"--model takes NAME=DIR, got {spec!r}")
+            if name in models:
+                raise InputError(f"model name {name!r} given twice")
+            models[name] = folder
+        for name in ("seeds", "prompts", "max_new_tokens", "nll_texts"):
+            if getattr(args, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        cfg = CompareConfig(prompts=args.prompts, max_new_tokens=args.max_new_tokens, seeds=args.seeds,
+                            nll_texts=args.nll_texts, mauve=not args.no_mauve,
+                            speed_lengths=tuple(args.speed_lengths))
+        results = compare(models, args.data, args.out, train=args.train, judge=args.judge, cfg=cfg)
+        print(summary_table(results))
+        print(f"report: {Path(args.out) / 'report.md'}")
     elif args.command == "quickstart":
         from latentlm.quickstart import quickstart
 

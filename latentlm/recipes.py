@@ -177,8 +177,13 @@ def _denoiser_recipe() -> Recipe:
                   needs_autoencoder=True, export=export)
 
 
+def _judge_recipe() -> Recipe:
+    """The judge of ``compare``: an AR model with its own preset section (larger, trained longer)."""
+    return dataclasses.replace(_ar_recipe(), kind="judge")
+
+
 RECIPES: dict[str, Callable[[], Recipe]] = {
-    "ar": _ar_recipe, "autoencoder": _autoencoder_recipe, "mdlm": _mdlm_recipe, "denoiser": _denoiser_recipe,
+    "ar": _ar_recipe, "judge": _judge_recipe, "autoencoder": _autoencoder_recipe, "mdlm": _mdlm_recipe, "denoiser": _denoiser_recipe,
 }
 
 

@@ -1,0 +1,114 @@
+"""`latentlm compare` end to end on tiny untrained models: every section, partial results, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from latentlm import LatentDiffusionPipeline
+from latentlm.autoencoder import TextAutoencoder
+from latentlm.baselines import CausalLM
+from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
+from latentlm.cli import main
+from latentlm.data.synthetic import generate_stories, write_jsonl
+from latentlm.diffusion import LatentDenoiser
+from latentlm.errors import DataError, InputError
+from latentlm.eval.compare import CompareConfig, compare
+from latentlm.pipeline_latent_diffusion import make_scheduler
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("compare")
+    torch.manual_seed(0)
+    v = len(tiny_tokenizer)
+    for name, cls in (("ar", CausalLM), ("mdlm", MaskedDiffusionLM)):
+        cls(vocab_size=v, dim=32, depth=1, n_heads=4, max_seq_len=256).save_pretrained(root / name)
+        tiny_tokenizer.save_pretrained(root / name)
+    ae = TextAutoencoder(vocab_size=v, max_seq_len=64, latent_dim=8, dim=32, encoder_depth=1, decoder_depth=1)
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=16)
+    LatentDiffusionPipeline(tiny_tokenizer, ae, den, make_scheduler("ddim", den)).save_pretrained(root / "latent")
+    write_jsonl(generate_stories(60, seed=7), root / "valid.jsonl")
+    write_jsonl(generate_stories(200, seed=8), root / "train.jsonl")
+    return root
+
+
+def small_config(**kw):
+    base = dict(prompts=12, max_new_tokens=16, nll_texts=4, nll_samples=2, cloze_items=6, nfe_sweep=(2, 4),
+                sweep_prompts=4, speed_lengths=(8, 4096), speed_batch=2, window=4, bootstrap=20)
+    return CompareConfig(**{**base, **kw})
+
+
+def test_compare_writes_every_section_and_resumes(folders, tmp_path):
+    models = {k: folders / k for k in ("latent", "mdlm", "ar")}
+    out = tmp_path / "report"
+    res = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", judge=None,
+                  cfg=small_config(), options={"latent": {"steps": 2}, "mdlm": {"steps": 4}}, progress=False)
+    s = res["sections"]
+    for name in models:
+        assert s[f"likelihood/{name}"]["nats_per_token"] > 0
+        assert 0 <= s[f"cloze/{name}"]["accuracy"] <= 1
+    rows = s["quality"]["rows"]
+    assert set(rows) >= {"latent", "mdlm", "ar", "real text", "sanity: unigram", "sanity: repeat"}
+    assert rows["sanity: copy train"]["memorised8"] > 0.9  # copies of training stories are memorised
+    assert rows["latent"]["entropy_ci"][0] <= rows["latent"]["entropy"] <= rows["latent"]["entropy_ci"][1]
+    assert s["consistency"]["probe"]["real text"]["consistent"] == 1.0  # the true continuations
+    assert "sanity: unigram" in s["quality"]["hackable"]["entropy"]  # random words beat real text on entropy
+    assert s["skipped"]["generation perplexity"] == "no --judge model given"
+    assert {r["model"] for r in s["nfe_sweep"]} == set(models)
+    assert any(r["skipped"] and r["new_tokens"] == 4096 for r in s["speed"])
+    assert all(r["latency_s"] > 0 for r in s["speed"] if r["new_tokens"] == 8)
+    for f in ("report.md", "results.json", "quality_vs_nfe.png", "latency_vs_length.png",
+              "consistency_vs_distance.png", "samples/latent_seed0.jsonl"):
+        assert (out / f).is_file(), f
+    report = (out / "report.md").read_text()
+    assert "hackable" in report and "| ar |" in report
+
+    # an interrupted run keeps its finished sections: drop one, rerun, only it is recomputed
+    data = json.loads((out / "results.json").read_text())
+    del data["sections"]["speed"]
+    (out / "results.json").write_text(json.dumps(data))
+    again = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", cfg=small_config(),
+                    options={"latent": {"steps": 2}, "mdlm": {"steps": 4}}, progress=False)
+    assert again["sections"]["quality"] == s["quality"]
+    assert "speed" in again["sections"]
+
+
+def test_compare_bad_input(folders, tmp_path):
+    with pytest.raises(InputError, match="not a language model"):  # an autoencoder is not a model to compare
+        compare({"x": folders / "latent" / "autoencoder"}, folders / "valid.jsonl", tmp_path / "a",
+                cfg=small_config(), progress=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError):
+        compare({"ar": folders / "ar"}, empty, tmp_path / "b", cfg=small_config(), progress=False)
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"text": "the end."}\n{"text": "hello there. bye."}\n')
+    with pytest.raises(DataError, match="nothing to continue"):
+        compare({"ar": folders / "ar"}, short, tmp_path / "c", cfg=small_config(), progress=False)
+    with pytest.raises(InputError, match="judge must not be one of the compared"):
+        compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "d", judge=folders / "ar",
+                cfg=small_config(), progress=False)
+    assert main(["compare", "--model", "noequals", "--data", str(folders / "valid.jsonl"), "--out",
+                 str(tmp_path / "e")]) == 2
+
+
+def test_interrupted_batches_are_not_redone(tmp_path):
+    from latentlm.eval.compare import cached_batches
+
+    calls = []
+
+    def work(a, b, fail_at=None):
+        if a == fail_at:
+            raise KeyboardInterrupt
+        calls.append(a)
+        return list(range(a, b))
+
+    cache = tmp_path / "job.partial"
+    with pytest.raises(KeyboardInterrupt):
+        cached_batches(cache, 10, 3, lambda a, b: work(a, b, fail_at=6))
+    assert calls == [0, 3]
+    with cache.open("a") as f:
+        f.write('{"start": 6, "out": [6')  # a line cut by the interruption
+    assert cached_batches(cache, 10, 3, work) == list(range(10))
+    assert calls == [0, 3, 6, 9]  # only the unfinished batches ran again
