@@ -10,6 +10,11 @@ by the frozen autoencoder, exactly as the pipeline will encode them:
     t ~ U(0, 1) stratified;  z_t = alpha_t z0 + sigma_t eps
     self-conditioning: with prob. 1/2, x0_sc = stopgrad(x0_hat(z_t, t, prompt, 0)) is fed as input
     loss = || F - target ||^2,  target = z0 | eps | alpha eps - sigma z0  for  x0 | eps | v
+         + w_ce * CE(decode(x0_hat), continuation)   # frozen decoder (Diffusion-LM's rounding term)
+
+The cross-entropy term sends the decoder's token loss through the frozen
+decoder into the clean-latent estimate: the MSE alone treats every latent
+direction alike, the decoder knows which ones change tokens.
 """
 
 from __future__ import annotations
@@ -31,11 +36,17 @@ class DenoiserLossConfig:
     p_prompt_drop: float = 0.1  # prompt replaced by the null token (classifier-free guidance)
     p_self_cond: float = 0.5
     min_latents_fraction: float = 0.25  # shortest continuation, as a share of the autoencoder's latents
+    decoder_ce: float = 0.0  # weight of the decoder cross-entropy of x0_hat (0 = MSE only)
+    pad_weight: float = 0.1  # weight of padding positions in that cross-entropy
 
     def validate(self) -> None:
         for name in ("p_unconditional", "p_prompt_drop", "p_self_cond"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"loss.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.decoder_ce < 0:
+            raise ConfigError(f"loss.decoder_ce must be >= 0, got {self.decoder_ce}")
+        if not 0 <= self.pad_weight <= 1:
+            raise ConfigError(f"loss.pad_weight must be in [0, 1], got {self.pad_weight}")
         if not 0 < self.min_latents_fraction <= 1:
             raise ConfigError(f"loss.min_latents_fraction must be in (0, 1], got {self.min_latents_fraction}")
 
@@ -107,7 +118,15 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     f = model(z_t, t, prompt, prompt_mask, self_cond).float()
     p = model.config.parameterisation
     target = {"x0": z0, "eps": eps, "v": alpha * eps - sigma * z0}[p]
-    loss = F.mse_loss(f, target)
-    with torch.no_grad():
-        x0_mse = F.mse_loss(model.x0_from_output(f, z_t, t), z0)
-    return LossOutput(loss, {"x0_mse": float(x0_mse)})
+    mse = F.mse_loss(f, target)
+    x0_hat = model.x0_from_output(f, z_t, t)
+    metrics = {"x0_mse": float(F.mse_loss(x0_hat.detach(), z0))}
+    loss = mse
+    if cfg.decoder_ce > 0:
+        logits = autoencoder.decode(x0_hat).float()  # (b, n k, vocab); decoder frozen, grads reach x0_hat
+        ce = F.cross_entropy(logits.transpose(1, 2), cont, reduction="none")  # (b, n k)
+        weight = cont_mask.float() + cfg.pad_weight * (1 - cont_mask.float())
+        ce = (ce * weight).sum() / weight.sum()
+        loss = mse + cfg.decoder_ce * ce
+        metrics.update(mse=float(mse.detach()), decoder_ce=float(ce.detach()))
+    return LossOutput(loss, metrics)

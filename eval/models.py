@@ -39,6 +39,9 @@ class NLLOutput:
     n_chars: int
     exact: bool
     per_text: list[float] = field(default_factory=list)  # nats of each text (for bootstrap)
+    per_text_tokens: list[int] = field(default_factory=list)  # scored tokens of each text
+    per_text_se: list[float] = field(default_factory=list)  # Monte Carlo standard error of each text's nats
+    per_text_chars: list[int] = field(default_factory=list)  # scored characters of each text
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:
@@ -85,6 +88,25 @@ class LanguageModelAdapter:
             conts.append(self.tokenizer.decode(row))
         return [p + c for p, c in zip(prompts, conts)], conts
 
+    def nll(self, texts, prefix_len: int | Sequence[int] = 0, **kwargs) -> NLLOutput:
+        """Nats/token of ``texts`` after their first ``prefix_len`` tokens (one number, or one per text):
+        exact for AR, an upper bound with its standard error for the diffusion models."""
+        if isinstance(prefix_len, int):
+            return self._nll(texts, prefix_len, **kwargs)
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if len(prefix_len) != len(texts):
+            raise InputError(f"got {len(prefix_len)} prefix lengths for {len(texts)} texts")
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prefix_len):
+            groups.setdefault(int(p), []).append(i)
+        per = [None] * len(texts)
+        for p, idx in groups.items():
+            out = self._nll([texts[i] for i in idx], p, **kwargs)
+            for j, i in enumerate(idx):
+                per[i] = (out.per_text[j], out.per_text_se[j], out.per_text_tokens[j], out.per_text_chars[j], out.exact)
+        nats, ses, toks, chars, exact = (list(x) for x in zip(*per))
+        return _summary(nats, ses, toks, chars, all(exact))
+
     def _score_units(self, texts: Sequence[str], prefix_len: int) -> list[tuple[list[int], int]]:
         if prefix_len < 0:
             raise InputError(f"prefix_len must be >= 0, got {prefix_len}")
@@ -126,7 +148,7 @@ class ARAdapter(LanguageModelAdapter):
         return GenerationOutput(texts, conts, nfe)
 
     @torch.no_grad()
-    def nll(self, texts, prefix_len: int = 0, *, batch_size: int = 16, progress: bool = False) -> NLLOutput:
+    def _nll(self, texts, prefix_len: int = 0, *, batch_size: int = 16, progress: bool = False) -> NLLOutput:
         from latentlm.baselines.autoregressive import sequence_nll
 
         units = self._score_units(texts, prefix_len)
@@ -167,7 +189,7 @@ class MDLMAdapter(LanguageModelAdapter):
         return GenerationOutput(texts, conts, nfe)
 
     @torch.no_grad()
-    def nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
+    def _nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
             seed: int = 0) -> NLLOutput:
         from latentlm.baselines.masked_diffusion import nll_bound
 
@@ -181,19 +203,27 @@ class MDLMAdapter(LanguageModelAdapter):
         return _summarise(means, ses, units, prefix_len, exact=False)
 
 
-def _same_length_groups(ids: list[list[int]]) -> list[list[int]]:
+GENERATION_CHUNK = 64  # prompts per forward batch: bounds generation memory whatever the number of prompts
+
+
+def _same_length_groups(ids: list[list[int]], size: int | None = None) -> list[list[int]]:
+    """Indices of prompts of equal length, in chunks of at most ``size`` (GENERATION_CHUNK)."""
+    size = size or GENERATION_CHUNK
     groups: dict[int, list[int]] = {}
     for i, x in enumerate(ids):
         groups.setdefault(len(x), []).append(i)
-    return list(groups.values())
+    return [g[j : j + size] for g in groups.values() for j in range(0, len(g), size)]
 
 
 def _summarise(per_text: list[float], ses: list[float], units, prefix_len: int, exact: bool) -> NLLOutput:
-    n_tokens = sum(len(ids) - prefix_len for ids, _ in units)
-    n_chars = sum(c for _, c in units)
-    total = sum(per_text)
+    return _summary(per_text, ses, [len(ids) - prefix_len for ids, _ in units], [c for _, c in units], exact)
+
+
+def _summary(per_text: list[float], ses: list[float], tokens: list[int], chars: list[int], exact: bool) -> NLLOutput:
+    n_tokens, n_chars, total = sum(tokens), sum(chars), sum(per_text)
     stderr = math.sqrt(sum(s * s for s in ses)) / n_tokens  # independent estimates per text
-    return NLLOutput(total / n_tokens, stderr, total / math.log(2) / n_chars, n_tokens, n_chars, exact, per_text)
+    return NLLOutput(total / n_tokens, stderr, total / math.log(2) / n_chars, n_tokens, n_chars, exact,
+                     list(per_text), list(tokens), list(ses), list(chars))
 
 
 class LatentAdapter(LanguageModelAdapter):
@@ -222,8 +252,8 @@ class LatentAdapter(LanguageModelAdapter):
         conts = [t[len(p):] for t, p in zip(out.texts, prompts)]
         return GenerationOutput(out.texts, conts, out.nfe)
 
-    def nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
-            seed: int = 0) -> NLLOutput:
+    def _nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
+             seed: int = 0) -> NLLOutput:
         from latentlm.diffusion.likelihood import pipeline_nll_bound
 
         units = self._score_units(texts, prefix_len)

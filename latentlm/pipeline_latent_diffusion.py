@@ -40,6 +40,7 @@ SCHEDULERS = {
 }
 OUTPUT_TYPES = ("text", "latent", "ids")
 MAX_BATCH = 4096  # documented limit on prompts x samples per call (memory stays bounded)
+DECODE_CHUNK = 64  # samples decoded to token logits at once
 
 
 def make_scheduler(name: str, denoiser) -> object:
@@ -226,8 +227,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         nfe = state["nfe"]
         if output_type == "latent":
             return LatentDiffusionPipelineOutput(None, None, latents, nfe)
-        logits = ae.decode(latents.to(ae.dtype))
-        seq = logits.argmax(-1)[:, :max_new_tokens].cpu()
+        # decoded in chunks: the logits (chunk, n k, vocab) are the largest tensor of a call
+        seq = torch.cat([ae.decode(latents[i : i + DECODE_CHUNK].to(ae.dtype)).argmax(-1)
+                         for i in range(0, batch, DECODE_CHUNK)])[:, :max_new_tokens].cpu()
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         texts = []
         for r, row in enumerate(seq.tolist()):

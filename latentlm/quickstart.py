@@ -3,10 +3,11 @@
 On the built-in synthetic stories, with the ``cpu-tiny`` presets: write the
 corpus, train the tokenizer, the autoencoder, the denoiser (exported as a
 :class:`~latentlm.LatentDiffusionPipeline`), and the two baselines (MDLM, AR);
-then continue held-out story openings with every model and score the
-continuations with the synthetic-story checker (well-formed sentences,
-mentions consistent with the facts the opening introduced). Uses a GPU when
-present. Reruns resume finished or interrupted steps.
+then print continuations of a held-out opening by every model and run
+``latentlm compare`` on held-out stories (the synthetic probe scores
+well-formed sentences and mentions consistent with the facts the opening
+introduced). Training uses a GPU when present. Reruns resume finished or
+interrupted steps.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch
 
 from latentlm.data.synthetic import check_story, generate_stories, split_sentences, write_jsonl
 from latentlm.data.tokenizer import train_tokenizer
+from latentlm.eval.compare import DEFAULT_OPTIONS, CompareConfig, compare
 from latentlm.eval.models import load_language_model
+from latentlm.eval.report import summary_table
 from latentlm.recipes import run_training
 
 
@@ -46,14 +49,14 @@ def quickstart(out: Path, *, n_stories: int = 4000, seed: int = 0, n_prompts: in
     print(f"latentlm quickstart -> {out} (device: {device})")
     out.mkdir(parents=True, exist_ok=True)
     train_stories = generate_stories(n_stories, seed=seed)
-    held_out = generate_stories(max(n_prompts, 50), seed=seed + 1)
+    held_out = generate_stories(2 * max(n_prompts, 32), seed=seed + 1)  # openings + MAUVE's reference
     train_file = write_jsonl(train_stories, out / "data" / "train.jsonl")
     valid_file = write_jsonl(held_out, out / "data" / "valid.jsonl")
-    print(f"[1/6] {n_stories} synthetic stories -> {train_file}")
+    print(f"[1/7] {n_stories} synthetic stories -> {train_file}")
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
         train_tokenizer([s.text for s in train_stories], 4096).save_pretrained(tok_dir)
-    print(f"[2/6] byte-level BPE tokenizer -> {tok_dir}")
+    print(f"[2/7] byte-level BPE tokenizer -> {tok_dir}")
 
     common = dict(preset="cpu-tiny", valid=[valid_file])
     steps = [("autoencoder", dict(tokenizer=tok_dir)), ("denoiser", dict(autoencoder=out / "autoencoder")),
@@ -62,22 +65,27 @@ def quickstart(out: Path, *, n_stories: int = 4000, seed: int = 0, n_prompts: in
         folder = out / kind
         if not _trained(folder):
             run_training(kind, [train_file], folder, **common, **extra)
-        print(f"[{i}/6] {kind} trained -> {folder}")
+        print(f"[{i}/7] {kind} trained -> {folder}")
 
     prompts = [s.split()[0] for s in held_out[:n_prompts]]
     models = {"latent": out / "denoiser", "mdlm": out / "mdlm", "ar": out / "ar"}
-    options = {"latent": dict(steps=32), "mdlm": dict(steps=64, decoder="ancestral"), "ar": {}}
-    results = {}
-    print("\ncontinuations of held-out openings (first one shown):")
+    print("\ncontinuations of a held-out opening:")
+    print(f"  [opening] {prompts[0]}")
     for name, folder in models.items():
         lm = load_language_model(folder, name)
-        gen = lm.generate(prompts, 64, generator=torch.Generator().manual_seed(seed), **options[name])
-        wf, cons = continuation_quality(prompts, gen.texts)
-        results[name] = {"well_formed": wf, "consistent": cons, "nfe": gen.nfe}
-        print(f"\n  [{name}] ...{gen.continuations[0][:300]}")
-    print("\n| model | well-formed sentences | consistent mentions | NFE |\n|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['well_formed']:.3f} | {r['consistent']:.3f} | {r['nfe']} |")
-    print(f"\n{n_prompts} held-out openings, 64 new tokens each; done in {time.perf_counter() - t0:.0f} s; "
-          f"models in {out}")
+        gen = lm.generate(prompts[:1], 64, generator=torch.Generator().manual_seed(seed), **DEFAULT_OPTIONS[name])
+        print(f"  [{name}] ...{gen.continuations[0][:300]}")
+
+    print("\n[7/7] latentlm compare (likelihood, sample quality, consistency, speed)")
+    cfg = CompareConfig(prompts=n_prompts, max_new_tokens=64, nll_texts=32, nll_samples=4, cloze_items=32,
+                        nfe_sweep=(8, 16, 32, 64), sweep_prompts=16, speed_lengths=(64, 128), seed=seed)
+    results = compare(models, valid_file, out / "report", train=train_file, cfg=cfg, progress=True)
+    print("\n" + summary_table(results))
+    probe = results["sections"]["consistency"]["probe"]
+    print("\n| system | well-formed sentences | consistent mentions |\n|---|---|---|")
+    for name, r in probe.items():
+        if "well_formed" in r:
+            print(f"| {name} | {r['well_formed']:.3f} | {r['consistent']:.3f} |")
+    print(f"\n{len(prompts)} held-out openings, 64 new tokens each; done in {time.perf_counter() - t0:.0f} s; "
+          f"models in {out}; report: {out / 'report' / 'report.md'}")
     return results

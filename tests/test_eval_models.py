@@ -71,3 +71,14 @@ def test_loader_rejects_non_language_models(tmp_path, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(tmp_path)
     with pytest.raises(InputError, match="not a language model"):
         load_language_model(tmp_path)
+
+
+def test_generation_is_chunked_so_memory_is_bounded(ar, mdlm, monkeypatch):
+    import latentlm.eval.models as models
+
+    prompts = ["lily had a red kite."] * 5 + ["tom."]
+    monkeypatch.setattr(models, "GENERATION_CHUNK", 2)
+    assert models._same_length_groups([[1]] * 5 + [[1, 2]]) == [[0, 1], [2, 3], [4], [5]]
+    for lm in (ar, mdlm):
+        out = lm.generate(prompts, 6, generator=torch.Generator().manual_seed(0))
+        assert len(out.texts) == 6 and all(t.startswith(p) for t, p in zip(out.texts, prompts))

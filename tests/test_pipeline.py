@@ -129,3 +129,12 @@ def test_mismatched_or_broken_components(pipe, tiny_tokenizer, tmp_path):
     with pytest.raises(CheckpointError, match="not a saved latent diffusion pipeline"):
         load_pipeline(tmp_path / "nothing")
     assert json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())["clip_sample"] is False
+
+
+def test_decoding_in_chunks_changes_nothing(pipe, monkeypatch):
+    import latentlm.pipeline_latent_diffusion as pld
+
+    whole = pipe(["lily", "tom had", ""], max_new_tokens=8, num_inference_steps=2, generator=gen(1))
+    monkeypatch.setattr(pld, "DECODE_CHUNK", 2)
+    chunked = pipe(["lily", "tom had", ""], max_new_tokens=8, num_inference_steps=2, generator=gen(1))
+    assert torch.equal(whole.sequences, chunked.sequences) and whole.texts == chunked.texts

@@ -1,0 +1,532 @@
+"""``latentlm compare``: likelihood, sample quality, long-range consistency and speed in one report.
+
+    compare({"latent": DIR, "mdlm": DIR, "ar": DIR}, data="test.jsonl", out="report/",
+            train="train.jsonl", judge=DIR)
+
+Writes ``report.md``, ``results.json`` (updated after every section, so an
+interrupted run keeps what it finished and a rerun skips it), PNG plots and
+the raw samples (``samples/*.jsonl``). Systems scored on the sample metrics:
+each model (samples pooled over seeds), the real continuations of the same
+openings, and the sanity samplers (a metric on which one of them beats real
+text is marked hackable). Intervals are 95% percentile bootstraps over samples
+(and seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from latentlm.data.readers import read_documents
+from latentlm.data.synthetic import check_story, split_sentences
+from latentlm.errors import DataError, InputError, LatentLMError
+from latentlm.eval import consistency as cons
+from latentlm.eval import metrics as M
+from latentlm.eval.models import load_language_model
+from latentlm.eval.sanity import sanity_samplers
+from latentlm.eval.speed import measure_speed, rows_to_json, speed_table
+
+REAL = "real text"
+DEFAULT_OPTIONS = {"latent": {"steps": 32}, "mdlm": {"steps": 64, "decoder": "ancestral"}, "ar": {}}
+STEP_OPTION = {"latent": "steps", "mdlm": "steps"}  # kinds whose NFE is a knob
+
+
+@dataclass
+class CompareConfig:
+    """Sizes of every part of the report (defaults: the full report; quickstart shrinks them)."""
+
+    prompts: int = 128
+    max_new_tokens: int = 128
+    seeds: int = 1
+    prompt_sentences: int = 2  # opening of a real story (synthetic stories: their introductions)
+    nll_texts: int = 128
+    nll_samples: int = 8  # Monte Carlo samples per text for the diffusion bounds
+    cloze_items: int = 64
+    nfe_sweep: tuple[int, ...] = (8, 16, 32, 64)
+    sweep_prompts: int = 32
+    speed_lengths: tuple[int, ...] = (128, 256, 512, 1024)
+    speed_batch: int = 16
+    window: int = 16  # words per coherence window
+    distances: tuple[int, ...] = (1, 2, 4)
+    mauve: bool = True
+    bootstrap: int = 200
+    batch_size: int = 32  # prompts per generate call
+    seed: int = 0
+
+
+@dataclass
+class System:
+    """Samples of one model or baseline text source: openings and their continuations."""
+
+    name: str
+    prompts: list[str]
+    continuations: list[str]
+    texts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.texts:
+            self.texts = [p + " " + c for p, c in zip(self.prompts, self.continuations)]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def is_synthetic(docs: list[str]) -> bool:
+    """True when the documents are built-in synthetic stories (they all parse under the checker)."""
+    return all(check_story(d).well_formed_rate == 1.0 for d in docs[:20])
+
+
+def openings(docs: list[str], n: int, cfg: CompareConfig, synthetic: bool) -> list[tuple[str, str]]:
+    """(opening, real continuation) pairs from up to ``n`` documents (a seeded sample)."""
+    pairs = []
+    for d in docs:
+        sents = split_sentences(d)
+        if synthetic:
+            k = 0
+            for s in check_story(d).sentences:
+                if s.role is None or not s.role.startswith("intro"):
+                    break
+                k += 1
+        else:
+            k = cfg.prompt_sentences
+        if 0 < k < len(sents) - 1:
+            pairs.append((" ".join(sents[:k]), " ".join(sents[k:])))
+    if not pairs:
+        raise DataError(f"no document has more than {cfg.prompt_sentences + 1} sentences: nothing to continue")
+    return random.Random(cfg.seed).sample(pairs, min(n, len(pairs)))
+
+
+# ----------------------------------------------------------------------------- results file
+
+
+class Results:
+    """results.json, rewritten atomically after every section; finished sections are reused."""
+
+    def __init__(self, out: Path, signature: dict) -> None:
+        self.path = out / "results.json"
+        self.data: dict = {"config": signature, "sections": {}}
+        try:
+            old = json.loads(self.path.read_text()) if self.path.is_file() else None
+        except json.JSONDecodeError:
+            old = None
+        if old is not None and old.get("config") == signature:
+            self.data = old
+        else:  # another configuration: nothing of a previous run may be reused
+            for stale in [*out.glob("*.partial"), *out.glob("samples/*")]:
+                stale.unlink()
+        self._write()  # at once: partial files of this configuration are now tied to it
+
+    def done(self, key: str) -> bool:
+        return key in self.data["sections"]
+
+    def __getitem__(self, key: str):
+        return self.data["sections"][key]
+
+    def put(self, key: str, value) -> None:
+        self.data["sections"][key] = value
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=_json_default))
+        os.replace(tmp, self.path)
+
+
+def _json_default(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def _ci(items, stat: Callable[[list], float], cfg: CompareConfig) -> list[float]:
+    return list(M.bootstrap_ci(items, stat, n_boot=cfg.bootstrap, seed=cfg.seed))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def compare(
+    models: dict[str, str | Path],
+    data: str | Path,
+    out: str | Path,
+    *,
+    train: str | Path | None = None,
+    judge: str | Path | None = None,
+    cfg: CompareConfig | None = None,
+    options: dict[str, dict] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate ``models`` (name -> folder) on the documents of ``data`` and write the report to ``out``.
+
+    ``train`` (the training texts) enables memorisation, the name lexicon of
+    the entity probe and the sanity samplers; ``judge`` (an AR model folder,
+    never one of the compared models) enables generation perplexity.
+    Returns the results dictionary (also in ``out/results.json``).
+    """
+    cfg = cfg or CompareConfig()
+    if not models:
+        raise InputError("no model to compare: pass at least one --model NAME=DIR")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples").mkdir(exist_ok=True)
+    docs = read_documents([data])
+    if not docs:
+        raise DataError(f"{data} holds no text")
+    train_docs = read_documents([train]) if train else []
+    lms = {name: load_language_model(folder, name) for name, folder in models.items()}
+    judge_lm = load_language_model(judge, "judge") if judge else None
+    if judge_lm is not None and judge_lm.kind != "ar":
+        raise InputError(f"the judge {judge} is a {judge_lm.kind} model; it must be an autoregressive model")
+    if judge and any(Path(judge).resolve() == Path(f).resolve() for f in models.values()):
+        raise InputError("the judge must not be one of the compared models")
+    opts = {name: {**DEFAULT_OPTIONS.get(lm.kind, {}), **(options or {}).get(name, {})} for name, lm in lms.items()}
+    synthetic = is_synthetic(docs)
+    signature = {"models": {k: str(v) for k, v in models.items()}, "data": str(data), "train": str(train),
+                 "judge": str(judge), "options": opts, **asdict(cfg)}
+    res = Results(out, json.loads(json.dumps(signature)))
+    pairs = openings(docs, cfg.prompts, cfg, synthetic)
+    prompts = [p for p, _ in pairs]
+    tok = next(iter(lms.values())).tokenizer
+    real_conts = [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens]) for _, c in pairs]
+    n_words = max(1, int(statistics.median(len(c.split()) for c in real_conts)))
+    steps_total = 3 + 2 * len(lms) + (1 if cfg.nfe_sweep else 0) + 1
+    bar = tqdm(total=steps_total, desc="compare", disable=not progress)
+    skipped: dict[str, str] = {}
+
+    def stage(name: str) -> None:
+        bar.set_postfix_str(name)
+
+    # --- likelihood -----------------------------------------------------------------
+    for name, lm in lms.items():
+        stage(f"likelihood {name}")
+        key = f"likelihood/{name}"
+        if not res.done(key):
+            texts = random.Random(cfg.seed).sample(docs, min(cfg.nll_texts, len(docs)))
+            kw = {} if lm.kind == "ar" else {"n_samples": cfg.nll_samples}
+
+            def score(a: int, b: int, lm=lm, kw=kw, texts=texts) -> list:
+                r = lm.nll(texts[a:b], seed=a, **kw) if kw else lm.nll(texts[a:b])
+                return [list(x) for x in zip(r.per_text, r.per_text_se, r.per_text_tokens, r.per_text_chars)]
+
+            per = cached_batches(out / f"likelihood_{_slug(name)}.partial", len(texts), cfg.batch_size, score)
+            nats, ses, toks, chars = (list(x) for x in zip(*per))
+            n_tok = sum(toks)
+            res.put(key, {"nats_per_token": sum(nats) / n_tok, "stderr": math.sqrt(sum(x * x for x in ses)) / n_tok,
+                          "bits_per_char": sum(nats) / math.log(2) / sum(chars), "exact": lm.kind == "ar",
+                          "n_tokens": n_tok,
+                          "ci": _ci(list(zip(nats, toks)), lambda xs: sum(a for a, _ in xs) / sum(b for _, b in xs),
+                                    cfg)})
+        bar.update(1)
+
+    # --- samples --------------------------------------------------------------------
+    systems: list[System] = []
+    for name, lm in lms.items():
+        stage(f"generate {name}")
+        conts, texts = [], []
+        for s in range(cfg.seeds):
+            path = out / "samples" / f"{name}_seed{s}.jsonl"
+            rows = _load_samples(path, len(prompts))
+            if rows is None:
+                rows, _ = _generate(lm, prompts, cfg, opts[name], seed=cfg.seed + s,
+                                    cache=path.with_suffix(".partial"))
+                _write_samples(path, prompts, rows)
+            conts += [c for _, c in rows]
+            texts += [t for t, _ in rows]
+        systems.append(System(name, prompts * cfg.seeds, conts, texts))
+        bar.update(1)
+    real = System(REAL, prompts, real_conts)
+    systems.append(real)
+    if train_docs:
+        for s in sanity_samplers(train_docs):
+            systems.append(System(s.name, prompts, s.generate(prompts, n_words, seed=cfg.seed)))
+    else:
+        skipped["sanity samplers, memorisation, entity persistence"] = "no --train texts given"
+    for s in systems:
+        _write_samples(out / "samples" / f"{_slug(s.name)}.jsonl", s.prompts, list(zip(s.texts, s.continuations)))
+    bar.update(1)
+
+    # --- sample quality ---------------------------------------------------------------
+    stage("sample quality")
+    if not res.done("quality"):
+        res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped))
+    bar.update(1)
+
+    # --- long-range consistency -------------------------------------------------------
+    stage("consistency")
+    if not res.done("consistency"):
+        res.put("consistency", _consistency(systems, real, synthetic, train_docs, cfg, skipped))
+    for name, lm in lms.items():
+        stage(f"cloze {name}")
+        key = f"cloze/{name}"
+        if not res.done(key):
+            res.put(key, _cloze(lm, docs, lms, cfg, out / f"cloze_{_slug(name)}.partial"))
+        bar.update(1)
+
+    # --- quality vs NFE ---------------------------------------------------------------
+    if cfg.nfe_sweep:
+        stage("quality vs NFE")
+        if not res.done("nfe_sweep"):
+            res.put("nfe_sweep", _nfe_sweep(lms, opts, prompts[: cfg.sweep_prompts], judge_lm, synthetic, cfg))
+        bar.update(1)
+
+    # --- speed ------------------------------------------------------------------------
+    stage("speed")
+    if not res.done("speed"):
+        rows = []
+        for name, lm in lms.items():
+            rows += measure_speed(lm, name, prompts[0], list(cfg.speed_lengths), cfg.speed_batch, opts[name])
+        res.put("speed", rows_to_json(rows))
+    bar.update(1)
+    bar.close()
+    res.put("skipped", {**res.data["sections"].get("skipped", {}), **skipped})
+    res.put("meta", {"synthetic": synthetic, "n_prompts": len(prompts), "device": _device_name(),
+                     "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    from latentlm.eval.report import write_report
+
+    write_report(res.data, out)
+    return res.data
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def _load_samples(path: Path, n: int) -> list[tuple[str, str]] | None:
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(r["text"], r["continuation"]) for r in rows] if len(rows) == n else None
+
+
+def _write_samples(path: Path, prompts: list[str], rows: list[tuple[str, str]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for p, (t, c) in zip(prompts, rows):
+            f.write(json.dumps({"prompt": p, "continuation": c, "text": t}) + "\n")
+    os.replace(tmp, path)
+
+
+def cached_batches(path: Path | None, n_items: int, batch: int, fn: Callable[[int, int], list]) -> list:
+    """``fn(start, stop)`` over consecutive batches of ``n_items``, each finished batch appended to the
+    JSONL file ``path`` at once: an interrupted job reruns only the batch it was in."""
+    done: dict[int, list] = {}
+    if path is not None and path.is_file():
+        good = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                done[rec["start"]] = rec["out"]
+                good.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut by the interruption: that batch is redone
+        path.write_text("".join(g + "\n" for g in good))
+    out = []
+    for start in range(0, n_items, batch):
+        if start not in done:
+            done[start] = fn(start, min(start + batch, n_items))
+            if path is not None:
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"start": start, "out": done[start]}, default=_json_default) + "\n")
+        out += done[start]
+    return out
+
+
+def _generate(lm, prompts: list[str], cfg: CompareConfig, options: dict, seed: int,
+              cache: Path | None = None) -> tuple[list[tuple[str, str]], int]:
+    """(text, continuation) per prompt and the NFE per sample; batch i is seeded by (seed, i), so a
+    resumed run gives the samples of an uninterrupted one."""
+    nfe = {"n": 0}
+
+    def run(a: int, b: int) -> list:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + a)
+        gen = lm.generate(prompts[a:b], cfg.max_new_tokens, generator=g, **options)
+        return [[t, c, gen.nfe] for t, c in zip(gen.texts, gen.continuations)]
+
+    rows = cached_batches(cache, len(prompts), cfg.batch_size, run)
+    nfe["n"] = max(r[2] for r in rows)
+    return [(t, c) for t, c, _ in rows], nfe["n"]
+
+
+def _judge_scores(judge, system: System) -> list[tuple[float, int]]:
+    """(nats, tokens) of each continuation given its opening, under the judge."""
+    prefix = [len(judge.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in system.prompts]
+    texts, ok = [], []
+    for t, p in zip(system.texts, prefix):
+        n = len(judge.tokenizer(t, add_special_tokens=False)["input_ids"])
+        if p < min(n, judge.context - 2):
+            texts.append(t)
+            ok.append(p)
+    r = judge.nll(texts, prefix_len=ok)
+    return list(zip(r.per_text, r.per_text_tokens))
+
+
+def _ppl(xs: list[tuple[float, int]]) -> float:
+    return math.exp(sum(a for a, _ in xs) / sum(b for _, b in xs))
+
+
+METRIC_DIRECTION = {  # +1 higher is better, -1 lower is better
+    "gen_ppl": -1, "mauve": +1, "entropy": +1, "rep4": -1, "distinct2": +1, "self_bleu": -1, "memorised8": -1,
+    "well_formed": +1, "consistent": +1, "known_names": +1, "new_names": -1, "coherence": +1,
+}
+
+
+def _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped) -> dict:
+    rows: dict[str, dict] = {}
+    index = M.NgramIndex(train_docs, 8) if train_docs else None
+    feats_real = feats_ceiling = None
+    if cfg.mauve:
+        used = {p for p, _ in pairs}
+        others = [d for d in docs if not any(d.startswith(p) for p in used)]
+        ref_other = [" ".join(split_sentences(d)[cfg.prompt_sentences:]) for d in others]
+        ref_other = [" ".join(c.split()[: max(len(x.split()) for x in real.continuations)]) for c in ref_other if c]
+        ref_other = ref_other[: len(real.continuations)]
+        if len(real.continuations) >= 10 and len(ref_other) >= 10:
+            feats_real = M.sentence_embeddings(real.continuations)
+            feats_ceiling = M.sentence_embeddings(ref_other)
+        else:
+            skipped["mauve"] = f"needs 10+ prompts and 10+ other held-out stories (have {len(real.continuations)}, {len(ref_other)})"
+    if judge_lm is None:
+        skipped["generation perplexity"] = "no --judge model given"
+    for s in tqdm(systems, desc="quality", leave=False):
+        c = s.continuations
+        r: dict = {"n": len(c)}
+        r["entropy"], r["entropy_ci"] = M.unigram_entropy(c), _ci(c, M.unigram_entropy, cfg)
+        r["rep4"], r["rep4_ci"] = M.rep_n(c, 4), _ci(c, lambda x: M.rep_n(x, 4), cfg)
+        r["distinct2"], r["distinct2_ci"] = M.distinct_n(c, 2), _ci(c, lambda x: M.distinct_n(x, 2), cfg)
+        nonempty = [x for x in c if x.strip()]
+        r["self_bleu"] = M.self_bleu(nonempty) if len(nonempty) >= 2 else None
+        if index is not None:
+            r["memorised8"], r["memorised8_ci"] = index.memorised(c), _ci(c, index.memorised, cfg)
+        if judge_lm is not None:
+            scores = _judge_scores(judge_lm, s)
+            r["gen_ppl"], r["gen_ppl_ci"] = _ppl(scores), _ci(scores, _ppl, cfg)
+        if feats_real is not None:
+            feats = feats_ceiling if s.name == REAL else M.sentence_embeddings(c)
+            # real text is scored against other held-out stories: the data-vs-data ceiling
+            r["mauve"] = M.mauve_score(feats, feats_real, seed=cfg.seed)
+        rows[s.name] = r
+    return {"rows": rows, "hackable": _hackable(rows)}
+
+
+def _hackable(rows: dict[str, dict]) -> dict[str, list[str]]:
+    """metric -> sanity samplers that beat real text on it."""
+    out = {}
+    real = rows.get(REAL, {})
+    for metric, sign in METRIC_DIRECTION.items():
+        if real.get(metric) is None:
+            continue
+        beats = [n for n, r in rows.items() if n.startswith("sanity") and r.get(metric) is not None
+                 and not (isinstance(r[metric], float) and math.isnan(r[metric]))
+                 and sign * (r[metric] - real[metric]) > 0]
+        if beats:
+            out[metric] = beats
+    return out
+
+
+def _consistency(systems, real, synthetic, train_docs, cfg, skipped) -> dict:
+    out: dict = {"probe": {}, "entities": {}, "coherence": {}}
+    if synthetic:
+        for s in systems:
+            try:
+                p = cons.synthetic_probe(s.prompts, s.texts)
+            except DataError as e:
+                out["probe"][s.name] = {"skipped": str(e)}
+                continue
+            ps = p.per_story
+            out["probe"][s.name] = {
+                "well_formed": p.well_formed, "consistent": p.consistent, "by_distance": p.by_distance,
+                "well_formed_ci": _ci(ps, lambda x: sum(a for a, *_ in x) / max(1, sum(b for _, b, *_ in x)), cfg),
+                "consistent_ci": _ci(ps, lambda x: sum(v[2] for v in x) / max(1, sum(v[3] for v in x)), cfg)}
+    else:
+        skipped["synthetic probe"] = "the data are not synthetic stories (run it on `latentlm data synthetic` output)"
+    names = cons.name_lexicon(train_docs) if train_docs else set()
+    for s in systems:
+        try:
+            e = cons.entity_persistence(s.prompts, s.continuations, names)
+        except DataError as err:
+            out["entities"][s.name] = {"skipped": str(err)}
+            continue
+        ps = e.per_story
+        out["entities"][s.name] = {
+            "known_names": e.known_share, "new_names": e.new_name_rate, "mentions": e.n_mentions,
+            "known_names_ci": _ci(ps, lambda x: sum(v[0] for v in x) / max(1, sum(v[1] for v in x)), cfg),
+            "new_names_ci": _ci(ps, lambda x: sum(v[2] for v in x) / max(1, sum(v[3] for v in x)), cfg)}
+    try:
+        embed = M.sentence_embeddings
+        shuffled = cons.shuffled_similarity(real.texts, cfg.window, embed, seed=cfg.seed)
+        real_sim = cons.window_similarity(real.texts, cfg.window, cfg.distances, embed)
+        out["coherence"]["shuffled_similarity"] = shuffled
+        out["coherence"]["real_similarity"] = real_sim
+        out["coherence"]["curves"] = {}
+        for s in systems:
+            try:
+                sim = cons.window_similarity(s.texts, cfg.window, cfg.distances, embed)
+                out["coherence"]["curves"][s.name] = cons.coherence_curve(sim, real_sim, shuffled)
+            except DataError as err:
+                out["coherence"]["curves"][s.name] = {"skipped": str(err)}
+    except DataError as err:
+        skipped["coherence"] = str(err)
+    return out
+
+
+def _cloze(lm, docs, lms, cfg, cache: Path | None = None) -> dict:
+    context = min(m.context for m in lms.values()) - 2
+    tok = lm.tokenizer
+    items = [it for it in cons.cloze_items(docs, 4 * cfg.cloze_items, seed=cfg.seed)
+             if max(len(tok(it[0] + " " + e, add_special_tokens=False)["input_ids"]) for e in it[1:]) <= context]
+    items = items[: cfg.cloze_items]
+    if not items:
+        return {"skipped": f"no story fits the smallest context ({context} tokens) with its ending"}
+    kw = {} if lm.kind == "ar" else {"n_samples": cfg.nll_samples}
+
+    def score(ctx: str, endings: list[str]) -> list[float]:
+        prefix = len(tok(ctx, add_special_tokens=False)["input_ids"])
+        r = lm.nll([ctx + " " + e for e in endings], prefix_len=prefix, **kw)
+        return [a / b for a, b in zip(r.per_text, r.per_text_tokens)]
+
+    hits = cached_batches(cache, len(items), 8, lambda a, b: cons.cloze_accuracy(items[a:b], score))
+    return {"accuracy": sum(hits) / len(hits), "n": len(hits),
+            "ci": _ci(hits, lambda x: sum(x) / len(x), cfg)}
+
+
+def _nfe_sweep(lms, opts, prompts, judge_lm, synthetic, cfg) -> list[dict]:
+    rows = []
+    for name, lm in lms.items():
+        knob = STEP_OPTION.get(lm.kind)
+        values = cfg.nfe_sweep if knob else [None]
+        for v in values:
+            o = dict(opts[name], **({knob: v} if knob else {}))
+            gen, nfe = _generate(lm, prompts, cfg, o, seed=cfg.seed)
+            s = System(name, prompts, [c for _, c in gen], [t for t, _ in gen])
+            row = {"model": name, "steps": v, "nfe": nfe,
+                   "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)}
+            if judge_lm is not None:
+                row["gen_ppl"] = _ppl(_judge_scores(judge_lm, s))
+            if synthetic:
+                try:
+                    p = cons.synthetic_probe(prompts, s.texts)
+                    row["well_formed"], row["consistent"] = p.well_formed, p.consistent
+                except LatentLMError:
+                    pass
+            rows.append(row)
+    return rows

@@ -1,0 +1,198 @@
+"""report.md and PNG plots from a ``compare`` results dictionary."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from latentlm.eval.speed import SpeedRow, speed_table
+
+COLUMNS = {  # metric -> (header, format)
+    "gen_ppl": ("gen. PPL (judge)", "{:.2f}"), "mauve": ("MAUVE", "{:.3f}"), "entropy": ("entropy (bits)", "{:.2f}"),
+    "rep4": ("rep-4", "{:.3f}"), "distinct2": ("distinct-2", "{:.3f}"), "self_bleu": ("self-BLEU", "{:.1f}"),
+    "memorised8": ("memorised 8-grams", "{:.3f}"),
+}
+
+
+def _fmt(v, fmt: str, ci=None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    s = fmt.format(v)
+    if ci:
+        s += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+    return s
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def summary_table(results: dict) -> str:
+    """The short table printed at the end of a run: likelihood, main quality and consistency numbers."""
+    s = results["sections"]
+    q = s.get("quality", {}).get("rows", {})
+    probe = s.get("consistency", {}).get("probe", {})
+    ents = s.get("consistency", {}).get("entities", {})
+    rows = []
+    for name in q:
+        lk = s.get(f"likelihood/{name}")
+        nll = "-" if not lk else ("" if lk["exact"] else "<= ") + f"{lk['nats_per_token']:.3f}"
+        cz = s.get(f"cloze/{name}", {})
+        row = [name, nll, _fmt(q[name].get("gen_ppl"), "{:.2f}"), _fmt(q[name].get("mauve"), "{:.3f}"),
+               _fmt(q[name].get("rep4"), "{:.3f}")]
+        row.append(_fmt(probe.get(name, {}).get("consistent"), "{:.3f}") if probe
+                   else _fmt(ents.get(name, {}).get("known_names"), "{:.3f}"))
+        row.append(_fmt(cz.get("accuracy"), "{:.3f}"))
+        rows.append(row)
+    cons_col = "consistent mentions" if probe else "names from opening"
+    return _table(["system", "nats/token", "gen. PPL", "MAUVE", "rep-4", cons_col, "cloze acc."], rows)
+
+
+def write_report(results: dict, out: Path) -> Path:
+    s, cfg = results["sections"], results["config"]
+    lines = ["# latentlm compare report", ""]
+    meta = s.get("meta", {})
+    lines += [f"Data: `{cfg['data']}` ({meta.get('n_prompts')} openings, {cfg['max_new_tokens']} new tokens, "
+              f"{cfg['seeds']} seed(s)); training texts: `{cfg['train']}`; judge: `{cfg['judge']}`; "
+              f"device: {meta.get('device')}; finished {meta.get('finished')}.", "",
+              "Models: " + ", ".join(f"**{k}** `{v}` {cfg['options'].get(k, {})}" for k, v in cfg["models"].items()),
+              "", "Intervals are 95% bootstrap intervals over samples (and seeds).", ""]
+    lines += ["## Summary", "", summary_table(results), ""]
+
+    lk = [(k.split("/", 1)[1], v) for k, v in s.items() if k.startswith("likelihood/")]
+    if lk:
+        lines += ["## Likelihood", "", f"On {cfg['nll_texts']} texts of the data; AR is exact, the diffusion models "
+                  f"give upper bounds ({cfg['nll_samples']} Monte Carlo samples per text, standard error shown).", ""]
+        lines.append(_table(["model", "nats/token", "+- s.e.", "95% CI (texts)", "bits/char", "tokens"], [
+            [n, ("" if v["exact"] else "<= ") + f"{v['nats_per_token']:.4f}", f"{v['stderr']:.4f}",
+             _fmt(None, "") if not v.get("ci") else f"[{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]",
+             f"{v['bits_per_char']:.4f}", str(v["n_tokens"])] for n, v in lk]))
+        lines.append("")
+
+    q = s.get("quality")
+    if q:
+        hack = q.get("hackable", {})
+        lines += ["## Sample quality", "",
+                  "Continuations of the same openings; `real text` is the true continuation (MAUVE of real text "
+                  "is the data-vs-data ceiling: real continuations against other held-out stories). Metrics marked "
+                  "(hackable) are beaten by a sanity sampler: read them only next to the others.", ""]
+        present = [m for m in COLUMNS if any(r.get(m) is not None for r in q["rows"].values())]
+        header = ["system"] + [COLUMNS[m][0] + (" (hackable)" if m in hack else "") for m in present]
+        lines.append(_table(header, [[n] + [_fmt(r.get(m), COLUMNS[m][1], r.get(f"{m}_ci")) for m in present]
+                                     for n, r in q["rows"].items()]))
+        if hack:
+            lines += ["", "Hackable: " + "; ".join(f"{m} (beaten by {', '.join(v)})" for m, v in hack.items())]
+        lines.append("")
+
+    c = s.get("consistency", {})
+    if c.get("probe"):
+        bins = next((list(v["by_distance"]) for v in c["probe"].values() if "by_distance" in v), [])
+        lines += ["## Long-range consistency", "", "### Synthetic probe", "",
+                  "Share of well-formed continuation sentences and of later mentions consistent with the facts "
+                  "the opening introduced, overall and by distance in words.", ""]
+        rows = []
+        for n, v in c["probe"].items():
+            if "skipped" in v:
+                rows.append([n, "skipped: " + v["skipped"]] + [""] * (len(bins) + 1))
+                continue
+            rows.append([n, _fmt(v["well_formed"], "{:.3f}", v["well_formed_ci"]),
+                         _fmt(v["consistent"], "{:.3f}", v["consistent_ci"])]
+                        + [f"{_fmt(a, '{:.2f}')} ({m})" for a, m in v["by_distance"].values()])
+        lines += [_table(["system", "well-formed", "consistent"] + [f"d {b}" for b in bins], rows), ""]
+    if c.get("entities"):
+        lines += ["### Entity persistence", "", "Name mentions in the continuation that are characters of the "
+                  "opening, and name mentions in its second half that are new names.", ""]
+        lines += [_table(["system", "names from opening", "new names, 2nd half", "mentions"], [
+            [n, "skipped: " + v["skipped"], "", ""] if "skipped" in v else
+            [n, _fmt(v["known_names"], "{:.3f}", v["known_names_ci"]), _fmt(v["new_names"], "{:.3f}", v["new_names_ci"]),
+             str(v["mentions"])] for n, v in c["entities"].items()]), ""]
+    cl = [(k.split("/", 1)[1], v) for k, v in s.items() if k.startswith("cloze/")]
+    if cl:
+        lines += ["### Cloze discrimination", "", "Share of stories whose true final sentence gets fewer nats/token "
+                  "(given the rest) than another story's ending, both scored the same way; chance is 0.5.", ""]
+        lines += [_table(["model", "accuracy", "stories"], [
+            [n, "skipped: " + v["skipped"], ""] if "skipped" in v else [n, _fmt(v["accuracy"], "{:.3f}", v["ci"]), str(v["n"])]
+            for n, v in cl]), ""]
+    coh = c.get("coherence", {})
+    if coh.get("curves"):
+        ds = list(coh["real_similarity"])
+        lines += ["### Segment coherence", "", f"Cosine similarity of MiniLM embeddings of {cfg['window']}-word windows "
+                  f"d windows apart, normalised: 0 = windows of different stories "
+                  f"(raw {coh['shuffled_similarity']:.3f}), 1 = real text.", ""]
+        lines += [_table(["system"] + [f"d = {d}" for d in ds], [
+            [n] + (["skipped: " + v["skipped"]] + [""] * (len(ds) - 1) if "skipped" in v
+                   else [_fmt(v.get(d), "{:.2f}") for d in ds]) for n, v in coh["curves"].items()]), ""]
+
+    sweep = s.get("nfe_sweep")
+    if sweep:
+        keys = [k for k in ("gen_ppl", "well_formed", "consistent", "entropy", "rep4") if any(k in r for r in sweep)]
+        lines += ["## Quality vs NFE", "", "![quality vs NFE](quality_vs_nfe.png)", ""]
+        lines += [_table(["model", "steps", "NFE"] + keys, [
+            [r["model"], str(r["steps"] or "-"), str(r["nfe"])] + [_fmt(r.get(k), "{:.3f}") for k in keys]
+            for r in sweep]), ""]
+    sp = s.get("speed")
+    if sp:
+        lines += ["## Speed", "", f"One run on {meta.get('device')}; FLOPs counted by torch's flop counter on one "
+                  "batch-1 generation.", "", "![latency vs length](latency_vs_length.png)", "",
+                  speed_table([SpeedRow(**r) for r in sp]), ""]
+    if c.get("probe"):
+        lines += ["![consistency vs distance](consistency_vs_distance.png)", ""]
+    sk = s.get("skipped", {})
+    if sk:
+        lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in sk.items()] + [""]
+    lines += ["Raw samples: `samples/`. All numbers: `results.json`."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    _plots(s, out)
+    return path
+
+
+def _plots(s: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = s.get("nfe_sweep")
+    if sweep:
+        key = "gen_ppl" if any("gen_ppl" in r for r in sweep) else (
+            "well_formed" if any("well_formed" in r for r in sweep) else "entropy")
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for m in dict.fromkeys(r["model"] for r in sweep):
+            pts = [(r["nfe"], r[key]) for r in sweep if r["model"] == m and key in r]
+            ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("NFE per sample")
+        ax.set_ylabel(key)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "quality_vs_nfe.png", dpi=120)
+        plt.close(fig)
+    sp = s.get("speed")
+    if sp:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for m in dict.fromkeys(r["model"] for r in sp):
+            pts = [(r["new_tokens"], r["latency_s"]) for r in sp if r["model"] == m and r["latency_s"]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_xlabel("new tokens")
+        ax.set_ylabel("latency, batch 1 (s)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "latency_vs_length.png", dpi=120)
+        plt.close(fig)
+    probe = s.get("consistency", {}).get("probe", {})
+    if probe:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for m, v in probe.items():
+            if "by_distance" in v and not m.startswith("sanity"):
+                pts = [(b, a) for b, (a, n) in v["by_distance"].items() if n]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_xlabel("distance (words)")
+        ax.set_ylabel("consistent mentions")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "consistency_vs_distance.png", dpi=120)
+        plt.close(fig)

@@ -1,0 +1,79 @@
+"""Speed of generation: NFE, latency at batch 1, throughput at batch 16 and FLOPs per sample.
+
+Every model runs on the same machine in the same process, one after another,
+after a warm-up call. FLOPs are counted by ``torch.utils.flop_counter`` on one
+batch-1 generation (matrix multiplications and attention; elementwise work is
+not counted), so they include every network evaluation the sampler makes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from latentlm.errors import InputError
+
+
+@dataclass
+class SpeedRow:
+    model: str
+    new_tokens: int
+    nfe: int | None = None
+    latency_s: float | None = None  # one sample, batch 1
+    tokens_per_s: float | None = None  # batch of ``batch`` samples
+    gflops_per_sample: float | None = None
+    skipped: str | None = None  # why the row has no numbers
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_speed(lm, name: str, prompt: str, lengths: list[int], batch: int = 16, options: dict | None = None,
+                  seed: int = 0) -> list[SpeedRow]:
+    """One :class:`SpeedRow` per length; lengths beyond the model's context are reported as skipped."""
+    options = options or {}
+    rows = []
+    for n in lengths:
+        try:
+            g = torch.Generator().manual_seed(seed)
+            lm.generate([prompt], n, generator=g, **options)  # warm-up (and the context check)
+        except InputError as e:
+            rows.append(SpeedRow(name, n, skipped=str(e).split(";")[0]))
+            continue
+        _sync()
+        t0 = time.perf_counter()
+        out = lm.generate([prompt], n, generator=g, **options)
+        _sync()
+        latency = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lm.generate([prompt] * batch, n, generator=g, **options)
+        _sync()
+        throughput = batch * n / (time.perf_counter() - t0)
+        with FlopCounterMode(display=False) as counter:
+            lm.generate([prompt], n, generator=g, **options)
+        rows.append(SpeedRow(name, n, out.nfe, latency, throughput, counter.get_total_flops() / 1e9))
+    return rows
+
+
+def speed_table(rows: list[SpeedRow], reference: str = "ar") -> str:
+    """Markdown table with ratios of latency to the ``reference`` model at the same length."""
+    ref = {r.new_tokens: r for r in rows if r.model == reference and r.latency_s}
+    lines = ["| model | new tokens | NFE | latency (s, batch 1) | tokens/s (batch 16) | GFLOPs/sample | "
+             f"latency / {reference} |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.skipped:
+            lines.append(f"| {r.model} | {r.new_tokens} | - | - | - | - | skipped: {r.skipped} |")
+            continue
+        ratio = f"{r.latency_s / ref[r.new_tokens].latency_s:.2f}" if r.new_tokens in ref else "-"
+        lines.append(f"| {r.model} | {r.new_tokens} | {r.nfe} | {r.latency_s:.3f} | {r.tokens_per_s:.0f} | "
+                     f"{r.gflops_per_sample:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def rows_to_json(rows: list[SpeedRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
