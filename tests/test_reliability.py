@@ -34,3 +34,33 @@ def test_same_seed_same_losses_and_samples_across_two_processes(tmp_path):
         assert len(a[kind]["losses"]) == 4 and a[kind]["losses"] == b[kind]["losses"], kind
         assert a[kind].get("samples") == b[kind].get("samples"), kind
     assert a["ar"]["samples"][0].strip()  # the samples are real text, not empty
+
+
+def test_corrupt_model_files_give_errors_naming_the_file(tmp_path, tiny_tokenizer):
+    import pytest
+    import torch
+
+    from latentlm.baselines import CausalLM
+    from latentlm.errors import CheckpointError
+    from latentlm.loading import load_model
+
+    folder = tmp_path / "ar"
+    torch.manual_seed(0)
+    CausalLM(vocab_size=len(tiny_tokenizer), dim=16, depth=1, n_heads=2, max_seq_len=16).save_pretrained(folder)
+    (weights,) = folder.glob("*.safetensors")
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CheckpointError, match=weights.name):
+        load_model(folder)
+    flipped = bytearray(good)
+    flipped[4] ^= 0xFF  # the header length: a bit flip there makes the file unreadable
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match=weights.name):
+        load_model(folder)
+    weights.write_bytes(good)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        load_model(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        load_model(folder)

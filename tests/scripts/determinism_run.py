@@ -15,7 +15,7 @@ from latentlm.data.tokenizer import train_tokenizer
 from latentlm.eval.models import load_language_model
 from latentlm.recipes import run_training
 
-TINY = ["model.dim=32", "train.steps=4", "train.batch_size=4", "train.eval_every=0", "train.warmup_steps=1"]
+TINY = ["model.dim=32", "train.steps=4", "train.log_every=1", "train.batch_size=4", "train.eval_every=0", "train.warmup_steps=1"]
 MODEL = {"ar": ["model.depth=1"], "mdlm": ["model.depth=1"], "denoiser": ["model.depth=1"],
          "autoencoder": ["model.encoder_depth=1", "model.decoder_depth=1", "model.latent_dim=8"]}
 
