@@ -200,7 +200,7 @@ def compare(
     tok = next(iter(lms.values())).tokenizer
     real_conts = [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens]) for _, c in pairs]
     n_words = max(1, int(statistics.median(len(c.split()) for c in real_conts)))
-    steps_total = 3 + 2 * len(lms) + (1 if cfg.nfe_sweep else 0) + 1
+    steps_total = 3 * len(lms) + 3 + (1 if cfg.nfe_sweep else 0)  # likelihood, samples, cloze; the rest
     bar = tqdm(total=steps_total, desc="compare", disable=not progress)
     skipped: dict[str, str] = {}
 
@@ -259,7 +259,7 @@ def compare(
     # --- sample quality ---------------------------------------------------------------
     stage("sample quality")
     if not res.done("quality"):
-        res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped))
+        res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, tok, cfg, skipped))
     bar.update(1)
 
     # --- long-range consistency -------------------------------------------------------
@@ -386,33 +386,46 @@ def _ppl(xs: list[tuple[float, int]]) -> float:
 
 METRIC_DIRECTION = {  # +1 higher is better, -1 lower is better
     "gen_ppl": -1, "mauve": +1, "entropy": +1, "rep4": -1, "distinct2": +1, "self_bleu": -1, "memorised8": -1,
-    "well_formed": +1, "consistent": +1, "known_names": +1, "new_names": -1, "coherence": +1,
+    "well_formed": +1, "consistent": +1, "known_names": +1, "new_names": -1,
+    **{f"coherence_d{d}": +1 for d in range(1, 65)},
 }
 
 
-def _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped) -> dict:
+def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, skipped) -> dict:
     rows: dict[str, dict] = {}
     index = M.NgramIndex(train_docs, 8) if train_docs else None
     feats_real = feats_ceiling = None
     if cfg.mauve:
+        # the data-vs-data ceiling: real continuations of other held-out openings, cut the same way
         used = {p for p, _ in pairs}
-        others = [d for d in docs if not any(d.startswith(p) for p in used)]
-        ref_other = [" ".join(split_sentences(d)[cfg.prompt_sentences:]) for d in others]
-        ref_other = [" ".join(c.split()[: max(len(x.split()) for x in real.continuations)]) for c in ref_other if c]
-        ref_other = ref_other[: len(real.continuations)]
+        try:
+            other = [c for p, c in openings(docs, len(docs), cfg, is_synthetic(docs)) if p not in used]
+        except DataError:
+            other = []
+        tok = tokenizer
+        ref_other = [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens])
+                     for c in other[: len(real.continuations)]]
         if len(real.continuations) >= 10 and len(ref_other) >= 10:
             feats_real = M.sentence_embeddings(real.continuations)
             feats_ceiling = M.sentence_embeddings(ref_other)
         else:
-            skipped["mauve"] = f"needs 10+ prompts and 10+ other held-out stories (have {len(real.continuations)}, {len(ref_other)})"
+            skipped["mauve"] = (f"needs 10+ openings and 10+ other held-out stories for the data-vs-data "
+                                f"ceiling (have {len(real.continuations)} and {len(ref_other)})")
     if judge_lm is None:
         skipped["generation perplexity"] = "no --judge model given"
     for s in tqdm(systems, desc="quality", leave=False):
         c = s.continuations
         r: dict = {"n": len(c)}
-        r["entropy"], r["entropy_ci"] = M.unigram_entropy(c), _ci(c, M.unigram_entropy, cfg)
+        # corpus-level statistics (resampling with replacement would duplicate texts and bias them):
+        # the interval is the range over seeds when there are several
+        n = len(real.continuations)  # samples per seed (models hold seeds x openings)
+        per_seed = [c[i : i + n] for i in range(0, len(c), n)]
+        for key, fn in (("entropy", M.unigram_entropy), ("distinct2", lambda x: M.distinct_n(x, 2))):
+            r[key] = fn(c)
+            if len(per_seed) > 1:
+                vals = [fn(x) for x in per_seed]
+                r[f"{key}_ci"] = [min(vals), max(vals)]
         r["rep4"], r["rep4_ci"] = M.rep_n(c, 4), _ci(c, lambda x: M.rep_n(x, 4), cfg)
-        r["distinct2"], r["distinct2_ci"] = M.distinct_n(c, 2), _ci(c, lambda x: M.distinct_n(x, 2), cfg)
         nonempty = [x for x in c if x.strip()]
         r["self_bleu"] = M.self_bleu(nonempty) if len(nonempty) >= 2 else None
         if index is not None:
@@ -486,6 +499,15 @@ def _consistency(systems, real, synthetic, train_docs, cfg, skipped) -> dict:
                 out["coherence"]["curves"][s.name] = {"skipped": str(err)}
     except DataError as err:
         skipped["coherence"] = str(err)
+    flat: dict[str, dict] = {}
+    for name, v in out["probe"].items():
+        flat.setdefault(name, {})["consistent"] = v.get("consistent")
+    for name, v in out["entities"].items():
+        flat.setdefault(name, {}).update(known_names=v.get("known_names"), new_names=v.get("new_names"))
+    for name, v in out.get("coherence", {}).get("curves", {}).items():
+        if "skipped" not in v:
+            flat.setdefault(name, {}).update({f"coherence_d{d}": x for d, x in v.items()})
+    out["hackable"] = _hackable(flat)
     return out
 
 

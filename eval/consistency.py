@@ -168,20 +168,27 @@ def window_similarity(texts: Sequence[str], size: int, distances: Sequence[int],
 def shuffled_similarity(texts: Sequence[str], size: int, embed, seed: int = 0, pairs: int = 2000) -> float:
     """Mean cosine similarity of windows taken from two different texts (the 0 of the scale)."""
     segs = [windows(t, size) for t in texts]
-    idx = [i for i, s in enumerate(segs) if s]
-    if len(idx) < 2:
+    owner = [i for i, s in enumerate(segs) for _ in s]
+    if len(set(owner)) < 2:
         raise DataError(f"coherence: need two texts of {size}+ words for the shuffled baseline")
+    emb = embed([w for s in segs for w in s])  # every window once; pairs index into it
     rng = random.Random(seed)
-    a, b = [], []
-    for _ in range(pairs):
-        i, j = rng.sample(idx, 2)
-        a.append(rng.choice(segs[i]))
-        b.append(rng.choice(segs[j]))
-    ea, eb = embed(a), embed(b)
-    return float((ea * eb).sum(-1).mean())
+    sims = []
+    while len(sims) < pairs:
+        a, b = rng.randrange(len(owner)), rng.randrange(len(owner))
+        if owner[a] != owner[b]:
+            sims.append(float(emb[a] @ emb[b]))
+    return float(np.mean(sims))
 
 
 def coherence_curve(model_sim: dict[int, float], real_sim: dict[int, float], shuffled: float) -> dict[int, float]:
-    """(model - shuffled) / (real - shuffled) per distance: 1 = as coherent as real text, 0 = unrelated windows."""
+    """(model - shuffled) / (real - shuffled) per distance: 1 = as coherent as real text, 0 = unrelated windows.
+
+    Distances at which real text is within MIN_COHERENCE_GAP of the shuffled baseline are left
+    out (the ratio would only amplify noise); the report lists them as "-".
+    """
     return {d: (model_sim[d] - shuffled) / (real_sim[d] - shuffled)
-            for d in model_sim if d in real_sim and abs(real_sim[d] - shuffled) > 1e-6}
+            for d in model_sim if d in real_sim and real_sim[d] - shuffled > MIN_COHERENCE_GAP}
+
+
+MIN_COHERENCE_GAP = 0.02  # distances where real text is not clearly above shuffled windows are left out

@@ -41,12 +41,21 @@ def summary_table(results: dict) -> str:
         cz = s.get(f"cloze/{name}", {})
         row = [name, nll, _fmt(q[name].get("gen_ppl"), "{:.2f}"), _fmt(q[name].get("mauve"), "{:.3f}"),
                _fmt(q[name].get("rep4"), "{:.3f}")]
-        row.append(_fmt(probe.get(name, {}).get("consistent"), "{:.3f}") if probe
-                   else _fmt(ents.get(name, {}).get("known_names"), "{:.3f}"))
+        if probe:
+            row += [_fmt(probe.get(name, {}).get(k), "{:.3f}") for k in ("well_formed", "consistent")]
+        else:
+            row.append(_fmt(ents.get(name, {}).get("known_names"), "{:.3f}"))
         row.append(_fmt(cz.get("accuracy"), "{:.3f}"))
         rows.append(row)
-    cons_col = "consistent mentions" if probe else "names from opening"
-    return _table(["system", "nats/token", "gen. PPL", "MAUVE", "rep-4", cons_col, "cloze acc."], rows)
+    cons_cols = ["well-formed", "consistent mentions"] if probe else ["names from opening"]
+    return _table(["system", "nats/token", "gen. PPL", "MAUVE", "rep-4", *cons_cols, "cloze acc."], rows)
+
+
+def _hack_line(section: dict, metrics: tuple[str, ...]) -> list[str]:
+    hack = {m: v for m, v in section.get("hackable", {}).items() if m in metrics}
+    if not hack:
+        return []
+    return ["Hackable: " + "; ".join(f"{m} (beaten by {', '.join(v)})" for m, v in hack.items()), ""]
 
 
 def write_report(results: dict, out: Path) -> Path:
@@ -57,7 +66,9 @@ def write_report(results: dict, out: Path) -> Path:
               f"{cfg['seeds']} seed(s)); training texts: `{cfg['train']}`; judge: `{cfg['judge']}`; "
               f"device: {meta.get('device')}; finished {meta.get('finished')}.", "",
               "Models: " + ", ".join(f"**{k}** `{v}` {cfg['options'].get(k, {})}" for k, v in cfg["models"].items()),
-              "", "Intervals are 95% bootstrap intervals over samples (and seeds).", ""]
+              "", "Intervals: 95% percentile bootstrap over samples (pooled over seeds); for the corpus-level "
+              "statistics (entropy, distinct-2) the range over seeds when there are several (resampling texts "
+              "with replacement would bias them), none with one seed.", ""]
     lines += ["## Summary", "", summary_table(results), ""]
 
     lk = [(k.split("/", 1)[1], v) for k, v in s.items() if k.startswith("likelihood/")]
@@ -100,6 +111,7 @@ def write_report(results: dict, out: Path) -> Path:
                          _fmt(v["consistent"], "{:.3f}", v["consistent_ci"])]
                         + [f"{_fmt(a, '{:.2f}')} ({m})" for a, m in v["by_distance"].values()])
         lines += [_table(["system", "well-formed", "consistent"] + [f"d {b}" for b in bins], rows), ""]
+        lines += _hack_line(c, ("consistent",))
     if c.get("entities"):
         lines += ["### Entity persistence", "", "Name mentions in the continuation that are characters of the "
                   "opening, and name mentions in its second half that are new names.", ""]
@@ -107,6 +119,7 @@ def write_report(results: dict, out: Path) -> Path:
             [n, "skipped: " + v["skipped"], "", ""] if "skipped" in v else
             [n, _fmt(v["known_names"], "{:.3f}", v["known_names_ci"]), _fmt(v["new_names"], "{:.3f}", v["new_names_ci"]),
              str(v["mentions"])] for n, v in c["entities"].items()]), ""]
+        lines += _hack_line(c, ("known_names", "new_names"))
     cl = [(k.split("/", 1)[1], v) for k, v in s.items() if k.startswith("cloze/")]
     if cl:
         lines += ["### Cloze discrimination", "", "Share of stories whose true final sentence gets fewer nats/token "
@@ -123,6 +136,7 @@ def write_report(results: dict, out: Path) -> Path:
         lines += [_table(["system"] + [f"d = {d}" for d in ds], [
             [n] + (["skipped: " + v["skipped"]] + [""] * (len(ds) - 1) if "skipped" in v
                    else [_fmt(v.get(d), "{:.2f}") for d in ds]) for n, v in coh["curves"].items()]), ""]
+        lines += _hack_line(c, tuple(f"coherence_d{d}" for d in ds))
 
     sweep = s.get("nfe_sweep")
     if sweep:

@@ -81,11 +81,6 @@ def quickstart(out: Path, *, n_stories: int = 4000, seed: int = 0, n_prompts: in
                         nfe_sweep=(8, 16, 32, 64), sweep_prompts=16, speed_lengths=(64, 128), seed=seed)
     results = compare(models, valid_file, out / "report", train=train_file, cfg=cfg, progress=True)
     print("\n" + summary_table(results))
-    probe = results["sections"]["consistency"]["probe"]
-    print("\n| system | well-formed sentences | consistent mentions |\n|---|---|---|")
-    for name, r in probe.items():
-        if "well_formed" in r:
-            print(f"| {name} | {r['well_formed']:.3f} | {r['consistent']:.3f} |")
     print(f"\n{len(prompts)} held-out openings, 64 new tokens each; done in {time.perf_counter() - t0:.0f} s; "
           f"models in {out}; report: {out / 'report' / 'report.md'}")
     return results
