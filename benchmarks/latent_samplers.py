@@ -65,8 +65,10 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     print(f"\nexample ({rows[-1]['sampler']}, {rows[-1]['steps']} steps): {gen.texts[0][:500]}\n")
     print("| sampler | steps | NFE | s/sample | judge gen. PPL | entropy | rep-4 |\n|---|---|---|---|---|---|---|")
+    def f(v, fmt: str) -> str:
+        return "-" if v is None else fmt.format(v)
+
     for r in rows:
-        f = (lambda v, fmt: "-" if v is None else fmt.format(v))
         print(f"| {r['sampler']} | {f(r['steps'], '{}')} | {f(r['nfe'], '{}')} | {f(r['s_per_sample'], '{:.3f}')} | "
               f"{r['gen_ppl']:.2f} | {r['entropy']:.2f} | {r['rep4']:.3f} |")
     if args.bound_texts:
