@@ -35,7 +35,7 @@ from latentlm.eval import consistency as cons
 from latentlm.eval import metrics as M
 from latentlm.eval.models import load_language_model
 from latentlm.eval.sanity import sanity_samplers
-from latentlm.eval.speed import measure_speed, rows_to_json, speed_table
+from latentlm.eval.speed import measure_speed, rows_to_json
 
 REAL = "real text"
 DEFAULT_OPTIONS = {"latent": {"steps": 32}, "mdlm": {"steps": 64, "decoder": "ancestral"}, "ar": {}}

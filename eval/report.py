@@ -97,9 +97,11 @@ def write_report(results: dict, out: Path) -> Path:
         lines.append("")
 
     c = s.get("consistency", {})
+    if c or any(k.startswith("cloze/") for k in s):
+        lines += ["## Long-range consistency", ""]
     if c.get("probe"):
         bins = next((list(v["by_distance"]) for v in c["probe"].values() if "by_distance" in v), [])
-        lines += ["## Long-range consistency", "", "### Synthetic probe", "",
+        lines += ["### Synthetic probe", "",
                   "Share of well-formed continuation sentences and of later mentions consistent with the facts "
                   "the opening introduced, overall and by distance in words.", ""]
         rows = []
