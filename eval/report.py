@@ -164,51 +164,42 @@ def write_report(results: dict, out: Path) -> Path:
     return path
 
 
-def _plots(s: dict, out: Path) -> None:
+def _line_plot(path: Path, curves: dict[str, list[tuple]], xlabel: str, ylabel: str, log2_x: bool = False) -> None:
+    """One PNG with a marked line per name (curves: name -> [(x, y), ...])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, pts in curves.items():
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=name)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plots(s: dict, out: Path) -> None:
     sweep = s.get("nfe_sweep")
     if sweep:
         key = "gen_ppl" if any("gen_ppl" in r for r in sweep) else (
             "well_formed" if any("well_formed" in r for r in sweep) else "entropy")
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for m in dict.fromkeys(r["model"] for r in sweep):
-            pts = [(r["nfe"], r[key]) for r in sweep if r["model"] == m and key in r]
-            ax.plot(*zip(*pts), marker="o", label=m)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("NFE per sample")
-        ax.set_ylabel(key)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "quality_vs_nfe.png", dpi=120)
-        plt.close(fig)
+        curves = {m: [(r["nfe"], r[key]) for r in sweep if r["model"] == m and key in r]
+                  for m in dict.fromkeys(r["model"] for r in sweep)}
+        _line_plot(out / "quality_vs_nfe.png", curves, "NFE per sample", key, log2_x=True)
     sp = s.get("speed")
     if sp:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for m in dict.fromkeys(r["model"] for r in sp):
-            pts = [(r["new_tokens"], r["latency_s"]) for r in sp if r["model"] == m and r["latency_s"]]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=m)
-        ax.set_xlabel("new tokens")
-        ax.set_ylabel("latency, batch 1 (s)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "latency_vs_length.png", dpi=120)
-        plt.close(fig)
+        curves = {m: [(r["new_tokens"], r["latency_s"]) for r in sp if r["model"] == m and r["latency_s"]]
+                  for m in dict.fromkeys(r["model"] for r in sp)}
+        _line_plot(out / "latency_vs_length.png", curves, "new tokens", "latency, batch 1 (s)")
     probe = s.get("consistency", {}).get("probe", {})
     if probe:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for m, v in probe.items():
-            if "by_distance" in v and not m.startswith("sanity"):
-                pts = [(b, a) for b, (a, n) in v["by_distance"].items() if n]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=m)
-        ax.set_xlabel("distance (words)")
-        ax.set_ylabel("consistent mentions")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "consistency_vs_distance.png", dpi=120)
-        plt.close(fig)
+        curves = {m: [(b, a) for b, (a, n) in v["by_distance"].items() if n]
+                  for m, v in probe.items() if "by_distance" in v and not m.startswith("sanity")}
+        _line_plot(out / "consistency_vs_distance.png", curves, "distance (words)", "consistent mentions")
