@@ -64,6 +64,19 @@ class CompareConfig:
     batch_size: int = 32  # prompts per generate call
     seed: int = 0
 
+    def validate(self) -> None:
+        for name in ("prompts", "max_new_tokens", "seeds", "prompt_sentences", "nll_texts", "cloze_items",
+                     "sweep_prompts", "speed_batch", "window", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.nll_samples < 2:
+            raise InputError(f"nll_samples must be at least 2 (for a standard error), got {self.nll_samples}")
+        if self.bootstrap < 10:
+            raise InputError(f"bootstrap must be at least 10 resamples, got {self.bootstrap}")
+        for name in ("nfe_sweep", "speed_lengths", "distances"):
+            if any(not isinstance(v, int) or v < 1 for v in getattr(self, name)):
+                raise InputError(f"{name} must hold positive integers, got {getattr(self, name)}")
+
 
 @dataclass
 class System:
@@ -153,6 +166,11 @@ def _ci(items, stat: Callable[[list], float], cfg: CompareConfig) -> list[float]
     return list(M.bootstrap_ci(items, stat, n_boot=cfg.bootstrap, seed=cfg.seed))
 
 
+def _ratio_ci(rows: list, num: int, den: int, cfg: CompareConfig) -> list[float]:
+    """Bootstrap interval of sum(row[num]) / sum(row[den]) over rows (per-story counts, per-text nats)."""
+    return _ci(rows, lambda xs: sum(x[num] for x in xs) / max(1, sum(x[den] for x in xs)), cfg)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -175,6 +193,7 @@ def compare(
     Returns the results dictionary (also in ``out/results.json``).
     """
     cfg = cfg or CompareConfig()
+    cfg.validate()
     if not models:
         raise InputError("no model to compare: pass at least one --model NAME=DIR")
     out = Path(out)
@@ -225,8 +244,7 @@ def compare(
             res.put(key, {"nats_per_token": sum(nats) / n_tok, "stderr": math.sqrt(sum(x * x for x in ses)) / n_tok,
                           "bits_per_char": sum(nats) / math.log(2) / sum(chars), "exact": lm.kind == "ar",
                           "n_tokens": n_tok,
-                          "ci": _ci(list(zip(nats, toks)), lambda xs: sum(a for a, _ in xs) / sum(b for _, b in xs),
-                                    cfg)})
+                          "ci": _ratio_ci(list(zip(nats, toks)), 0, 1, cfg)})
         bar.update(1)
 
     # --- samples --------------------------------------------------------------------
@@ -468,8 +486,7 @@ def _consistency(systems, real, synthetic, train_docs, cfg, skipped) -> dict:
             ps = p.per_story
             out["probe"][s.name] = {
                 "well_formed": p.well_formed, "consistent": p.consistent, "by_distance": p.by_distance,
-                "well_formed_ci": _ci(ps, lambda x: sum(a for a, *_ in x) / max(1, sum(b for _, b, *_ in x)), cfg),
-                "consistent_ci": _ci(ps, lambda x: sum(v[2] for v in x) / max(1, sum(v[3] for v in x)), cfg)}
+                "well_formed_ci": _ratio_ci(ps, 0, 1, cfg), "consistent_ci": _ratio_ci(ps, 2, 3, cfg)}
     else:
         skipped["synthetic probe"] = "the data are not synthetic stories (run it on `latentlm data synthetic` output)"
     names = cons.name_lexicon(train_docs) if train_docs else set()
@@ -482,8 +499,7 @@ def _consistency(systems, real, synthetic, train_docs, cfg, skipped) -> dict:
         ps = e.per_story
         out["entities"][s.name] = {
             "known_names": e.known_share, "new_names": e.new_name_rate, "mentions": e.n_mentions,
-            "known_names_ci": _ci(ps, lambda x: sum(v[0] for v in x) / max(1, sum(v[1] for v in x)), cfg),
-            "new_names_ci": _ci(ps, lambda x: sum(v[2] for v in x) / max(1, sum(v[3] for v in x)), cfg)}
+            "known_names_ci": _ratio_ci(ps, 0, 1, cfg), "new_names_ci": _ratio_ci(ps, 2, 3, cfg)}
     try:
         embed = M.sentence_embeddings
         shuffled = cons.shuffled_similarity(real.texts, cfg.window, embed, seed=cfg.seed)

@@ -113,3 +113,21 @@ def test_interrupted_batches_are_not_redone(tmp_path):
         f.write('{"start": 6, "out": [6')  # a line cut by the interruption
     assert cached_batches(cache, 10, 3, work) == list(range(10))
     assert calls == [0, 3, 6, 9]  # only the unfinished batches ran again
+
+
+@pytest.mark.parametrize("bad", [dict(prompts=0), dict(max_new_tokens=-1), dict(nll_samples=1),
+                                 dict(speed_lengths=(128, 0)), dict(bootstrap=0)])
+def test_compare_rejects_bad_sizes(folders, tmp_path, bad):
+    with pytest.raises(InputError):
+        compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "r", cfg=small_config(**bad),
+                progress=False)
+
+
+def test_compare_missing_files(folders, tmp_path):
+    with pytest.raises(DataError):
+        compare({"ar": folders / "ar"}, tmp_path / "nope.jsonl", tmp_path / "r", cfg=small_config(), progress=False)
+    from latentlm.errors import CheckpointError
+
+    with pytest.raises(CheckpointError):
+        compare({"ar": tmp_path / "no_model"}, folders / "valid.jsonl", tmp_path / "r", cfg=small_config(),
+                progress=False)
