@@ -2,7 +2,7 @@
 then score continuations of held-out openings with the synthetic-story checker.
 
     python benchmarks/latent_synthetic.py --out runs/syn [--set model.self_conditioning=false ...]
-        [--samplers ddim dpm++ ...] [--steps 8 16 32 64] [--prompts 64]
+        [--samplers ddim dpm++ ...] [--steps 8 16 32 64] [--guidance 1 2 3] [--prompts 64]
 
 Prints the training times and a table: sampler, steps, NFE, seconds per sample,
 share of well-formed continuation sentences, share of consistent mentions.
@@ -44,7 +44,7 @@ def one_step_diagnostic(pipe, held_out, times=(0.2, 0.4, 0.6, 0.8), n=64) -> lis
         ids = tok(t, add_special_tokens=False)["input_ids"][:width]
         x[i, : len(ids)], m[i, : len(ids)] = torch.tensor(ids), 1
     z0 = ae.encode(x, m).float()
-    ctx, cm = encode_prompts(ae, [tok(h, add_special_tokens=False)["input_ids"] for h in heads], tok.pad_token_id, "cpu")
+    ctx, cm, ci = encode_prompts(ae, [tok(h, add_special_tokens=False)["input_ids"] for h in heads], tok.pad_token_id, "cpu")
     perm = torch.roll(torch.arange(len(heads)), 1)
     rows = []
     for t in times:
@@ -52,8 +52,9 @@ def one_step_diagnostic(pipe, held_out, times=(0.2, 0.4, 0.6, 0.8), n=64) -> lis
         a, s = (v.float()[:, None, None] for v in den.schedule.alpha_sigma(tt))
         zt = a * z0 + s * torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
         row = {"t": t}
-        for name, c, mm in (("right", ctx, cm), ("wrong", ctx[perm], cm[perm]), ("none", None, None)):
-            x0 = den.predict_x0(zt, tt, c, mm)
+        for name, c, mm, ii in (("right", ctx, cm, ci), ("wrong", ctx[perm], cm[perm], ci[perm]),
+                                ("none", None, None, None)):
+            x0 = den.predict_x0(zt, tt, c, mm, prompt_ids=ii)
             acc = ((ae.decode(x0).argmax(-1) == x).float() * m).sum() / m.sum()
             row[f"{name}_mse"], row[f"{name}_acc"] = float(((x0 - z0) ** 2).mean()), float(acc)
         rows.append(row)
@@ -67,6 +68,7 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="denoiser preset override")
     p.add_argument("--samplers", nargs="+", default=["ddim"])
     p.add_argument("--steps", type=int, nargs="+", default=[32])
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
     p.add_argument("--corrector-steps", type=int, default=1, help="for the predictor-corrector rows")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -101,22 +103,23 @@ def main() -> None:
     rows = []
     for sampler in args.samplers:
         for steps in args.steps:
-            pc = sampler == "pc"
-            pipe.scheduler = make_scheduler("ddim" if pc else sampler, pipe.denoiser)
-            t0 = time.perf_counter()
-            res = pipe(prompts, max_new_tokens=args.new_tokens, num_inference_steps=steps,
-                       corrector_steps=args.corrector_steps if pc else 0,
-                       generator=torch.Generator().manual_seed(0))
-            dt = time.perf_counter() - t0
-            wf, cons = continuation_quality(prompts, res.texts)
-            row = {"sampler": "pc (ddim + langevin)" if pc else sampler, "steps": steps, "nfe": res.nfe,
-                   "s_per_sample": dt / len(prompts), "well_formed": wf, "consistent": cons}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for w in args.guidance:
+                pc = sampler == "pc"
+                pipe.scheduler = make_scheduler("ddim" if pc else sampler, pipe.denoiser)
+                t0 = time.perf_counter()
+                res = pipe(prompts, max_new_tokens=args.new_tokens, num_inference_steps=steps, guidance_scale=w,
+                           corrector_steps=args.corrector_steps if pc else 0,
+                           generator=torch.Generator().manual_seed(0))
+                dt = time.perf_counter() - t0
+                wf, cons = continuation_quality(prompts, res.texts)
+                row = {"sampler": "pc (ddim + langevin)" if pc else sampler, "steps": steps, "guidance": w,
+                       "nfe": res.nfe, "s_per_sample": dt / len(prompts), "well_formed": wf, "consistent": cons}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print("\nexample:", res.texts[0][:400])
-    print("\n| sampler | steps | NFE | s/sample | well-formed | consistent |\n|---|---|---|---|---|---|")
+    print("\n| sampler | steps | guidance | NFE | s/sample | well-formed | consistent |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sampler']} | {r['steps']} | {r['nfe']} | {r['s_per_sample']:.4f} | "
+        print(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['nfe']} | {r['s_per_sample']:.4f} | "
               f"{r['well_formed']:.3f} | {r['consistent']:.3f} |")
     diag = one_step_diagnostic(pipe, held_out) if args.diagnose else []
     if diag:
