@@ -44,7 +44,7 @@ def one_step_diagnostic(pipe, held_out, times=(0.2, 0.4, 0.6, 0.8), n=64) -> lis
         ids = tok(t, add_special_tokens=False)["input_ids"][:width]
         x[i, : len(ids)], m[i, : len(ids)] = torch.tensor(ids), 1
     z0 = ae.encode(x, m).float()
-    ctx, cm, ci = encode_prompts(ae, [tok(h, add_special_tokens=False)["input_ids"] for h in heads], tok.pad_token_id, "cpu")
+    ctx, cm = encode_prompts(ae, [tok(h, add_special_tokens=False)["input_ids"] for h in heads], tok.pad_token_id, "cpu")
     perm = torch.roll(torch.arange(len(heads)), 1)
     rows = []
     for t in times:
@@ -52,9 +52,8 @@ def one_step_diagnostic(pipe, held_out, times=(0.2, 0.4, 0.6, 0.8), n=64) -> lis
         a, s = (v.float()[:, None, None] for v in den.schedule.alpha_sigma(tt))
         zt = a * z0 + s * torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
         row = {"t": t}
-        for name, c, mm, ii in (("right", ctx, cm, ci), ("wrong", ctx[perm], cm[perm], ci[perm]),
-                                ("none", None, None, None)):
-            x0 = den.predict_x0(zt, tt, c, mm, prompt_ids=ii)
+        for name, c, mm in (("right", ctx, cm), ("wrong", ctx[perm], cm[perm]), ("none", None, None)):
+            x0 = den.predict_x0(zt, tt, c, mm)
             acc = ((ae.decode(x0).argmax(-1) == x).float() * m).sum() / m.sum()
             row[f"{name}_mse"], row[f"{name}_acc"] = float(((x0 - z0) ** 2).mean()), float(acc)
         rows.append(row)

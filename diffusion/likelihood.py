@@ -150,14 +150,14 @@ def pipeline_nll_bound(
         mask = (cont != tok.pad_token_id).long()
         mask[0, : len(rest)] = 1
         z0 = ae.encode(cont, mask).float()
-        ctx, ctx_mask, ctx_ids = encode_prompts(ae, [prefix], tok.pad_token_id, device)
+        ctx, ctx_mask = encode_prompts(ae, [prefix], tok.pad_token_id, device)
 
         def decoder_nll(z: torch.Tensor, cont: torch.Tensor = cont) -> torch.Tensor:
             logits = ae.decode(z.to(ae.dtype)).float()
             return torch.nn.functional.cross_entropy(logits.transpose(1, 2), cont, reduction="none").sum(1)
 
-        def x0_fn(z_t: torch.Tensor, t: torch.Tensor, ctx=ctx, ctx_mask=ctx_mask, ctx_ids=ctx_ids) -> torch.Tensor:
-            return den.predict_x0(z_t.to(den.dtype), t, ctx, ctx_mask, prompt_ids=ctx_ids)
+        def x0_fn(z_t: torch.Tensor, t: torch.Tensor, ctx=ctx, ctx_mask=ctx_mask) -> torch.Tensor:
+            return den.predict_x0(z_t.to(den.dtype), t, ctx, ctx_mask)
 
         terms = latent_bound(z0, decoder_nll, x0_fn, schedule, t0=t0, n_samples=n_samples, generator=gen)
         nats.append(float(terms.total[0]))

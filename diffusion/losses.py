@@ -6,8 +6,7 @@ random token: the prefix is the prompt, the rest the continuation (a share
 by the frozen autoencoder, exactly as the pipeline will encode them:
 
     z0     = encode(continuation)                    # (b, n, d), n random in [n_min, n_max] per batch
-    prompt = encode(prefix)                          # (b, p, d), left-padded, dropped w.p. p_drop (CFG);
-                                                     # its token ids (b, p, k) go along (denoiser option)
+    prompt = encode(prefix)                          # (b, p, d), left-padded, dropped w.p. p_drop (CFG)
     t ~ U(0, 1) stratified;  z_t = alpha_t z0 + sigma_t eps
     self-conditioning: with prob. 1/2, x0_sc = stopgrad(x0_hat(z_t, t, prompt, 0)) is fed as input
     loss = || F - target ||^2,  target = z0 | eps | alpha eps - sigma z0  for  x0 | eps | v
@@ -21,7 +20,6 @@ direction alike, the decoder knows which ones change tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,22 +62,12 @@ def left_align(latents: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor,
     return out * mask[..., None], mask.long()
 
 
-class EncodedPrompt(NamedTuple):
-    """Prompts as denoiser context, left-padded: latents (b, p, d), mask (b, p) with 1 = real,
-    and the token ids behind each latent (b, p, k) (``pad_id`` where there is none).
-    All three are None when every prompt is empty."""
-
-    latents: torch.Tensor | None
-    mask: torch.Tensor | None
-    ids: torch.Tensor | None
-
-
 @torch.no_grad()
-def encode_prompts(autoencoder, ids: list[list[int]], pad_id: int, device) -> EncodedPrompt:
-    """Encode token-id prompts (no end-of-text) with the frozen autoencoder."""
+def encode_prompts(autoencoder, ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Encode token-id prompts (no end-of-text) -> left-padded latents (b, p, d) and mask (b, p)."""
     longest = max((len(x) for x in ids), default=0)
     if longest == 0:
-        return EncodedPrompt(None, None, None)
+        return None, None
     k = autoencoder.config.tokens_per_latent
     x = torch.full((len(ids), longest), pad_id, dtype=torch.long, device=device)
     m = torch.zeros_like(x)
@@ -87,32 +75,18 @@ def encode_prompts(autoencoder, ids: list[list[int]], pad_id: int, device) -> En
         x[r, : len(row)] = torch.tensor(row, device=device)
         m[r, : len(row)] = 1
     z = autoencoder.encode(x, m).float()  # (b, ceil(longest / k), d)
-    groups = F.pad(x, (0, z.shape[1] * k - longest), value=pad_id).reshape(len(ids), -1, k)  # (b, p, k)
     real = F.pad(m, (0, z.shape[1] * k - longest)).reshape(len(ids), -1, k).any(-1)
-    latents, mask = left_align(z, real)
-    groups, _ = left_align(groups, real)
-    return EncodedPrompt(latents, mask, torch.where(mask[..., None].bool(), groups, pad_id))
+    return left_align(z, real)
 
 
-@dataclass
-class SplitBatch:
-    """Documents split into prompt and continuation, both encoded by the frozen autoencoder."""
-
-    continuation: torch.Tensor  # (b, n k) token ids, padded
-    continuation_mask: torch.Tensor  # (b, n k) 1 = real token (end-of-text included)
-    z0: torch.Tensor  # (b, n, d) latents of the continuation
-    prompt: EncodedPrompt  # left-padded, some rows empty (unconditional) or dropped (guidance)
-
-
-@torch.no_grad()
-def split_and_encode(batch: dict[str, torch.Tensor], autoencoder, cfg: DenoiserLossConfig) -> SplitBatch:
-    """Split each document at a random token (0 for a share ``p_unconditional``), keep
-    n random whole latents of continuation, encode both parts as the pipeline will."""
+def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: DenoiserLossConfig) -> LossOutput:
     ids, mask = batch["input_ids"], batch["attention_mask"]  # (b, s) documents + eot + pads
     device = ids.device
+    autoencoder = autoencoder.to(device).eval()
     b, s = ids.shape
     k = autoencoder.config.tokens_per_latent
     lengths = mask.sum(1)
+    # split points: 0 (unconditional) or a token inside the text
     u = torch.rand(b, device=device)
     split = (u * (lengths - 1).clamp_min(1)).long().clamp_min(1) * (torch.rand(b, device=device) >= cfg.p_unconditional)
     n_max = s // k
@@ -126,20 +100,12 @@ def split_and_encode(batch: dict[str, torch.Tensor], autoencoder, cfg: DenoiserL
         cont[r, : len(rest)] = rest
         cont_mask[r, : len(rest)] = 1
         prompts.append(ids[r, : split[r]].tolist())
-    z0 = autoencoder.encode(cont, cont_mask).float()  # (b, n, d)
-    prompt = encode_prompts(autoencoder, prompts, pad, device)
-    if prompt.latents is not None:
-        keep = (torch.rand(b, device=device) >= cfg.p_prompt_drop).long()[:, None]
-        prompt = prompt._replace(mask=prompt.mask * keep)
-    return SplitBatch(cont, cont_mask, z0, prompt)
-
-
-def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: DenoiserLossConfig) -> LossOutput:
-    autoencoder = autoencoder.to(batch["input_ids"].device).eval()
-    sb = split_and_encode(batch, autoencoder, cfg)
-    z0, cont, cont_mask = sb.z0, sb.continuation, sb.continuation_mask
-    prompt, prompt_mask, prompt_ids = sb.prompt
-    device, b = z0.device, z0.shape[0]
+    with torch.no_grad():
+        z0 = autoencoder.encode(cont, cont_mask).float()  # (b, n, d)
+        prompt, prompt_mask = encode_prompts(autoencoder, prompts, pad, device)
+        if prompt is not None:
+            keep = (torch.rand(b, device=device) >= cfg.p_prompt_drop).long()[:, None]
+            prompt_mask = prompt_mask * keep
     schedule = model.schedule
     t = ((torch.rand((), device=device) + torch.arange(b, device=device) / b) % 1).float()
     alpha, sigma = (v.float()[:, None, None] for v in schedule.alpha_sigma(t))
@@ -148,8 +114,8 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     self_cond = None
     if model.config.self_conditioning and torch.rand(()) < cfg.p_self_cond:
         with torch.no_grad():
-            self_cond = model.predict_x0(z_t, t, prompt, prompt_mask, prompt_ids=prompt_ids).detach()
-    f = model(z_t, t, prompt, prompt_mask, self_cond, prompt_ids=prompt_ids).float()
+            self_cond = model.predict_x0(z_t, t, prompt, prompt_mask).detach()
+    f = model(z_t, t, prompt, prompt_mask, self_cond).float()
     p = model.config.parameterisation
     target = {"x0": z0, "eps": eps, "v": alpha * eps - sigma * z0}[p]
     mse = F.mse_loss(f, target)

@@ -9,10 +9,7 @@ the target, whatever its length)::
 * prompt conditioning: the encoded prompt's clean latents as extra context
   tokens with a type embedding; any prompt length works; a learned null token
   is always present, and is all the context when the prompt is dropped
-  (classifier-free guidance, trained by prompt dropout); with
-  ``prompt_token_vocab > 0`` each context latent also gets the embeddings of
-  the k tokens it encodes (concatenated, projected), so that names and facts
-  can be copied from token identities rather than decoded out of latents;
+  (classifier-free guidance, trained by prompt dropout);
 * self-conditioning: the previous clean estimate is concatenated to z_t;
 * parameterisation: the network output F is read as the clean latent
   (``"x0"``), the noise (``"eps"``) or the velocity (``"v"``); ``predict_x0``
@@ -46,17 +43,12 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         self_conditioning: bool = True,
         schedule: str = "shifted_cosine",
         schedule_shift: float = 4.0,
-        prompt_token_vocab: int = 0,
-        tokens_per_latent: int = 4,
     ) -> None:
         super().__init__()
         if parameterisation not in PARAMETERISATIONS:
             raise InputError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
         self.in_proj = nn.Linear(2 * latent_dim, dim)  # [z_t, self-conditioning estimate]
         self.ctx_proj = nn.Linear(latent_dim, dim)
-        if prompt_token_vocab > 0:  # token identities next to each context latent
-            self.ctx_tokens = nn.Embedding(prompt_token_vocab, dim)
-            self.ctx_tokens_proj = nn.Linear(tokens_per_latent * dim, dim, bias=False)
         self.type_embed = nn.Embedding(3, dim)  # 0 null, 1 prompt, 2 target
         self.time = TimestepEmbedder(dim)
         self.backbone = Transformer(dim, depth, n_heads, mlp_ratio, cond_dim=dim)
@@ -77,13 +69,10 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         prompt: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None,
-        prompt_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw network output F (b, n, d) for noisy target latents z_t (b, n, d) at times t (b,).
 
-        prompt (b, p, d) clean prompt latents, left-padded; prompt_mask (b, p) 1 = real;
-        prompt_ids (b, p, k) the tokens behind each prompt latent (used when the
-        denoiser has ``prompt_token_vocab > 0``; see ``encode_prompts``).
+        prompt (b, p, d) clean prompt latents, left-padded; prompt_mask (b, p) 1 = real.
         """
         b, n, d = z_t.shape
         if d != self.config.latent_dim:
@@ -99,13 +88,7 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         if prompt is not None and prompt.shape[1] > 0:
             if prompt_mask is None:
                 prompt_mask = torch.ones(prompt.shape[:2], dtype=torch.long, device=z_t.device)
-            ctx = self.ctx_proj(prompt.to(dtype)) + self.type_embed.weight[1]
-            if self.config.prompt_token_vocab > 0:
-                if prompt_ids is None or prompt_ids.shape != (*prompt.shape[:2], self.config.tokens_per_latent):
-                    raise InputError(f"this denoiser needs prompt_ids of shape {(*prompt.shape[:2], self.config.tokens_per_latent)} "
-                                     "(the token ids behind each prompt latent, from encode_prompts)")
-                ctx = ctx + self.ctx_tokens_proj(self.ctx_tokens(prompt_ids).flatten(2))
-            parts.append(ctx)
+            parts.append(self.ctx_proj(prompt.to(dtype)) + self.type_embed.weight[1])
             masks.append(prompt_mask.long())
         ctx_len = sum(p.shape[1] for p in parts)
         parts.append(x)
@@ -115,9 +98,9 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         h, _ = self.backbone(h, attention_mask=mask, cond=self.time(t))
         return self.out(h[:, ctx_len:])
 
-    def predict_x0(self, z_t, t, prompt=None, prompt_mask=None, self_cond=None, prompt_ids=None) -> torch.Tensor:
+    def predict_x0(self, z_t, t, prompt=None, prompt_mask=None, self_cond=None) -> torch.Tensor:
         """Clean-latent estimate x0_hat (b, n, d), whatever the parameterisation."""
-        f = self(z_t, t, prompt, prompt_mask, self_cond, prompt_ids).float()
+        f = self(z_t, t, prompt, prompt_mask, self_cond).float()
         return self.x0_from_output(f, z_t.float(), t)
 
     def x0_from_output(self, f: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         return [x[-limit:] if len(x) > limit else x for x in ids]
 
-    def _x0_fn(self, prompt, prompt_mask, prompt_ids, guidance_scale: float):
+    def _x0_fn(self, prompt, prompt_mask, guidance_scale: float):
         """x0_hat(x, t) with classifier-free guidance and self-conditioning; counts NFE."""
         state = {"nfe": 0, "prev": None}
         den = self.denoiser
@@ -118,7 +118,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             sc = state["prev"] if den.config.self_conditioning else None
             xin = x.to(den.dtype)
-            x0 = den.predict_x0(xin, t, prompt, prompt_mask, sc, prompt_ids)
+            x0 = den.predict_x0(xin, t, prompt, prompt_mask, sc)
             state["nfe"] += 1
             if use_cfg:
                 uncond = den.predict_x0(xin, t, None, None, sc)
@@ -189,10 +189,10 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
         rows = [p for p in prompts for _ in range(num_samples_per_prompt)]
         ids = self._prompt_ids(rows)
-        ctx, ctx_mask, ctx_ids = encode_prompts(ae, ids, self.tokenizer.pad_token_id, device)
+        ctx, ctx_mask = encode_prompts(ae, ids, self.tokenizer.pad_token_id, device)
         if ctx is not None:
             ctx = ctx.to(den.dtype)
-        x0_fn, state = self._x0_fn(ctx, ctx_mask, ctx_ids, float(guidance_scale))
+        x0_fn, state = self._x0_fn(ctx, ctx_mask, float(guidance_scale))
 
         x = torch.randn((batch, n, d), generator=generator, dtype=torch.float32,
                         device=generator.device if generator is not None else "cpu").to(device)
