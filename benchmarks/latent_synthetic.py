@@ -60,6 +60,26 @@ def one_step_diagnostic(pipe, held_out, times=(0.2, 0.4, 0.6, 0.8), n=64) -> lis
     return rows
 
 
+def score_ar(folder: Path, train_file: Path, valid_file: Path, tokenizer: Path, steps: int, prompts: list[str],
+             new_tokens: int, times: dict) -> dict:
+    """The calibration row: the cpu-tiny AR trained ``steps`` steps, sampled and checked like the latent model."""
+    from latentlm.eval.models import load_language_model
+
+    if not (folder / "config.json").is_file():
+        t0 = time.perf_counter()
+        run_training("ar", [train_file], folder, preset="cpu-tiny", valid=[valid_file], tokenizer=tokenizer,
+                     overrides=[f"train.steps={steps}", f"train.warmup_steps={max(1, steps // 10)}"])
+        times[f"ar_{steps}_s"] = time.perf_counter() - t0
+    lm = load_language_model(folder, "ar")
+    t0 = time.perf_counter()
+    gen = lm.generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0))
+    wf, cons = continuation_quality(prompts, gen.texts)
+    row = {"sampler": f"AR baseline, {steps} steps", "steps": new_tokens, "guidance": 1.0, "nfe": new_tokens,
+           "s_per_sample": (time.perf_counter() - t0) / len(prompts), "well_formed": wf, "consistent": cons}
+    print(json.dumps({**row, "training_seconds": times}), flush=True)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -73,6 +93,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--stories", type=int, default=4000)
     p.add_argument("--diagnose", action="store_true", help="also print the one-step denoising diagnostic")
+    p.add_argument("--ar-steps", type=int, default=0,
+                   help="also train the cpu-tiny AR baseline for this many steps on the same stories and score it")
     args = p.parse_args()
     out = Path(args.out)
     train_stories = generate_stories(args.stories, seed=0)
@@ -115,6 +137,9 @@ def main() -> None:
                        "nfe": res.nfe, "s_per_sample": dt / len(prompts), "well_formed": wf, "consistent": cons}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    if args.ar_steps:
+        rows.append(score_ar(out / f"ar_{args.ar_steps}", train_file, valid_file, ae_dir, args.ar_steps, prompts,
+                             args.new_tokens, times))
     print("\nexample:", res.texts[0][:400])
     print("\n| sampler | steps | guidance | NFE | s/sample | well-formed | consistent |\n|---|---|---|---|---|---|---|")
     for r in rows:
