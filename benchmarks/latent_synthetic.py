@@ -20,9 +20,9 @@ import torch
 
 from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.data.tokenizer import train_tokenizer
+from latentlm.eval.consistency import synthetic_probe
 from latentlm.loading import load_pipeline
 from latentlm.pipeline_latent_diffusion import make_scheduler
-from latentlm.quickstart import continuation_quality
 from latentlm.recipes import run_training
 
 
@@ -73,7 +73,8 @@ def score_ar(folder: Path, train_file: Path, valid_file: Path, tokenizer: Path, 
     lm = load_language_model(folder, "ar")
     t0 = time.perf_counter()
     gen = lm.generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0))
-    wf, cons = continuation_quality(prompts, gen.texts)
+    probe = synthetic_probe(prompts, gen.texts)
+    wf, cons = probe.well_formed, probe.consistent
     row = {"sampler": f"AR baseline, {steps} steps", "steps": new_tokens, "guidance": 1.0, "nfe": new_tokens,
            "s_per_sample": (time.perf_counter() - t0) / len(prompts), "well_formed": wf, "consistent": cons}
     print(json.dumps({**row, "training_seconds": times}), flush=True)
@@ -132,7 +133,8 @@ def main() -> None:
                            corrector_steps=args.corrector_steps if pc else 0,
                            generator=torch.Generator().manual_seed(0))
                 dt = time.perf_counter() - t0
-                wf, cons = continuation_quality(prompts, res.texts)
+                probe = synthetic_probe(prompts, res.texts)  # the checker, as `latentlm compare` runs it
+                wf, cons = probe.well_formed, probe.consistent
                 row = {"sampler": "pc (ddim + langevin)" if pc else sampler, "steps": steps, "guidance": w,
                        "nfe": res.nfe, "s_per_sample": dt / len(prompts), "well_formed": wf, "consistent": cons}
                 rows.append(row)

@@ -21,27 +21,12 @@ from pathlib import Path
 
 import torch
 
-from latentlm.data.synthetic import check_story, generate_stories, split_sentences, write_jsonl
+from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.data.tokenizer import train_tokenizer
 from latentlm.eval.compare import DEFAULT_OPTIONS, CompareConfig, compare
 from latentlm.eval.models import load_language_model
 from latentlm.eval.report import summary_table
 from latentlm.recipes import run_training
-
-
-def continuation_quality(prompts: list[str], texts: list[str]) -> tuple[float, float]:
-    """Share of well-formed sentences and of consistent mentions in the continuations."""
-    wf = n_s = cons = n_m = 0
-    for p, t in zip(prompts, texts):
-        check = check_story(t)
-        skip = len(split_sentences(p))
-        wf += sum(s.well_formed for s in check.sentences[skip:])
-        n_s += len(check.sentences[skip:])
-        mentions = [m for m in check.mentions if m.sentence >= skip]
-        cons += sum(m.consistent for m in mentions)
-        n_m += len(mentions)
-    return wf / max(n_s, 1), cons / max(n_m, 1)
-
 
 CPU_DENOISER_STEPS = 1800
 
