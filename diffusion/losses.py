@@ -11,7 +11,6 @@ by the frozen autoencoder, exactly as the pipeline will encode them:
     self-conditioning: with prob. 1/2, x0_sc = stopgrad(x0_hat(z_t, t, prompt, 0)) is fed as input
     loss = || F - target ||^2,  target = z0 | eps | alpha eps - sigma z0  for  x0 | eps | v
          + w_ce * CE(decode(x0_hat), continuation)   # frozen decoder (Diffusion-LM's rounding term)
-         + w_tok * CE(token_head(h), continuation)   # the denoiser's own auxiliary token head
 
 The cross-entropy term sends the decoder's token loss through the frozen
 decoder into the clean-latent estimate: the MSE alone treats every latent
@@ -38,16 +37,14 @@ class DenoiserLossConfig:
     p_self_cond: float = 0.5
     min_latents_fraction: float = 0.25  # shortest continuation, as a share of the autoencoder's latents
     decoder_ce: float = 0.0  # weight of the decoder cross-entropy of x0_hat (0 = MSE only)
-    token_ce: float = 0.0  # weight of the denoiser's auxiliary token-head cross-entropy (model.token_head)
     pad_weight: float = 0.1  # weight of padding positions in that cross-entropy
 
     def validate(self) -> None:
         for name in ("p_unconditional", "p_prompt_drop", "p_self_cond"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"loss.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("decoder_ce", "token_ce"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.decoder_ce < 0:
+            raise ConfigError(f"loss.decoder_ce must be >= 0, got {self.decoder_ce}")
         if not 0 <= self.pad_weight <= 1:
             raise ConfigError(f"loss.pad_weight must be in [0, 1], got {self.pad_weight}")
         if not 0 < self.min_latents_fraction <= 1:
@@ -118,32 +115,18 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     if model.config.self_conditioning and torch.rand(()) < cfg.p_self_cond:
         with torch.no_grad():
             self_cond = model.predict_x0(z_t, t, prompt, prompt_mask).detach()
-    token_logits = None
-    if cfg.token_ce > 0:
-        if model.config.token_vocab <= 0:
-            raise ConfigError("loss.token_ce > 0 needs a denoiser with a token head (model.token_head = true)")
-        f, token_logits = model(z_t, t, prompt, prompt_mask, self_cond, return_token_logits=True)
-    else:
-        f = model(z_t, t, prompt, prompt_mask, self_cond)
-    f = f.float()
+    f = model(z_t, t, prompt, prompt_mask, self_cond).float()
     p = model.config.parameterisation
     target = {"x0": z0, "eps": eps, "v": alpha * eps - sigma * z0}[p]
     mse = F.mse_loss(f, target)
     x0_hat = model.x0_from_output(f, z_t, t)
     metrics = {"x0_mse": float(F.mse_loss(x0_hat.detach(), z0))}
     loss = mse
-    weight = cont_mask.float() + cfg.pad_weight * (1 - cont_mask.float())  # (b, n k) padding counts less
-
-    def token_ce(logits: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits.float().transpose(1, 2), cont, reduction="none")  # (b, n k)
-        return (ce * weight).sum() / weight.sum()
-
     if cfg.decoder_ce > 0:
-        ce = token_ce(autoencoder.decode(x0_hat))  # decoder frozen, grads reach x0_hat
-        loss = loss + cfg.decoder_ce * ce
+        logits = autoencoder.decode(x0_hat).float()  # (b, n k, vocab); decoder frozen, grads reach x0_hat
+        ce = F.cross_entropy(logits.transpose(1, 2), cont, reduction="none")  # (b, n k)
+        weight = cont_mask.float() + cfg.pad_weight * (1 - cont_mask.float())
+        ce = (ce * weight).sum() / weight.sum()
+        loss = mse + cfg.decoder_ce * ce
         metrics.update(mse=float(mse.detach()), decoder_ce=float(ce.detach()))
-    if token_logits is not None:
-        ce = token_ce(token_logits)
-        loss = loss + cfg.token_ce * ce
-        metrics.update(mse=float(mse.detach()), token_ce=float(ce.detach()))
     return LossOutput(loss, metrics)

@@ -11,9 +11,6 @@ the target, whatever its length)::
   is always present, and is all the context when the prompt is dropped
   (classifier-free guidance, trained by prompt dropout);
 * self-conditioning: the previous clean estimate is concatenated to z_t;
-* auxiliary token head (``token_vocab > 0``, training only): the final
-  hidden state of each target latent also predicts the k tokens behind it,
-  a direct token-identity signal next to the latent MSE;
 * parameterisation: the network output F is read as the clean latent
   (``"x0"``), the noise (``"eps"``) or the velocity (``"v"``); ``predict_x0``
   always returns the clean-latent estimate.
@@ -46,8 +43,6 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         self_conditioning: bool = True,
         schedule: str = "shifted_cosine",
         schedule_shift: float = 4.0,
-        token_vocab: int = 0,
-        tokens_per_latent: int = 4,
     ) -> None:
         super().__init__()
         if parameterisation not in PARAMETERISATIONS:
@@ -58,8 +53,6 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         self.time = TimestepEmbedder(dim)
         self.backbone = Transformer(dim, depth, n_heads, mlp_ratio, cond_dim=dim)
         self.out = nn.Linear(dim, latent_dim)
-        if token_vocab > 0:
-            self.token_head = nn.Linear(dim, tokens_per_latent * token_vocab)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -76,13 +69,10 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         prompt: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None,
-        return_token_logits: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """Raw network output F (b, n, d) for noisy target latents z_t (b, n, d) at times t (b,).
 
         prompt (b, p, d) clean prompt latents, left-padded; prompt_mask (b, p) 1 = real.
-        With ``return_token_logits`` (a denoiser with ``token_vocab > 0``) also the
-        auxiliary head's logits (b, n k, token_vocab).
         """
         b, n, d = z_t.shape
         if d != self.config.latent_dim:
@@ -106,12 +96,7 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         h = torch.cat(parts, 1)
         mask = torch.cat(masks, 1)
         h, _ = self.backbone(h, attention_mask=mask, cond=self.time(t))
-        h = h[:, ctx_len:]
-        if not return_token_logits:
-            return self.out(h)
-        if self.config.token_vocab <= 0:
-            raise InputError("this denoiser has no token head (token_vocab = 0)")
-        return self.out(h), self.token_head(h).reshape(b, n * self.config.tokens_per_latent, -1)
+        return self.out(h[:, ctx_len:])
 
     def predict_x0(self, z_t, t, prompt=None, prompt_mask=None, self_cond=None) -> torch.Tensor:
         """Clean-latent estimate x0_hat (b, n, d), whatever the parameterisation."""

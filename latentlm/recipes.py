@@ -146,7 +146,6 @@ class DenoiserConfig:
     schedule: str = "shifted_cosine"  # or "cosine"
     schedule_shift: float = 4.0
     sampler: str = "ddim"  # scheduler saved with the pipeline: ddpm, ddim, dpm++, flow-euler
-    token_head: bool = False  # auxiliary token prediction head (trained with loss.token_ce > 0)
 
     def validate(self) -> None:
         if self.parameterisation not in ("x0", "eps", "v"):
@@ -162,10 +161,8 @@ def _denoiser_recipe() -> Recipe:
     def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
         m: DenoiserConfig = cfg["model"]
         ae = ctx["autoencoder"]
-        fields = {k: v for k, v in dataclasses.asdict(m).items() if k not in ("sampler", "token_head")}
-        return LatentDenoiser(latent_dim=ae.config.latent_dim, max_latents=ae.n_latents,
-                              token_vocab=ae.config.vocab_size if m.token_head else 0,
-                              tokens_per_latent=ae.config.tokens_per_latent, **fields)
+        fields = {k: v for k, v in dataclasses.asdict(m).items() if k != "sampler"}
+        return LatentDenoiser(latent_dim=ae.config.latent_dim, max_latents=ae.n_latents, **fields)
 
     def export(model, tok, ctx, folder: Path) -> None:
         from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline, make_scheduler

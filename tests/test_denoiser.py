@@ -4,7 +4,7 @@ import torch
 from latentlm.autoencoder import TextAutoencoder
 from latentlm.diffusion import DenoiserLossConfig, LatentDenoiser, denoiser_loss
 from latentlm.diffusion.losses import encode_prompts, left_align
-from latentlm.errors import ConfigError, InputError
+from latentlm.errors import InputError
 
 
 @pytest.fixture
@@ -72,30 +72,3 @@ def test_denoiser_bad_input():
         den(torch.zeros(1, 5, 8), torch.zeros(1))
     with pytest.raises(InputError, match="parameterisation"):
         LatentDenoiser(parameterisation="score")
-
-
-def test_token_head_loss_trains_the_head_and_needs_one(ae, tiny_tokenizer):
-    torch.manual_seed(0)
-    vocab = len(tiny_tokenizer)
-    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8, token_vocab=vocab,
-                         tokens_per_latent=ae.config.tokens_per_latent)
-    f, logits = den(torch.randn(2, 3, 8), torch.rand(2), return_token_logits=True)
-    assert f.shape == (2, 3, 8) and logits.shape == (2, 3 * ae.config.tokens_per_latent, vocab)
-    b = batch(tiny_tokenizer, ["lily had a red kite. the sun was warm."] * 8)
-    cfg = DenoiserLossConfig(token_ce=0.5)
-    opt = torch.optim.Adam(den.parameters(), 3e-3)
-    ces = []
-    for _ in range(30):
-        out = denoiser_loss(den, b, autoencoder=ae, cfg=cfg)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        ces.append(out.metrics["token_ce"])
-    assert sum(ces[-5:]) < sum(ces[:5])  # the head learns the continuation's tokens
-    plain = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8)
-    with pytest.raises(ConfigError, match="token head"):
-        denoiser_loss(plain, b, autoencoder=ae, cfg=cfg)
-    with pytest.raises(InputError, match="token head"):
-        plain(torch.randn(1, 2, 8), torch.rand(1), return_token_logits=True)
-    with pytest.raises(ConfigError, match="token_ce"):
-        DenoiserLossConfig(token_ce=-1.0).validate()
