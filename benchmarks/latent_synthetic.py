@@ -86,6 +86,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--autoencoder", help="reuse a trained autoencoder folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="denoiser preset override")
+    p.add_argument("--ae-set", dest="ae_overrides", action="append", default=[],
+                   help="autoencoder preset override (when the autoencoder is trained here)")
     p.add_argument("--samplers", nargs="+", default=["ddim"])
     p.add_argument("--steps", type=int, nargs="+", default=[32])
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
@@ -111,7 +113,7 @@ def main() -> None:
         if not (ae_dir / "config.json").is_file():
             t0 = time.perf_counter()
             run_training("autoencoder", [train_file], ae_dir, preset="cpu-tiny", valid=[valid_file],
-                         tokenizer=tok_dir)
+                         tokenizer=tok_dir, overrides=args.ae_overrides)
             times["autoencoder_s"] = time.perf_counter() - t0
     den_dir = out / "denoiser"
     if not (den_dir / "model_index.json").is_file():
@@ -119,7 +121,7 @@ def main() -> None:
         run_training("denoiser", [train_file], den_dir, preset="cpu-tiny", valid=[valid_file],
                      autoencoder=ae_dir, overrides=args.overrides)
         times["denoiser_s"] = time.perf_counter() - t0
-    print(json.dumps({"training_seconds": times, "overrides": args.overrides}))
+    print(json.dumps({"training_seconds": times, "overrides": args.overrides, "ae_overrides": args.ae_overrides}))
     pipe = load_pipeline(den_dir)
     prompts = [s.split()[0] for s in held_out[: args.prompts]]
     rows = []
