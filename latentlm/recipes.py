@@ -152,6 +152,10 @@ class DenoiserConfig:
             raise ConfigError(f"model.parameterisation must be x0, eps or v, got {self.parameterisation!r}")
         if self.schedule not in ("cosine", "shifted_cosine"):
             raise ConfigError(f"model.schedule must be cosine or shifted_cosine, got {self.schedule!r}")
+        from latentlm.pipeline_latent_diffusion import SCHEDULERS
+
+        if self.sampler not in SCHEDULERS:  # checked here, not at export after the whole run
+            raise ConfigError(f"model.sampler must be one of {', '.join(SCHEDULERS)}, got {self.sampler!r}")
 
 
 def _denoiser_recipe() -> Recipe:

@@ -43,6 +43,12 @@ def test_bad_config_is_a_clear_error(kwargs, message):
         resolve_run_config("ar", **kwargs)
 
 
+def test_bad_denoiser_sampler_is_caught_before_training():
+    with pytest.raises(ConfigError, match="model.sampler must be one of"):
+        resolve_run_config("denoiser", preset="cpu-tiny", overrides=["model.sampler=ddmp"])
+    assert resolve_run_config("denoiser", preset="cpu-tiny", overrides=["model.sampler=dpm++"])["model"].sampler == "dpm++"
+
+
 def test_unknown_kind_and_bad_file(tmp_path):
     with pytest.raises(ConfigError, match="unknown model kind"):
         resolve_run_config("nope")
