@@ -126,10 +126,10 @@ def main() -> None:
     prompts = [s.split()[0] for s in held_out[: args.prompts]]
     rows = []
     for sampler in args.samplers:
+        pc = sampler == "pc"
+        pipe.scheduler = make_scheduler("ddim" if pc else sampler, pipe.denoiser)  # set_timesteps resets it per call
         for steps in args.steps:
             for w in args.guidance:
-                pc = sampler == "pc"
-                pipe.scheduler = make_scheduler("ddim" if pc else sampler, pipe.denoiser)
                 t0 = time.perf_counter()
                 res = pipe(prompts, max_new_tokens=args.new_tokens, num_inference_steps=steps, guidance_scale=w,
                            corrector_steps=args.corrector_steps if pc else 0,
