@@ -36,6 +36,7 @@ from latentlm.eval import metrics as M
 from latentlm.eval.models import load_language_model
 from latentlm.eval.sanity import sanity_samplers
 from latentlm.eval.speed import measure_speed, rows_to_json
+from latentlm.loading import device_name, resolve_device
 
 REAL = "real text"
 DEFAULT_OPTIONS = {"latent": {"steps": 32}, "mdlm": {"steps": 64, "decoder": "ancestral"}, "ar": {}}
@@ -184,12 +185,14 @@ def compare(
     cfg: CompareConfig | None = None,
     options: dict[str, dict] | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> dict:
     """Evaluate ``models`` (name -> folder) on the documents of ``data`` and write the report to ``out``.
 
     ``train`` (the training texts) enables memorisation, the name lexicon of
     the entity probe and the sanity samplers; ``judge`` (an AR model folder,
-    never one of the compared models) enables generation perplexity.
+    never one of the compared models) enables generation perplexity. ``device``: where every
+    model runs (``"auto"``: the GPU when there is one, else the CPU; or ``"cpu"``, ``"cuda:N"``).
     Returns the results dictionary (also in ``out/results.json``).
     """
     cfg = cfg or CompareConfig()
@@ -203,8 +206,9 @@ def compare(
     if not docs:
         raise DataError(f"{data} holds no text")
     train_docs = read_documents([train]) if train else []
-    lms = {name: load_language_model(folder, name) for name, folder in models.items()}
-    judge_lm = load_language_model(judge, "judge") if judge else None
+    device = resolve_device(device)
+    lms = {name: load_language_model(folder, name, device) for name, folder in models.items()}
+    judge_lm = load_language_model(judge, "judge", device) if judge else None
     if judge_lm is not None and judge_lm.kind != "ar":
         raise InputError(f"the judge {judge} is a {judge_lm.kind} model; it must be an autoregressive model")
     if judge and any(Path(judge).resolve() == Path(f).resolve() for f in models.values()):
@@ -212,7 +216,7 @@ def compare(
     opts = {name: {**DEFAULT_OPTIONS.get(lm.kind, {}), **(options or {}).get(name, {})} for name, lm in lms.items()}
     synthetic = is_synthetic(docs)
     signature = {"models": {k: str(v) for k, v in models.items()}, "data": str(data), "train": str(train),
-                 "judge": str(judge), "options": opts, **asdict(cfg)}
+                 "judge": str(judge), "options": opts, "device": device_name(device), **asdict(cfg)}
     res = Results(out, json.loads(json.dumps(signature)))
     pairs = openings(docs, cfg.prompts, cfg, synthetic)
     prompts = [p for p, _ in pairs]
@@ -308,7 +312,7 @@ def compare(
     bar.update(1)
     bar.close()
     res.put("skipped", {**res.data["sections"].get("skipped", {}), **skipped})
-    res.put("meta", {"synthetic": synthetic, "n_prompts": len(prompts), "device": _device_name(),
+    res.put("meta", {"synthetic": synthetic, "n_prompts": len(prompts), "device": device_name(device),
                      "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     from latentlm.eval.report import write_report
 
@@ -321,12 +325,6 @@ def compare(
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({os.cpu_count()} cores)"
 
 
 def _load_samples(path: Path, n: int) -> list[tuple[str, str]] | None:

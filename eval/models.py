@@ -265,15 +265,18 @@ class LatentAdapter(LanguageModelAdapter):
 ADAPTERS = {"CausalLM": ARAdapter, "MaskedDiffusionLM": MDLMAdapter}
 
 
-def load_language_model(folder: str | Path, name: str | None = None) -> LanguageModelAdapter:
+def load_language_model(folder: str | Path, name: str | None = None, device: str | torch.device = "cpu"
+                        ) -> LanguageModelAdapter:
     """The evaluation adapter of the model saved in ``folder``: a latent diffusion pipeline
-    folder (``model_index.json``) or a baseline (kind read from ``config.json``)."""
-    from latentlm.loading import is_pipeline_folder, load_pipeline
+    folder (``model_index.json``) or a baseline (kind read from ``config.json``), on ``device``
+    (a torch device or a name for :func:`~latentlm.loading.resolve_device`, e.g. ``"auto"``)."""
+    from latentlm.loading import is_pipeline_folder, load_pipeline, resolve_device
 
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     if is_pipeline_folder(folder):
-        return LatentAdapter(load_pipeline(folder), name)
+        return LatentAdapter(load_pipeline(folder).to(device), name)
     cls_name = read_model_config(folder)["_class_name"]
     if cls_name not in ADAPTERS:
         raise InputError(f"{folder} holds a {cls_name}, which is not a language model "
                          f"(one of {', '.join(ADAPTERS)})")
-    return ADAPTERS[cls_name](load_model(folder), load_tokenizer(folder), name)
+    return ADAPTERS[cls_name](load_model(folder).to(device), load_tokenizer(folder), name)

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decoder (mdlm)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar)")
+    gen.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
 
     cmp = sub.add_parser("compare", help="likelihood, sample quality, consistency and speed of saved models "
                          "in one report")
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--nll-texts", type=int, default=128, help="texts for the likelihood")
     cmp.add_argument("--no-mauve", action="store_true", help="skip MAUVE")
     cmp.add_argument("--speed-lengths", type=int, nargs="+", default=[128, 256, 512, 1024])
+    cmp.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
 
     qs = sub.add_parser("quickstart", help="the main job: train every model on synthetic stories and compare")
     qs.add_argument("--out", default="runs/quickstart")
@@ -150,7 +152,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.num_samples < 1:
             raise InputError(f"--num-samples must be positive, got {args.num_samples}")
-        lm = load_language_model(args.model)
+        lm = load_language_model(args.model, device=args.device)
         options = {"ar": dict(temperature=args.temperature, top_p=args.top_p),
                    "mdlm": dict(decoder=args.decoder, steps=args.steps),
                    "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale, scheduler=args.scheduler)}
@@ -177,7 +179,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = CompareConfig(prompts=args.prompts, max_new_tokens=args.max_new_tokens, seeds=args.seeds,
                             nll_texts=args.nll_texts, mauve=not args.no_mauve,
                             speed_lengths=tuple(args.speed_lengths))
-        results = compare(models, args.data, args.out, train=args.train, judge=args.judge, cfg=cfg)
+        results = compare(models, args.data, args.out, train=args.train, judge=args.judge, cfg=cfg,
+                          device=args.device)
         print(summary_table(results))
         print(f"report: {Path(args.out) / 'report.md'}")
     elif args.command == "quickstart":

@@ -7,12 +7,14 @@ unpickled and no remote code is ever trusted.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 
-from latentlm.errors import CheckpointError
+from latentlm.errors import CheckpointError, InputError
 
 
 def _model_classes() -> dict[str, type]:
@@ -107,6 +109,31 @@ def load_pipeline(folder: str | Path):
         raise CheckpointError(f"{sched_file} is missing or malformed: {e}") from None
     return LatentDiffusionPipeline(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
                                    scheduler=scheduler)
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """The device to run on: ``None`` or ``"auto"`` picks the first CUDA GPU when there is one,
+    else the CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` are checked to exist."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but torch sees no CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of ``device`` for reports: the GPU's model, or the CPU and its cores."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores)"
 
 
 def count_parameters(model) -> int:

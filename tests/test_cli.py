@@ -53,6 +53,7 @@ def test_synthetic_tokenizer_train_info_generate(tmp_path):
         (["train", "ar", "--data", "x.txt", "--out", "o", "--set", "train.bogus=1"], "unknown key"),
         (["info", "--model", "nowhere"], "does not exist"),
         (["generate", "--model", "nowhere", "hi"], "does not exist"),
+        (["generate", "--model", "nowhere", "hi", "--device", "tpu"], "unknown device 'tpu'"),
     ],
 )
 def test_bad_input_exits_2_with_message(tmp_path, capsys, args, message, monkeypatch):

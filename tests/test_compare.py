@@ -64,6 +64,8 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
     assert "hackable" in report and "| ar |" in report
+    # "auto" runs on the GPU when there is one, and the report names the device that ran
+    assert s["meta"]["device"].startswith("cpu") == (not torch.cuda.is_available())
 
     # an interrupted run keeps its finished sections: drop one, rerun, only it is recomputed
     data = json.loads((out / "results.json").read_text())
@@ -73,6 +75,15 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
                     options={"latent": {"steps": 2}, "mdlm": {"steps": 4}}, progress=False)
     assert again["sections"]["quality"] == s["quality"]
     assert "speed" in again["sections"]
+
+
+def test_compare_on_an_explicit_device_names_it_and_rejects_unknown_ones(folders, tmp_path):
+    res = compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "cpu", cfg=small_config(),
+                  progress=False, device="cpu")
+    assert res["sections"]["meta"]["device"].startswith("cpu (")
+    assert res["config"]["device"] == res["sections"]["meta"]["device"]  # a run on another device starts afresh
+    with pytest.raises(InputError, match="unknown device 'gpu0'"):
+        compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "x", device="gpu0")
 
 
 def test_compare_bad_input(folders, tmp_path):
