@@ -134,17 +134,12 @@ class ARAdapter(LanguageModelAdapter):
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        outs, nfe = [], 0
-        for group in _same_length_groups(ids):  # equal lengths: no padding inside the KV cache
-            x = torch.tensor([[eot] + ids[i] for i in group], device=self.model.device)
-            new, n = generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
-                              generator=generator)
-            outs.append((group, new.cpu()))
-            nfe = max(nfe, n)  # every sample saw n evaluations (groups are batched separately)
-        new = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long)
-        for group, rows in outs:
-            new[group] = rows
-        texts, conts = self._finish(prompts, new)
+        new, nfe = [], 0
+        for x, m in _left_padded_chunks([[eot] + p for p in ids], pad, self.model.device):
+            rows, nfe = generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
+                                 generator=generator, attention_mask=m)
+            new.append(rows.cpu())
+        texts, conts = self._finish(prompts, torch.cat(new))
         return GenerationOutput(texts, conts, nfe)
 
     @torch.no_grad()
@@ -177,15 +172,13 @@ class MDLMAdapter(LanguageModelAdapter):
 
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=0)
-        new = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long)
-        nfe = 0
-        for group in _same_length_groups(ids):
-            x = torch.tensor([ids[i] for i in group], dtype=torch.long, device=self.model.device)
+        new, nfe = [], 0
+        for x, m in _left_padded_chunks(ids, self.tokenizer.pad_token_id, self.model.device):
             rows, n = generate(self.model, x, max_new_tokens, decoder=decoder, steps=steps, threshold=threshold,
-                               temperature=temperature, generator=generator)
-            new[group] = rows.cpu()
-            nfe = max(nfe, n)
-        texts, conts = self._finish(prompts, new)
+                               temperature=temperature, generator=generator, prompt_mask=m)
+            new.append(rows.cpu())
+            nfe = max(nfe, n)  # every sample saw at most n evaluations (chunks are batched separately)
+        texts, conts = self._finish(prompts, torch.cat(new))
         return GenerationOutput(texts, conts, nfe)
 
     @torch.no_grad()
@@ -206,13 +199,19 @@ class MDLMAdapter(LanguageModelAdapter):
 GENERATION_CHUNK = 64  # prompts per forward batch: bounds generation memory whatever the number of prompts
 
 
-def _same_length_groups(ids: list[list[int]], size: int | None = None) -> list[list[int]]:
-    """Indices of prompts of equal length, in chunks of at most ``size`` (GENERATION_CHUNK)."""
+def _left_padded_chunks(ids: list[list[int]], pad: int, device, size: int | None = None
+                        ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Prompts in chunks of at most ``size`` (GENERATION_CHUNK), in order: each chunk's ids left-padded
+    to its longest prompt (b, s) and its attention mask (b, s), or None when every length is equal."""
     size = size or GENERATION_CHUNK
-    groups: dict[int, list[int]] = {}
-    for i, x in enumerate(ids):
-        groups.setdefault(len(x), []).append(i)
-    return [g[j : j + size] for g in groups.values() for j in range(0, len(g), size)]
+    chunks = []
+    for j in range(0, len(ids), size):
+        rows = ids[j : j + size]
+        width = max(len(r) for r in rows)
+        x = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=device)
+        m = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)
+        chunks.append((x, None if bool(m.all()) else m))
+    return chunks
 
 
 def _summarise(per_text: list[float], ses: list[float], units, prefix_len: int, exact: bool) -> NLLOutput:

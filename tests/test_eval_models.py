@@ -78,7 +78,77 @@ def test_generation_is_chunked_so_memory_is_bounded(ar, mdlm, monkeypatch):
 
     prompts = ["lily had a red kite."] * 5 + ["tom."]
     monkeypatch.setattr(models, "GENERATION_CHUNK", 2)
-    assert models._same_length_groups([[1]] * 5 + [[1, 2]]) == [[0, 1], [2, 3], [4], [5]]
+    chunks = models._left_padded_chunks([[5]] * 3 + [[5, 6]], 0, "cpu")
+    assert [x.tolist() for x, _ in chunks] == [[[5], [5]], [[0, 5], [5, 6]]]
+    assert chunks[0][1] is None and chunks[1][1].tolist() == [[0, 1], [1, 1]]  # no mask when lengths agree
     for lm in (ar, mdlm):
         out = lm.generate(prompts, 6, generator=torch.Generator().manual_seed(0))
         assert len(out.texts) == 6 and all(t.startswith(p) for t, p in zip(out.texts, prompts))
+
+
+PROMPTS = ["lily had a red kite and", "tom.", "the sun was warm. ben", ""]
+
+
+def test_left_padding_changes_nothing_for_the_ar(ar):
+    """Prompts of different lengths share a batch (left padding + mask): each row's logits and greedy
+    continuation are those of the prompt alone (rotary attention sees relative positions only)."""
+    from latentlm.baselines.autoregressive import generate
+
+    eot, pad = ar.tokenizer.eos_token_id, ar.tokenizer.pad_token_id
+    ids = [[eot] + ar.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    width = max(map(len, ids))
+    x = torch.tensor([[pad] * (width - len(r)) + r for r in ids])
+    m = (torch.arange(width)[None] >= torch.tensor([width - len(r) for r in ids])[:, None]).long()
+    batched = ar.model(x, attention_mask=m)
+    for r, row in enumerate(ids):
+        alone = ar.model(torch.tensor([row]))[0]
+        torch.testing.assert_close(batched[r, width - len(row):], alone, atol=1e-5, rtol=1e-4)
+    together = ar.generate(PROMPTS, 8, temperature=0).continuations
+    assert together == [ar.generate([p], 8, temperature=0).continuations[0] for p in PROMPTS]
+    new, _ = generate(ar.model, x, 8, temperature=0, attention_mask=m)
+    assert new[0].tolist() == generate(ar.model, torch.tensor([ids[0]]), 8, temperature=0)[0][0].tolist()
+
+
+def test_left_padding_changes_nothing_for_mdlm(mdlm):
+    """Same for MDLM: with the prompts left-padded and masked, every row's SUBS log-probabilities over
+    [prompt, masks] are those of the prompt alone. (Greedy decoders are not compared: an untrained
+    model's near-equal confidences make their top-k order hinge on float rounding.)"""
+    mask_id, pad, n = mdlm.model.config.mask_token_id, mdlm.tokenizer.pad_token_id, 8
+    ids = [mdlm.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    width = max(map(len, ids))
+    x = torch.tensor([[pad] * (width - len(r)) + r + [mask_id] * n for r in ids])
+    m = torch.tensor([[0] * (width - len(r)) + [1] * (len(r) + n) for r in ids])
+    batched = mdlm.model(x, m)
+    for r, row in enumerate(ids):
+        alone = mdlm.model(torch.tensor([row + [mask_id] * n]))[0]
+        torch.testing.assert_close(batched[r, width - len(row):].exp(), alone.exp(), atol=1e-5, rtol=1e-4)
+    out = mdlm.generate(PROMPTS, n, decoder="llada", steps=4, generator=torch.Generator().manual_seed(0))
+    assert [t[: len(p)] for t, p in zip(out.texts, PROMPTS)] == PROMPTS
+
+
+def test_padded_generation_rejects_a_mask_of_the_wrong_shape(ar, mdlm):
+    from latentlm.baselines.autoregressive import generate as ar_generate
+    from latentlm.baselines.masked_diffusion import generate as mdlm_generate
+
+    x = torch.ones(2, 3, dtype=torch.long)
+    with pytest.raises(InputError, match="attention_mask"):
+        ar_generate(ar.model, x, 4, attention_mask=torch.ones(2, 2, dtype=torch.long))
+    with pytest.raises(InputError, match="prompt_mask"):
+        mdlm_generate(mdlm.model, x, 4, prompt_mask=torch.ones(3, 3, dtype=torch.long))
+
+
+def test_devices_resolve_or_fail_clearly(tmp_path, tiny_tokenizer):
+    from latentlm.loading import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad, message in (("gpu", "unknown device"), ("meta", "not supported"), ("cuda:99", "cuda")):
+        with pytest.raises(InputError, match=message):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU; use --device cpu"):
+            resolve_device("cuda")
+    CausalLM(vocab_size=len(tiny_tokenizer), dim=32, depth=1, n_heads=4, max_seq_len=64).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    assert load_language_model(tmp_path, device="cpu").model.device.type == "cpu"
+

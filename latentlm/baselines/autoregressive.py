@@ -116,11 +116,15 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Continue ``input_ids`` (b, s) by ``max_new_tokens`` with the KV cache.
 
-    Returns the new tokens (b, max_new_tokens) and the number of network
-    evaluations (NFE). Rows stop changing after their end-of-text (padded with it).
+    Prompts of different lengths are left-padded, with ``attention_mask`` (b, s)
+    0 on the padding: rotary attention depends only on relative positions, so
+    each row continues exactly as it would alone. Returns the new tokens
+    (b, max_new_tokens) and the number of network evaluations (NFE). Rows stop
+    changing after their end-of-text (padded with it).
     """
     if max_new_tokens <= 0:
         raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
@@ -135,9 +139,12 @@ def generate(
             f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the "
             f"context of {model.config.max_seq_len} tokens"
         )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise InputError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
     cache = model.new_cache()
     eot = model.config.eot_token_id
-    logits = model(input_ids, kv_caches=cache)[:, -1]
+    mask = attention_mask
+    logits = model(input_ids, attention_mask=mask, kv_caches=cache)[:, -1]
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     out = []
     for i in range(max_new_tokens):
@@ -146,5 +153,7 @@ def generate(
         done |= nxt == eot
         out.append(nxt)
         if i + 1 < max_new_tokens:
-            logits = model(nxt[:, None], kv_caches=cache)[:, -1]
+            if mask is not None:  # (b, cached + 1): the new token is real in every row
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = model(nxt[:, None], attention_mask=mask, kv_caches=cache)[:, -1]
     return torch.stack(out, dim=1), max_new_tokens

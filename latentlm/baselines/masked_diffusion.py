@@ -209,8 +209,13 @@ def generate(
     anchor_weight: float = 1.0,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    prompt_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Fill ``max_new_tokens`` masked positions after a clamped prompt (b, p).
+
+    Prompts of different lengths are left-padded, with ``prompt_mask`` (b, p) 0 on
+    the padding: no position attends to it, and rotary attention depends only on
+    relative positions, so each row is filled as it would be alone.
 
     Decoders:
         ancestral: MDLM reverse process on ``steps`` uniform time steps; each masked
@@ -242,9 +247,15 @@ def generate(
     if p + max_new_tokens > model.config.max_seq_len:
         raise InputError(f"prompt ({p}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
                          f"{model.config.max_seq_len} tokens")
+    if prompt_mask is not None and prompt_mask.shape != prompt_ids.shape:
+        raise InputError(f"prompt_mask {tuple(prompt_mask.shape)} must match prompt_ids {tuple(prompt_ids.shape)}")
     mask_id = model.config.mask_token_id
     x = torch.cat([prompt_ids, torch.full((b, max_new_tokens), mask_id, dtype=prompt_ids.dtype,
                                           device=prompt_ids.device)], dim=1)
+    attn = None if prompt_mask is None else torch.cat(
+        [prompt_mask.to(x.device), torch.ones(b, max_new_tokens, dtype=prompt_mask.dtype, device=x.device)], dim=1)
+    if attn is not None:
+        x = torch.where(attn.bool(), x, torch.full_like(x, model.config.pad_token_id))  # padding is never masked
     steps = min(steps, max_new_tokens) if decoder != "ancestral" else steps
     nfe = 0
     if decoder == "ancestral":
@@ -255,7 +266,7 @@ def generate(
             if not masked.any():
                 break
             if cached is None:
-                cached = model(x)
+                cached = model(x, attn)
                 nfe += 1
             ids, _ = _sample(cached, generator, temperature)
             reveal = masked & (torch.rand(x.shape, generator=generator).to(x.device) < (t - s) / t)
@@ -270,15 +281,15 @@ def generate(
         if not masked.any():
             break
         if decoder == "anchor":
-            logp, attn = model(x, return_attention_layers=1)
+            logp, weights = model(x, attn, return_attention_layers=1)
         else:
-            logp = model(x)
+            logp = model(x, attn)
         nfe += 1
         ids, conf = _sample(logp, generator, temperature)
         conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
         score = conf.clone()
         if decoder == "anchor":
-            a = attn[-1].float().mean(1)  # (b, q, k) averaged over heads
+            a = weights[-1].float().mean(1)  # (b, q, k) averaged over heads
             uncertain = masked & (conf < threshold)
             received = (a * uncertain[:, :, None]).sum(1)  # (b, k): attention from uncertain queries
             received = received / received.amax(-1, keepdim=True).clamp_min(1e-12)
