@@ -68,14 +68,14 @@ def quickstart(out: Path, *, n_stories: int = 4000, seed: int = 0, n_prompts: in
     print("\ncontinuations of a held-out opening:")
     print(f"  [opening] {prompts[0]}")
     for name, folder in models.items():
-        lm = load_language_model(folder, name)
+        lm = load_language_model(folder, name, device)
         gen = lm.generate(prompts[:1], 64, generator=torch.Generator().manual_seed(seed), **DEFAULT_OPTIONS[name])
         print(f"  [{name}] ...{gen.continuations[0][:300]}")
 
     print("\n[7/7] latentlm compare (likelihood, sample quality, consistency, speed)")
     cfg = CompareConfig(prompts=n_prompts, max_new_tokens=64, nll_texts=32, nll_samples=4, cloze_items=32,
                         nfe_sweep=(8, 16, 32, 64), sweep_prompts=16, speed_lengths=(64, 128), seed=seed)
-    results = compare(models, valid_file, out / "report", train=train_file, cfg=cfg, progress=True)
+    results = compare(models, valid_file, out / "report", train=train_file, cfg=cfg, progress=True, device=device)
     print("\n" + summary_table(results))
     print(f"\n{len(prompts)} held-out openings, 64 new tokens each; done in {time.perf_counter() - t0:.0f} s; "
           f"models in {out}; report: {out / 'report' / 'report.md'}")
