@@ -134,12 +134,12 @@ class ARAdapter(LanguageModelAdapter):
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        new, nfe = [], 0
-        for x, m in _left_padded_chunks([[eot] + p for p in ids], pad, self.model.device):
+        new, nfe = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long), 0
+        for group, x, m in _length_buckets([[eot] + p for p in ids], pad, self.model.device):
             rows, nfe = generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
                                  generator=generator, attention_mask=m)
-            new.append(rows.cpu())
-        texts, conts = self._finish(prompts, torch.cat(new))
+            new[group] = rows.cpu()
+        texts, conts = self._finish(prompts, new)
         return GenerationOutput(texts, conts, nfe)
 
     @torch.no_grad()
@@ -172,13 +172,13 @@ class MDLMAdapter(LanguageModelAdapter):
 
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=0)
-        new, nfe = [], 0
-        for x, m in _left_padded_chunks(ids, self.tokenizer.pad_token_id, self.model.device):
+        new, nfe = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long), 0
+        for group, x, m in _length_buckets(ids, self.tokenizer.pad_token_id, self.model.device):
             rows, n = generate(self.model, x, max_new_tokens, decoder=decoder, steps=steps, threshold=threshold,
                                temperature=temperature, generator=generator, prompt_mask=m)
-            new.append(rows.cpu())
-            nfe = max(nfe, n)  # every sample saw at most n evaluations (chunks are batched separately)
-        texts, conts = self._finish(prompts, torch.cat(new))
+            new[group] = rows.cpu()
+            nfe = max(nfe, n)  # every sample saw at most n evaluations (batches run separately)
+        texts, conts = self._finish(prompts, new)
         return GenerationOutput(texts, conts, nfe)
 
     @torch.no_grad()
@@ -199,19 +199,33 @@ class MDLMAdapter(LanguageModelAdapter):
 GENERATION_CHUNK = 64  # prompts per forward batch: bounds generation memory whatever the number of prompts
 
 
-def _left_padded_chunks(ids: list[list[int]], pad: int, device, size: int | None = None
-                        ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Prompts in chunks of at most ``size`` (GENERATION_CHUNK), in order: each chunk's ids left-padded
-    to its longest prompt (b, s) and its attention mask (b, s), or None when every length is equal."""
+PAD_SLACK = 0.25  # a batch of prompts holds lengths within 25% (or 4 tokens) of its shortest
+
+
+def _length_buckets(ids: list[list[int]], pad: int, device, size: int | None = None
+                    ) -> list[tuple[list[int], torch.Tensor, torch.Tensor | None]]:
+    """Prompts in batches of similar length: (indices into ``ids``, their ids left-padded to the
+    longest (b, s), attention mask (b, s) or None when every length is equal). Batches hold at most
+    ``size`` (GENERATION_CHUNK) prompts, and lengths within PAD_SLACK of the batch's shortest, so
+    padding wastes little compute (what a CPU pays for) while batches stay large (what a GPU wants)."""
     size = size or GENERATION_CHUNK
-    chunks = []
-    for j in range(0, len(ids), size):
-        rows = ids[j : j + size]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        shortest = len(ids[g[0]]) if g else 0
+        if g is None or len(g) >= size or len(ids[i]) - shortest > max(4, PAD_SLACK * shortest):
+            groups.append([i])
+        else:
+            g.append(i)
+    batches = []
+    for g in groups:
+        rows = [ids[i] for i in g]
         width = max(len(r) for r in rows)
         x = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long, device=device)
         m = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)
-        chunks.append((x, None if bool(m.all()) else m))
-    return chunks
+        batches.append((g, x, None if bool(m.all()) else m))
+    return batches
 
 
 def _summarise(per_text: list[float], ses: list[float], units, prefix_len: int, exact: bool) -> NLLOutput:

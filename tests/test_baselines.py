@@ -45,18 +45,29 @@ def test_revealed_tokens_never_change_and_prompt_is_clamped(mdlm, decoder):
     new, nfe = generate(mdlm, prompt, 10, decoder=decoder, steps=5, generator=torch.Generator().manual_seed(0))
     del mdlm.forward
     assert new.shape == (2, 10) and (new != 2).all()
-    assert nfe == len(history) and 1 <= nfe <= (10 if decoder == "ancestral" else 5)
+    if decoder == "ancestral":  # calls may cover only the rows that changed; NFE is the most any row saw
+        assert 1 <= nfe <= len(history) and nfe <= 10
+    else:
+        assert nfe == len(history) and 1 <= nfe <= 5
     final = torch.cat([prompt, new], 1)
     for snap in history:
-        revealed = snap != 2
-        assert torch.equal(snap[revealed], final[revealed])
-        assert torch.equal(snap[:, :3], prompt)
+        for row in snap:  # each evaluated row is one of the batch's rows, mid-way
+            revealed = row != 2
+            assert any(torch.equal(row[revealed], f[revealed]) and torch.equal(row[:3], f[:3]) for f in final)
 
 
 def test_ancestral_cache_skips_calls_when_nothing_changes(mdlm):
     _, nfe = generate(mdlm, torch.tensor([[5]]), 4, decoder="ancestral", steps=200,
                       generator=torch.Generator().manual_seed(0))
     assert nfe <= 4  # at most one evaluation per revealed token, not one per step
+    # per row in a batch: rows reveal at different steps, yet none is evaluated more often than alone
+    rows = []
+    original = mdlm.forward
+    mdlm.forward = lambda ids, *a, **k: rows.append(len(ids)) or original(ids, *a, **k)
+    _, nfe = generate(mdlm, torch.tensor([[5], [6], [7], [8]]), 4, decoder="ancestral", steps=200,
+                      generator=torch.Generator().manual_seed(0))
+    del mdlm.forward
+    assert nfe <= 4 and sum(rows) <= 16 and len(rows) > 4  # separate reveals, no re-evaluation of the rest
 
 
 def test_float64_sampling_is_deterministic_under_a_generator(mdlm):

@@ -78,9 +78,11 @@ def test_generation_is_chunked_so_memory_is_bounded(ar, mdlm, monkeypatch):
 
     prompts = ["lily had a red kite."] * 5 + ["tom."]
     monkeypatch.setattr(models, "GENERATION_CHUNK", 2)
-    chunks = models._left_padded_chunks([[5]] * 3 + [[5, 6]], 0, "cpu")
-    assert [x.tolist() for x, _ in chunks] == [[[5], [5]], [[0, 5], [5, 6]]]
-    assert chunks[0][1] is None and chunks[1][1].tolist() == [[0, 1], [1, 1]]  # no mask when lengths agree
+    batches = models._length_buckets([[7, 8], [5]] + [[5]] * 2, 0, "cpu")
+    assert [(g, x.tolist()) for g, x, _ in batches] == [([1, 2], [[5], [5]]), ([3, 0], [[0, 5], [7, 8]])]
+    assert batches[0][2] is None and batches[1][2].tolist() == [[0, 1], [1, 1]]  # no mask when lengths agree
+    long = models._length_buckets([[1] * 40, [1] * 20, [1] * 48, [1] * 22], 0, "cpu", size=8)
+    assert [g for g, _, _ in long] == [[1, 3], [0, 2]]  # lengths more than 25% apart are not padded together
     for lm in (ar, mdlm):
         out = lm.generate(prompts, 6, generator=torch.Generator().manual_seed(0))
         assert len(out.texts) == 6 and all(t.startswith(p) for t, p in zip(out.texts, prompts))

@@ -219,8 +219,9 @@ def generate(
 
     Decoders:
         ancestral: MDLM reverse process on ``steps`` uniform time steps; each masked
-            position is revealed with probability (t - s) / t; a step where nothing is
-            revealed reuses the previous network output (no-change cache: no NFE).
+            position is revealed with probability (t - s) / t; a row in which nothing
+            was revealed reuses its previous network output (no-change cache: no NFE;
+            the NFE returned is the largest of any row).
         llada: ``steps`` steps, each samples every masked position and keeps the
             most confident ones (an even share per step), remasking the rest.
         threshold: Fast-dLLM: each step reveals every masked position whose sampled
@@ -259,21 +260,27 @@ def generate(
     steps = min(steps, max_new_tokens) if decoder != "ancestral" else steps
     nfe = 0
     if decoder == "ancestral":
+        # no-change cache per row: only rows whose input changed at the last step are evaluated again,
+        # so batching prompts costs no more evaluations than running each alone
         cached = None
+        stale = torch.ones(b, dtype=torch.bool, device=x.device)
+        evals = torch.zeros(b, dtype=torch.long, device=x.device)  # network evaluations of each row
         for k in range(steps):
             t, s = 1 - k / steps, 1 - (k + 1) / steps
             masked = x == mask_id
             if not masked.any():
                 break
-            if cached is None:
-                cached = model(x, attn)
-                nfe += 1
-            ids, _ = _sample(cached, generator, temperature)
+            if stale.any():
+                rows = stale.nonzero().squeeze(1)
+                out = model(x[rows], None if attn is None else attn[rows])
+                cached = out if cached is None else cached.index_copy_(0, rows, out)
+                evals += stale
             reveal = masked & (torch.rand(x.shape, generator=generator).to(x.device) < (t - s) / t)
             if reveal.any():
-                x = torch.where(reveal, ids, x)
-                cached = None  # the input changed: the next step needs a fresh evaluation
-        return x[:, p:], nfe
+                x = x.clone()
+                x[reveal] = _sample(cached[reveal], generator, temperature)[0]  # only where revealed
+            stale = reveal.any(1) & (x == mask_id).any(1)  # changed, and something left to fill
+        return x[:, p:], int(evals.max())
 
     counts = _reveal_counts(max_new_tokens, steps)
     for k in range(steps):
@@ -285,8 +292,8 @@ def generate(
         else:
             logp = model(x, attn)
         nfe += 1
-        ids, conf = _sample(logp, generator, temperature)
-        conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
+        ids, conf = x.clone(), torch.full(x.shape, -1.0, dtype=torch.float64, device=x.device)
+        ids[masked], conf[masked] = _sample(logp[masked], generator, temperature)  # masked positions only
         score = conf.clone()
         if decoder == "anchor":
             a = weights[-1].float().mean(1)  # (b, q, k) averaged over heads
