@@ -3,6 +3,7 @@ then score continuations of held-out openings with the synthetic-story checker.
 
     python benchmarks/latent_synthetic.py --out runs/syn [--set model.self_conditioning=false ...]
         [--samplers ddim dpm++ ...] [--steps 8 16 32 64] [--guidance 1 2 3] [--prompts 64]
+        [--diagnose] [--ar-steps 1000 [--ar-set model.depth=2 ...]]
 
 Prints the training times and a table: sampler, steps, NFE, seconds per sample,
 share of well-formed continuation sentences, share of consistent mentions.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from latentlm.data.synthetic import generate_stories, write_jsonl
+from latentlm.data.synthetic import NAMES, generate_stories, write_jsonl
 from latentlm.data.tokenizer import train_tokenizer
 from latentlm.eval.consistency import synthetic_probe
 from latentlm.loading import load_pipeline
@@ -27,22 +28,25 @@ from latentlm.recipes import run_training
 
 
 @torch.no_grad()
-def one_step_diagnostic(pipe, held_out, times=(0.2, 0.4, 0.6, 0.8), n=64) -> list[dict]:
+def one_step_diagnostic(pipe, held_out, times=(0.3, 0.5, 0.7, 0.9), n=128) -> list[dict]:
     """Denoise real held-out continuation latents in one step from time t, with the right opening,
-    another story's opening, and none: x0 MSE per dimension and token accuracy of the decoded estimate.
-    The gap between "right" and "wrong" is how much the denoiser uses the prompt."""
+    another story's opening, and none: x0 MSE per dimension, token accuracy of the decoded estimate,
+    and accuracy on character-name tokens alone. Names are what the opening fixes, so the gap
+    between "right" and "wrong" in name accuracy is how much the denoiser uses the prompt."""
     from latentlm.diffusion.losses import encode_prompts
 
     ae, den, tok = pipe.autoencoder, pipe.denoiser, pipe.tokenizer
     heads = [s.split()[0] for s in held_out[:n]]
     tails = [" " + s.split()[1] for s in held_out[:n]]
     k = ae.config.tokens_per_latent
-    width = 16 * k
+    width = 64 // k * k
     x = torch.full((len(tails), width), tok.pad_token_id)
     m = torch.zeros_like(x)
     for i, t in enumerate(tails):
         ids = tok(t, add_special_tokens=False)["input_ids"][:width]
         x[i, : len(ids)], m[i, : len(ids)] = torch.tensor(ids), 1
+    name_ids = {ids[0] for ids in tok([" " + w for w in NAMES], add_special_tokens=False)["input_ids"] if len(ids) == 1}
+    is_name = torch.isin(x, torch.tensor(sorted(name_ids))) & m.bool()
     z0 = ae.encode(x, m).float()
     ctx, cm = encode_prompts(ae, [tok(h, add_special_tokens=False)["input_ids"] for h in heads], tok.pad_token_id, "cpu")
     perm = torch.roll(torch.arange(len(heads)), 1)
@@ -54,28 +58,31 @@ def one_step_diagnostic(pipe, held_out, times=(0.2, 0.4, 0.6, 0.8), n=64) -> lis
         row = {"t": t}
         for name, c, mm in (("right", ctx, cm), ("wrong", ctx[perm], cm[perm]), ("none", None, None)):
             x0 = den.predict_x0(zt, tt, c, mm)
-            acc = ((ae.decode(x0).argmax(-1) == x).float() * m).sum() / m.sum()
-            row[f"{name}_mse"], row[f"{name}_acc"] = float(((x0 - z0) ** 2).mean()), float(acc)
+            hit = ae.decode(x0).argmax(-1) == x
+            row[f"{name}_mse"] = float(((x0 - z0) ** 2).mean())
+            row[f"{name}_acc"] = float((hit & m.bool()).sum() / m.sum())
+            row[f"{name}_names"] = float((hit & is_name).sum() / is_name.sum().clamp_min(1))
         rows.append(row)
     return rows
 
 
 def score_ar(folder: Path, train_file: Path, valid_file: Path, tokenizer: Path, steps: int, prompts: list[str],
-             new_tokens: int, times: dict) -> dict:
-    """The calibration row: the cpu-tiny AR trained ``steps`` steps, sampled and checked like the latent model."""
+             new_tokens: int, times: dict, overrides: list[str] = ()) -> dict:
+    """The calibration row: the cpu-tiny AR (with ``overrides``) trained ``steps`` steps, sampled and
+    checked like the latent model."""
     from latentlm.eval.models import load_language_model
 
     if not (folder / "config.json").is_file():
         t0 = time.perf_counter()
         run_training("ar", [train_file], folder, preset="cpu-tiny", valid=[valid_file], tokenizer=tokenizer,
-                     overrides=[f"train.steps={steps}", f"train.warmup_steps={max(1, steps // 10)}"])
-        times[f"ar_{steps}_s"] = time.perf_counter() - t0
+                     overrides=[f"train.steps={steps}", f"train.warmup_steps={max(1, steps // 10)}", *overrides])
+        times[f"{folder.name}_s"] = time.perf_counter() - t0
     lm = load_language_model(folder, "ar")
     t0 = time.perf_counter()
     gen = lm.generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0))
     probe = synthetic_probe(prompts, gen.texts)
     wf, cons = probe.well_formed, probe.consistent
-    row = {"sampler": f"AR baseline, {steps} steps", "steps": new_tokens, "guidance": 1.0, "nfe": new_tokens,
+    row = {"sampler": f"AR baseline, {steps} steps" + (f" ({', '.join(overrides)})" if overrides else ""), "steps": new_tokens, "guidance": 1.0, "nfe": new_tokens,
            "s_per_sample": (time.perf_counter() - t0) / len(prompts), "well_formed": wf, "consistent": cons}
     print(json.dumps({**row, "training_seconds": times}), flush=True)
     return row
@@ -98,6 +105,8 @@ def main() -> None:
     p.add_argument("--diagnose", action="store_true", help="also print the one-step denoising diagnostic")
     p.add_argument("--ar-steps", type=int, default=0,
                    help="also train the cpu-tiny AR baseline for this many steps on the same stories and score it")
+    p.add_argument("--ar-set", dest="ar_overrides", action="append", default=[],
+                   help="AR preset override for the --ar-steps row, e.g. model.depth=2")
     args = p.parse_args()
     out = Path(args.out)
     train_stories = generate_stories(args.stories, seed=0)
@@ -142,8 +151,10 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     if args.ar_steps:
-        rows.append(score_ar(out / f"ar_{args.ar_steps}", train_file, valid_file, ae_dir, args.ar_steps, prompts,
-                             args.new_tokens, times))
+        shape = "".join("_" + o.partition("=")[0].split(".")[-1] + o.partition("=")[2]
+                        for o in args.ar_overrides)  # e.g. _depth2_dim256
+        rows.append(score_ar(out / f"ar_{args.ar_steps}{shape}", train_file, valid_file, ae_dir, args.ar_steps,
+                             prompts, args.new_tokens, times, args.ar_overrides))
     print("\nexample:", res.texts[0][:400])
     print("\n| sampler | steps | guidance | NFE | s/sample | well-formed | consistent |\n|---|---|---|---|---|---|---|")
     for r in rows:
@@ -151,10 +162,10 @@ def main() -> None:
               f"{r['well_formed']:.3f} | {r['consistent']:.3f} |")
     diag = one_step_diagnostic(pipe, held_out) if args.diagnose else []
     if diag:
-        print("\n| t | x0 MSE (right / wrong / no prompt) | token acc. (right / wrong / no prompt) |\n|---|---|---|")
+        print("\n| t | x0 MSE | token acc. | name acc. |  (each: right / wrong / no prompt)\n|---|---|---|---|")
         for d in diag:
-            print(f"| {d['t']} | {d['right_mse']:.3f} / {d['wrong_mse']:.3f} / {d['none_mse']:.3f} | "
-                  f"{d['right_acc']:.3f} / {d['wrong_acc']:.3f} / {d['none_acc']:.3f} |")
+            print(f"| {d['t']} | " + " | ".join(" / ".join(f"{d[f'{p}_{m}']:.3f}" for p in ("right", "wrong", "none"))
+                                               for m in ("mse", "acc", "names")) + " |")
     (out / "results.json").write_text(json.dumps({"training_seconds": times, "rows": rows, "diagnostic": diag},
                                                  indent=2))
 
