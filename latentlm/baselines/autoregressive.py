@@ -143,7 +143,7 @@ def generate(
         raise InputError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
     cache = model.new_cache()
     eot = model.config.eot_token_id
-    mask = attention_mask
+    mask = attention_mask  # grows by one real position per generated token
     logits = model(input_ids, attention_mask=mask, kv_caches=cache)[:, -1]
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     out = []

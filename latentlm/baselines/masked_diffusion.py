@@ -276,8 +276,7 @@ def generate(
                 cached = out if cached is None else cached.index_copy_(0, rows, out)
                 evals += stale
             reveal = masked & (torch.rand(x.shape, generator=generator).to(x.device) < (t - s) / t)
-            if reveal.any():
-                x = x.clone()
+            if reveal.any():  # in place: x is this function's own tensor, and x[rows] above copies
                 x[reveal] = _sample(cached[reveal], generator, temperature)[0]  # only where revealed
             stale = reveal.any(1) & (x == mask_id).any(1)  # changed, and something left to fill
         return x[:, p:], int(evals.max())
