@@ -184,7 +184,7 @@ def _denoiser_recipe() -> Recipe:
 
 
 def _judge_recipe() -> Recipe:
-    """The judge of ``compare``: an AR model with its own preset section (larger, trained longer)."""
+    """The judge of ``compare``: an AR model with its own preset section (larger than the baseline AR)."""
     return dataclasses.replace(_ar_recipe(), kind="judge")
 
 

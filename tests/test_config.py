@@ -14,7 +14,7 @@ def test_precedence_preset_then_file_then_overrides(tmp_path):
     f.write_text("[ar.train]\nsteps = 7\nlr = 0.5\n")
     cfg = resolve_run_config("ar", "cpu-tiny", str(f), ["train.lr=0.25", "model.dim=32"])
     assert cfg["train"].steps == 7 and cfg["train"].lr == 0.25
-    assert cfg["model"].dim == 32 and cfg["model"].depth == 11  # depth from the preset
+    assert cfg["model"].dim == 32 and cfg["model"].depth == 2  # depth from the preset (cpu-tiny: 2 x 296)
 
 
 def test_override_value_types():
