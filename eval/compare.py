@@ -14,6 +14,7 @@ text is marked hackable). Intervals are 95% percentile bootstraps over samples
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -213,6 +214,7 @@ def compare(
         raise InputError(f"the judge {judge} is a {judge_lm.kind} model; it must be an autoregressive model")
     if judge and any(Path(judge).resolve() == Path(f).resolve() for f in models.values()):
         raise InputError("the judge must not be one of the compared models")
+    _check_options(options or {}, lms)
     opts = {name: {**DEFAULT_OPTIONS.get(lm.kind, {}), **(options or {}).get(name, {})} for name, lm in lms.items()}
     synthetic = is_synthetic(docs)
     signature = {"models": {k: str(v) for k, v in models.items()}, "data": str(data), "train": str(train),
@@ -365,6 +367,20 @@ def cached_batches(path: Path | None, n_items: int, batch: int, fn: Callable[[in
                     f.write(json.dumps({"start": start, "out": done[start]}, default=_json_default) + "\n")
         out += done[start]
     return out
+
+
+def _check_options(options: dict[str, dict], lms: dict) -> None:
+    """Reject options for a model not compared, or that its ``generate`` does not take, before any work."""
+    for name, opts in options.items():
+        if name not in lms:
+            raise InputError(f"generation options for {name!r}, which is not a compared model "
+                             f"(models: {', '.join(lms)})")
+        fixed = {"self", "prompts", "max_new_tokens", "generator"}
+        valid = [p for p in inspect.signature(lms[name].generate).parameters if p not in fixed]
+        for key in opts:
+            if key not in valid:
+                raise InputError(f"{name} ({lms[name].kind} model) has no generation option {key!r}; "
+                                 f"valid: {', '.join(valid)}")
 
 
 def _generate(lm, prompts: list[str], cfg: CompareConfig, options: dict, seed: int,

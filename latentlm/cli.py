@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--no-mauve", action="store_true", help="skip MAUVE")
     cmp.add_argument("--speed-lengths", type=int, nargs="+", default=[128, 256, 512, 1024])
     cmp.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    cmp.add_argument("--option", dest="options", action="append", default=[], metavar="NAME.KEY=VALUE",
+                     help="a generation option of one model (repeatable), e.g. --option mdlm.decoder=llada "
+                          "--option latent.steps=64")
 
     qs = sub.add_parser("quickstart", help="the main job: train every model on synthetic stories and compare")
     qs.add_argument("--out", default="runs/quickstart")
@@ -162,6 +165,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(text)
         print(f"(NFE {out.nfe})", file=sys.stderr)
     elif args.command == "compare":
+        from latentlm.config import parse_overrides
+        from latentlm.errors import ConfigError
         from latentlm.eval.compare import CompareConfig, compare
         from latentlm.eval.report import summary_table
 
@@ -179,8 +184,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = CompareConfig(prompts=args.prompts, max_new_tokens=args.max_new_tokens, seeds=args.seeds,
                             nll_texts=args.nll_texts, mauve=not args.no_mauve,
                             speed_lengths=tuple(args.speed_lengths))
+        try:
+            options = parse_overrides(args.options)
+        except ConfigError:
+            raise InputError(f"--option takes NAME.KEY=VALUE (e.g. mdlm.decoder=llada), got {args.options}") from None
         results = compare(models, args.data, args.out, train=args.train, judge=args.judge, cfg=cfg,
-                          device=args.device)
+                          options=options, device=args.device)
         print(summary_table(results))
         print(f"report: {Path(args.out) / 'report.md'}")
     elif args.command == "quickstart":

@@ -105,6 +105,33 @@ def test_compare_bad_input(folders, tmp_path):
                  str(tmp_path / "e")]) == 2
 
 
+def test_compare_rejects_bad_generation_options_before_any_work(folders, tmp_path):
+    with pytest.raises(InputError, match="'mdlm', which is not a compared model"):
+        compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "a", options={"mdlm": {"steps": 4}},
+                cfg=small_config(), progress=False)
+    with pytest.raises(InputError, match="no generation option 'decoderr'.*decoder"):
+        compare({"mdlm": folders / "mdlm"}, folders / "valid.jsonl", tmp_path / "b",
+                options={"mdlm": {"decoderr": "llada"}}, cfg=small_config(), progress=False)
+    assert not (tmp_path / "b" / "results.json").exists()
+    base = ["compare", "--model", f"mdlm={folders / 'mdlm'}", "--data", str(folders / "valid.jsonl")]
+    assert main([*base, "--out", str(tmp_path / "c"), "--option", "decoder=llada"]) == 2  # no model name
+
+
+def test_compare_cli_passes_generation_options(folders, tmp_path, monkeypatch):
+    import latentlm.eval.compare as cmp
+
+    seen = {}
+
+    def fake_compare(models, data, out, **kw):
+        seen.update(kw)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(cmp, "compare", fake_compare)
+    assert main(["compare", "--model", f"mdlm={folders / 'mdlm'}", "--data", str(folders / "valid.jsonl"),
+                 "--out", str(tmp_path / "d"), "--option", "mdlm.decoder=llada", "--option", "mdlm.steps=16"]) == 2
+    assert seen["options"] == {"mdlm": {"decoder": "llada", "steps": 16}}
+
+
 def test_interrupted_batches_are_not_redone(tmp_path):
     from latentlm.eval.compare import cached_batches
 
