@@ -376,11 +376,15 @@ def _check_options(options: dict[str, dict], lms: dict) -> None:
             raise InputError(f"generation options for {name!r}, which is not a compared model "
                              f"(models: {', '.join(lms)})")
         fixed = {"self", "prompts", "max_new_tokens", "generator"}
-        valid = [p for p in inspect.signature(lms[name].generate).parameters if p not in fixed]
-        for key in opts:
-            if key not in valid:
+        params = {k: p for k, p in inspect.signature(lms[name].generate).parameters.items() if k not in fixed}
+        for key, value in opts.items():
+            if key not in params:
                 raise InputError(f"{name} ({lms[name].kind} model) has no generation option {key!r}; "
-                                 f"valid: {', '.join(valid)}")
+                                 f"valid: {', '.join(params)}")
+            default = params[key].default  # the value's type must match the default's (int also fits float)
+            want = float if isinstance(default, float) else type(default) if default is not None else str
+            if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+                raise InputError(f"generation option {name}.{key} must be of type {want.__name__}, got {value!r}")
 
 
 def _generate(lm, prompts: list[str], cfg: CompareConfig, options: dict, seed: int,

@@ -113,6 +113,9 @@ def test_compare_rejects_bad_generation_options_before_any_work(folders, tmp_pat
         compare({"mdlm": folders / "mdlm"}, folders / "valid.jsonl", tmp_path / "b",
                 options={"mdlm": {"decoderr": "llada"}}, cfg=small_config(), progress=False)
     assert not (tmp_path / "b" / "results.json").exists()
+    with pytest.raises(InputError, match="mdlm.steps must be of type int, got 'many'"):
+        compare({"mdlm": folders / "mdlm"}, folders / "valid.jsonl", tmp_path / "b",
+                options={"mdlm": {"steps": "many"}}, cfg=small_config(), progress=False)
     base = ["compare", "--model", f"mdlm={folders / 'mdlm'}", "--data", str(folders / "valid.jsonl")]
     assert main([*base, "--out", str(tmp_path / "c"), "--option", "decoder=llada"]) == 2  # no model name
 
