@@ -7,7 +7,9 @@ by the frozen autoencoder, exactly as the pipeline will encode them:
 
     z0     = encode(continuation)                    # (b, n, d), n random in [n_min, n_max] per batch
     prompt = encode(prefix)                          # (b, p, d), left-padded, dropped w.p. p_drop (CFG)
-    t ~ U(0, 1) stratified;  z_t = alpha_t z0 + sigma_t eps
+    t ~ U(0, 1) stratified, or logit-normal: t = sigmoid(m + s n), n ~ N(0, 1) stratified
+        (Esser et al. 2024; more of the training at mid noise, where the prompt decides the content)
+    z_t = alpha_t z0 + sigma_t eps
     self-conditioning: with prob. 1/2, x0_sc = stopgrad(x0_hat(z_t, t, prompt, 0)) is fed as input
     loss = || F - target ||^2,  target = z0 | eps | alpha eps - sigma z0  for  x0 | eps | v
          + w_ce * CE(decode(x0_hat), continuation)   # frozen decoder (Diffusion-LM's rounding term)
@@ -27,6 +29,8 @@ import torch.nn.functional as F
 from latentlm.errors import ConfigError
 from latentlm.training import LossOutput
 
+TIME_SAMPLING = ("uniform", "logit_normal")
+
 
 @dataclass
 class DenoiserLossConfig:
@@ -38,6 +42,9 @@ class DenoiserLossConfig:
     min_latents_fraction: float = 0.25  # shortest continuation, as a share of the autoencoder's latents
     decoder_ce: float = 0.0  # weight of the decoder cross-entropy of x0_hat (0 = MSE only)
     pad_weight: float = 0.1  # weight of padding positions in that cross-entropy
+    time_sampling: str = "uniform"  # or "logit_normal": density of the training times t
+    time_mean: float = 0.0  # logit-normal location m (0 = centred on t = 0.5)
+    time_std: float = 1.0  # logit-normal scale s
 
     def validate(self) -> None:
         for name in ("p_unconditional", "p_prompt_drop", "p_self_cond"):
@@ -47,8 +54,21 @@ class DenoiserLossConfig:
             raise ConfigError(f"loss.decoder_ce must be >= 0, got {self.decoder_ce}")
         if not 0 <= self.pad_weight <= 1:
             raise ConfigError(f"loss.pad_weight must be in [0, 1], got {self.pad_weight}")
+        if self.time_sampling not in TIME_SAMPLING:
+            raise ConfigError(f"loss.time_sampling must be one of {', '.join(TIME_SAMPLING)}, got {self.time_sampling!r}")
+        if self.time_std <= 0:
+            raise ConfigError(f"loss.time_std must be > 0, got {self.time_std}")
         if not 0 < self.min_latents_fraction <= 1:
             raise ConfigError(f"loss.min_latents_fraction must be in (0, 1], got {self.min_latents_fraction}")
+
+
+def sample_times(b: int, cfg: DenoiserLossConfig, device) -> torch.Tensor:
+    """Training times (b,) in (0, 1), stratified over the batch (one uniform offset per batch)."""
+    u = (torch.rand((), device=device) + torch.arange(b, device=device) / b) % 1
+    if cfg.time_sampling == "uniform":
+        return u.float()
+    n = torch.special.ndtri(u.double().clamp(1e-6, 1 - 1e-6))  # stratified standard normal
+    return torch.sigmoid(cfg.time_mean + cfg.time_std * n).float()
 
 
 def left_align(latents: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +127,7 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
             keep = (torch.rand(b, device=device) >= cfg.p_prompt_drop).long()[:, None]
             prompt_mask = prompt_mask * keep
     schedule = model.schedule
-    t = ((torch.rand((), device=device) + torch.arange(b, device=device) / b) % 1).float()
+    t = sample_times(b, cfg, device)
     alpha, sigma = (v.float()[:, None, None] for v in schedule.alpha_sigma(t))
     eps = torch.randn_like(z0)
     z_t = alpha * z0 + sigma * eps

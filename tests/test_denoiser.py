@@ -72,3 +72,22 @@ def test_denoiser_bad_input():
         den(torch.zeros(1, 5, 8), torch.zeros(1))
     with pytest.raises(InputError, match="parameterisation"):
         LatentDenoiser(parameterisation="score")
+
+
+def test_training_times_uniform_and_logit_normal():
+    from latentlm.diffusion.losses import sample_times
+    from latentlm.errors import ConfigError
+
+    torch.manual_seed(0)
+    u = sample_times(1000, DenoiserLossConfig(), "cpu")
+    assert u.shape == (1000,) and 0 <= float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01  # stratified: one point in each 1/1000 of [0, 1)
+    ln = sample_times(1000, DenoiserLossConfig(time_sampling="logit_normal"), "cpu")
+    assert 0 < float(ln.min()) and float(ln.max()) < 1
+    mid = lambda t: float(((t > 0.3) & (t < 0.7)).float().mean())  # noqa: E731
+    assert mid(ln) > 0.55 > 0.45 > mid(u)  # logit-normal N(0, 1): 60% of times in (0.3, 0.7), uniform 40%
+    shifted = sample_times(1000, DenoiserLossConfig(time_sampling="logit_normal", time_mean=1.0), "cpu")
+    assert float(shifted.median()) == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.01)
+    for bad, match in (({"time_sampling": "lognormal"}, "time_sampling"), ({"time_std": 0.0}, "time_std")):
+        with pytest.raises(ConfigError, match=match):
+            DenoiserLossConfig(**bad).validate()
