@@ -8,7 +8,8 @@ by the frozen autoencoder, exactly as the pipeline will encode them:
     z0     = encode(continuation)                    # (b, n, d), n random in [n_min, n_max] per batch
     prompt = encode(prefix)                          # (b, p, d), left-padded, dropped w.p. p_drop (CFG)
     t ~ U(0, 1) stratified, or logit-normal: t = sigmoid(m + s n), n ~ N(0, 1) stratified
-        (Esser et al. 2024; more of the training at mid noise, where the prompt decides the content)
+        (Esser et al. 2024; more of the training at mid noise, where the prompt decides the content);
+        validation (model in eval mode) always draws uniform t, so its loss compares across densities
     z_t = alpha_t z0 + sigma_t eps
     self-conditioning: with prob. 1/2, x0_sc = stopgrad(x0_hat(z_t, t, prompt, 0)) is fed as input
     loss = || F - target ||^2,  target = z0 | eps | alpha eps - sigma z0  for  x0 | eps | v
@@ -127,7 +128,8 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
             keep = (torch.rand(b, device=device) >= cfg.p_prompt_drop).long()[:, None]
             prompt_mask = prompt_mask * keep
     schedule = model.schedule
-    t = sample_times(b, cfg, device)
+    # validation (model.eval()) always at uniform times: its loss stays comparable across time densities
+    t = sample_times(b, cfg if model.training else DenoiserLossConfig(), device)
     alpha, sigma = (v.float()[:, None, None] for v in schedule.alpha_sigma(t))
     eps = torch.randn_like(z0)
     z_t = alpha * z0 + sigma * eps

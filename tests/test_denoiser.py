@@ -91,3 +91,21 @@ def test_training_times_uniform_and_logit_normal():
     for bad, match in (({"time_sampling": "lognormal"}, "time_sampling"), ({"time_std": 0.0}, "time_std")):
         with pytest.raises(ConfigError, match=match):
             DenoiserLossConfig(**bad).validate()
+
+
+def test_validation_loss_draws_uniform_times(ae, tiny_tokenizer, monkeypatch):
+    """Whatever the training density, a model in eval mode (the trainer's validation) is scored at
+    uniform times, so validation losses of runs with different densities compare."""
+    import latentlm.diffusion.losses as losses
+
+    seen = []
+    real = losses.sample_times
+    monkeypatch.setattr(losses, "sample_times", lambda b, cfg, device: seen.append(cfg.time_sampling) or real(b, cfg, device))
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8)
+    b = batch(tiny_tokenizer, ["lily had a red kite. the sun was warm."] * 4)
+    cfg = DenoiserLossConfig(time_sampling="logit_normal", p_self_cond=0.0)
+    den.train()
+    denoiser_loss(den, b, autoencoder=ae, cfg=cfg)
+    den.eval()
+    denoiser_loss(den, b, autoencoder=ae, cfg=cfg)
+    assert seen == ["logit_normal", "uniform"]
