@@ -22,6 +22,7 @@ direction alike, the decoder knows which ones change tokens.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,8 +58,10 @@ class DenoiserLossConfig:
             raise ConfigError(f"loss.pad_weight must be in [0, 1], got {self.pad_weight}")
         if self.time_sampling not in TIME_SAMPLING:
             raise ConfigError(f"loss.time_sampling must be one of {', '.join(TIME_SAMPLING)}, got {self.time_sampling!r}")
-        if self.time_std <= 0:
-            raise ConfigError(f"loss.time_std must be > 0, got {self.time_std}")
+        if not math.isfinite(self.time_mean):
+            raise ConfigError(f"loss.time_mean must be a finite number, got {self.time_mean}")
+        if not (math.isfinite(self.time_std) and self.time_std > 0):
+            raise ConfigError(f"loss.time_std must be a finite number > 0, got {self.time_std}")
         if not 0 < self.min_latents_fraction <= 1:
             raise ConfigError(f"loss.min_latents_fraction must be in (0, 1], got {self.min_latents_fraction}")
 

@@ -88,7 +88,8 @@ def test_training_times_uniform_and_logit_normal():
     assert mid(ln) > 0.55 > 0.45 > mid(u)  # logit-normal N(0, 1): 60% of times in (0.3, 0.7), uniform 40%
     shifted = sample_times(1000, DenoiserLossConfig(time_sampling="logit_normal", time_mean=1.0), "cpu")
     assert float(shifted.median()) == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.01)
-    for bad, match in (({"time_sampling": "lognormal"}, "time_sampling"), ({"time_std": 0.0}, "time_std")):
+    for bad, match in (({"time_sampling": "lognormal"}, "time_sampling"), ({"time_std": 0.0}, "time_std"),
+                       ({"time_std": float("nan")}, "time_std"), ({"time_mean": float("inf")}, "time_mean")):
         with pytest.raises(ConfigError, match=match):
             DenoiserLossConfig(**bad).validate()
 
