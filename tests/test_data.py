@@ -85,6 +85,16 @@ def test_document_layout_pads_and_masks(tiny_tokenizer, synthetic_texts):
         assert (row[n + 1 :] == 0).all()
 
 
+def test_document_layout_truncates_without_end_of_text():
+    """A document longer than the row is cut, not ended: no end-of-text inside a truncated row."""
+    docs = [np.arange(2, 30), np.arange(2, 17), np.arange(2, 18)]  # 28, 15 and 16 tokens
+    pb = PackedBatches(docs, seq_len=16, batch_size=3, eot_id=1, pad_id=0, layout="document")
+    ids, mask = (pb.sequential_batches()[0][k] for k in ("input_ids", "attention_mask"))
+    assert ids[0].tolist() == list(range(2, 18)) and mask[0].all()  # cut at 16 tokens, no end-of-text
+    assert ids[1].tolist() == [*range(2, 17), 1] and mask[1].all()  # 15 tokens fit with their end-of-text
+    assert ids[2].tolist() == list(range(2, 18)) and mask[2].all()  # 16 tokens: a full row, not ended
+
+
 def test_packing_bad_input(tiny_tokenizer):
     with pytest.raises(InputError, match="batch_size"):
         PackedBatches([np.arange(100)], seq_len=8, batch_size=0, eot_id=1)

@@ -9,9 +9,12 @@ Two layouts:
 * ``"stream"``: documents are joined into one stream with an end-of-text token
   after each, and every row is a window of ``seq_len`` tokens at a random
   offset (language-model training).
-* ``"document"``: every row is one document, truncated to ``seq_len - 1``
-  tokens, followed by end-of-text and padding; ``attention_mask`` marks the
-  real tokens (autoencoder training, variable-length text).
+* ``"document"``: every row is one document followed by end-of-text and
+  padding; ``attention_mask`` marks the real tokens (autoencoder and denoiser
+  training, variable-length text). A document longer than ``seq_len - 1``
+  tokens fills the row with its first ``seq_len`` tokens and gets no
+  end-of-text: the text does not end there, and a model taught that it does
+  learns to stop stories mid-sentence.
 """
 
 from __future__ import annotations
@@ -112,10 +115,11 @@ class PackedBatches:
         ids = np.full((len(doc_idx), self.seq_len), self.pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
         for row, d in enumerate(doc_idx):
-            toks = self.docs[d][: self.seq_len - 1]
+            toks = self.docs[d][: self.seq_len]
             ids[row, : len(toks)] = toks
-            ids[row, len(toks)] = self.eot_id
-            mask[row, : len(toks) + 1] = 1
+            if len(toks) < self.seq_len:  # the whole document fits: it ends here
+                ids[row, len(toks)] = self.eot_id
+            mask[row, : min(len(toks) + 1, self.seq_len)] = 1
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
