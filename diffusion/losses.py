@@ -2,7 +2,9 @@
 
 Every document of the batch (tokens + end-of-text + padding) is split at a
 random token: the prefix is the prompt, the rest the continuation (a share
-``p_unconditional`` of rows gets an empty prompt). Both are encoded separately
+``p_unconditional`` of rows gets an empty prompt; a share ``p_sentence_split``
+of the others is split right after a random sentence end instead, since
+prompts are often whole sentences and a uniform token rarely lands there). Both are encoded separately
 by the frozen autoencoder, exactly as the pipeline will encode them:
 
     z0     = encode(continuation)                    # (b, n, d), n random in [n_min, n_max] per batch
@@ -41,6 +43,7 @@ class DenoiserLossConfig:
     p_unconditional: float = 0.1  # rows with an empty prompt
     p_prompt_drop: float = 0.1  # prompt replaced by the null token (classifier-free guidance)
     p_self_cond: float = 0.5
+    p_sentence_split: float = 0.0  # conditional rows split right after a sentence end (needs sentence_ends)
     min_latents_fraction: float = 0.25  # shortest continuation, as a share of the autoencoder's latents
     decoder_ce: float = 0.0  # weight of the decoder cross-entropy of x0_hat (0 = MSE only)
     pad_weight: float = 0.1  # weight of padding positions in that cross-entropy
@@ -49,7 +52,7 @@ class DenoiserLossConfig:
     time_std: float = 1.0  # logit-normal scale s
 
     def validate(self) -> None:
-        for name in ("p_unconditional", "p_prompt_drop", "p_self_cond"):
+        for name in ("p_unconditional", "p_prompt_drop", "p_self_cond", "p_sentence_split"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"loss.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.decoder_ce < 0:
@@ -103,16 +106,33 @@ def encode_prompts(autoencoder, ids: list[list[int]], pad_id: int, device) -> tu
     return left_align(z, real)
 
 
-def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: DenoiserLossConfig) -> LossOutput:
+def split_points(ids: torch.Tensor, lengths: torch.Tensor, cfg: DenoiserLossConfig,
+                 sentence_ends: torch.Tensor | None = None) -> torch.Tensor:
+    """Prompt lengths (b,) for documents ``ids`` (b, s) of ``lengths`` tokens (end-of-text included):
+    0 (unconditional) w.p. ``p_unconditional``; else right after a random sentence end (a token of
+    ``sentence_ends``) w.p. ``p_sentence_split`` where the row has one; else a uniform token inside the text."""
+    b, s = ids.shape
+    device = ids.device
+    u = torch.rand(b, device=device)
+    split = (u * (lengths - 1).clamp_min(1)).long().clamp_min(1)
+    if sentence_ends is not None and cfg.p_sentence_split > 0:
+        inside = torch.arange(s, device=device)[None, :] < (lengths - 1)[:, None]  # keeps a non-empty continuation
+        ends = torch.isin(ids, sentence_ends.to(device)) & inside
+        pick = (torch.rand(b, s, device=device) * ends).argmax(1) + 1  # a uniform sentence end per row
+        use = ends.any(1) & (torch.rand(b, device=device) < cfg.p_sentence_split)
+        split = torch.where(use, pick, split)
+    return split * (torch.rand(b, device=device) >= cfg.p_unconditional)
+
+
+def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: DenoiserLossConfig,
+                  sentence_ends: torch.Tensor | None = None) -> LossOutput:
     ids, mask = batch["input_ids"], batch["attention_mask"]  # (b, s) documents + eot + pads
     device = ids.device
     autoencoder = autoencoder.to(device).eval()
     b, s = ids.shape
     k = autoencoder.config.tokens_per_latent
     lengths = mask.sum(1)
-    # split points: 0 (unconditional) or a token inside the text
-    u = torch.rand(b, device=device)
-    split = (u * (lengths - 1).clamp_min(1)).long().clamp_min(1) * (torch.rand(b, device=device) >= cfg.p_unconditional)
+    split = split_points(ids, lengths, cfg, sentence_ends)
     n_max = s // k
     n = int(torch.randint(max(1, int(n_max * cfg.min_latents_fraction)), n_max + 1, ()).item())
     pad = autoencoder.config.pad_token_id

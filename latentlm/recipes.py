@@ -20,7 +20,12 @@ import torch
 from latentlm.config import resolve_config
 from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
 from latentlm.data.readers import read_documents
-from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, train_tokenizer
+from latentlm.data.tokenizer import (
+    DEFAULT_VOCAB_SIZE,
+    load_tokenizer,
+    sentence_end_ids,
+    train_tokenizer,
+)
 from latentlm.errors import ConfigError, DataError
 from latentlm.training import LossFn, TrainConfig, TrainResult, train
 
@@ -178,7 +183,7 @@ def _denoiser_recipe() -> Recipe:
 
     return Recipe("denoiser", DenoiserConfig, build,
                   lambda cfg, ctx: functools.partial(denoiser_loss, autoencoder=ctx["autoencoder"],
-                                                     cfg=cfg["loss"]),
+                                                     cfg=cfg["loss"], sentence_ends=ctx["sentence_ends"]),
                   layout="document", extra_sections={"loss": DenoiserLossConfig},
                   needs_autoencoder=True, export=export)
 
@@ -253,6 +258,8 @@ def run_training(
     else:
         docs, valid_docs = split_documents(docs, data_cfg.valid_fraction, seed=train_cfg.seed)
     tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(docs, data_cfg.vocab_size)
+    if recipe.needs_autoencoder:
+        ctx["sentence_ends"] = torch.tensor(sentence_end_ids(tok))
     train_ids = tokenize_documents(docs, tok)
     valid_ids = tokenize_documents(valid_docs, tok)
     common = dict(seq_len=data_cfg.seq_len, eot_id=tok.eos_token_id, pad_id=tok.pad_token_id,

@@ -4,7 +4,7 @@ import torch
 from latentlm.autoencoder import TextAutoencoder
 from latentlm.diffusion import DenoiserLossConfig, LatentDenoiser, denoiser_loss
 from latentlm.diffusion.losses import encode_prompts, left_align
-from latentlm.errors import InputError
+from latentlm.errors import ConfigError, InputError
 
 
 @pytest.fixture
@@ -76,7 +76,6 @@ def test_denoiser_bad_input():
 
 def test_training_times_uniform_and_logit_normal():
     from latentlm.diffusion.losses import sample_times
-    from latentlm.errors import ConfigError
 
     torch.manual_seed(0)
     u = sample_times(1000, DenoiserLossConfig(), "cpu")
@@ -110,3 +109,28 @@ def test_validation_loss_draws_uniform_times(ae, tiny_tokenizer, monkeypatch):
     den.eval()
     denoiser_loss(den, b, autoencoder=ae, cfg=cfg)
     assert seen == ["logit_normal", "uniform"]
+
+
+def test_split_points_at_sentence_ends(tiny_tokenizer):
+    """With p_sentence_split = 1 every conditional row with a sentence end is split right after one,
+    leaving a non-empty continuation; a row without one falls back to a uniform token."""
+    from latentlm.data.tokenizer import sentence_end_ids
+    from latentlm.diffusion.losses import split_points
+
+    ends = torch.tensor(sentence_end_ids(tiny_tokenizer))
+    assert tiny_tokenizer.convert_tokens_to_ids(".") in ends.tolist()
+    assert tiny_tokenizer.eos_token_id not in ends.tolist()
+    b = batch(tiny_tokenizer, ["lily had a red kite. the sun was warm. tom smiled.", "lily had a red kite"])
+    ids, lengths = b["input_ids"], b["attention_mask"].sum(1)
+    cfg = DenoiserLossConfig(p_sentence_split=1.0, p_unconditional=0.0)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(50):
+        split = split_points(ids, lengths, cfg, ends)
+        assert int(ids[0, split[0] - 1]) in ends.tolist() and split[0] < lengths[0]  # after a "." inside the text
+        assert 1 <= split[1] < lengths[1]  # no sentence end: a uniform token
+        seen.add(int(split[0]))
+    assert len(seen) == 3  # the three sentence ends, the last one keeping only end-of-text after it
+    assert (split_points(ids, lengths, DenoiserLossConfig(p_unconditional=1.0), ends) == 0).all()
+    with pytest.raises(ConfigError, match="p_sentence_split"):
+        DenoiserLossConfig(p_sentence_split=1.5).validate()

@@ -81,3 +81,14 @@ def check_special_tokens(tok: PreTrainedTokenizerFast, where: str | Path = "toke
             f"tokenizer at {where} has no {', '.join(missing)} token; it was not made by "
             "`latentlm train tokenizer` (train one with that command)"
         )
+
+
+SENTENCE_END = (".", "!", "?", '."', '!"', '?"', "\n")
+
+
+def sentence_end_ids(tok: PreTrainedTokenizerFast) -> list[int]:
+    """Ids of the tokens that end a sentence: their text ends with ``.``, ``!`` or ``?`` (a closing quote
+    allowed) or a newline. A split right after one leaves a prompt that ends at a sentence boundary."""
+    special = set(tok.all_special_ids)
+    return sorted(i for i in range(len(tok)) if i not in special
+                  and tok.decode([i]).rstrip(" ").endswith(SENTENCE_END))
