@@ -15,6 +15,7 @@ by the frozen autoencoder, exactly as the pipeline will encode them:
     z_t = alpha_t z0 + sigma_t eps
     self-conditioning: with prob. 1/2, x0_sc = stopgrad(x0_hat(z_t, t, prompt, 0)) is fed as input
     loss = || F - target ||^2,  target = z0 | eps | alpha eps - sigma z0  for  x0 | eps | v
+        (over the latents of known text: past the row's cut of a longer document, none)
          + w_ce * CE(decode(x0_hat), continuation)   # frozen decoder (Diffusion-LM's rounding term)
 
 The cross-entropy term sends the decoder's token loss through the frozen
@@ -163,14 +164,20 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     f = model(z_t, t, prompt, prompt_mask, self_cond).float()
     p = model.config.parameterisation
     target = {"x0": z0, "eps": eps, "v": alpha * eps - sigma * z0}[p]
-    mse = F.mse_loss(f, target)
+    # a document cut by the row length (no end-of-text) continues past the row: its latents there are
+    # unknown text, not padding, and get no loss (else the model learns to stop mid-sentence)
+    ended = (ids == autoencoder.config.eot_token_id).any(1)  # (b,)
+    known = cont_mask.reshape(b, n, k).all(-1) | ended[:, None]  # (b, n)
+    w = known.float() / known.float().sum().clamp_min(1)
+    mse = (((f - target) ** 2).mean(-1) * w).sum()
     x0_hat = model.x0_from_output(f, z_t, t)
-    metrics = {"x0_mse": float(F.mse_loss(x0_hat.detach(), z0))}
+    metrics = {"x0_mse": float((((x0_hat.detach() - z0) ** 2).mean(-1) * w).sum())}
     loss = mse
     if cfg.decoder_ce > 0:
         logits = autoencoder.decode(x0_hat).float()  # (b, n k, vocab); decoder frozen, grads reach x0_hat
         ce = F.cross_entropy(logits.transpose(1, 2), cont, reduction="none")  # (b, n k)
-        weight = cont_mask.float() + cfg.pad_weight * (1 - cont_mask.float())
+        real = cont_mask.bool()
+        weight = torch.where(real, 1.0, cfg.pad_weight) * (real | ended[:, None])  # a cut document: no padding
         ce = (ce * weight).sum() / weight.sum()
         loss = mse + cfg.decoder_ce * ce
         metrics.update(mse=float(mse.detach()), decoder_ce=float(ce.detach()))

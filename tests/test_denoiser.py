@@ -134,3 +134,24 @@ def test_split_points_at_sentence_ends(tiny_tokenizer):
     assert (split_points(ids, lengths, DenoiserLossConfig(p_unconditional=1.0), ends) == 0).all()
     with pytest.raises(ConfigError, match="p_sentence_split"):
         DenoiserLossConfig(p_sentence_split=1.5).validate()
+
+
+def test_no_loss_past_the_cut_of_a_longer_document(ae, tiny_tokenizer, monkeypatch):
+    """A row without end-of-text is a document cut by the row length: the latents past the cut are
+    unknown text, so the denoiser's output there gets no gradient; an ended row's padding does."""
+    import latentlm.diffusion.losses as losses
+
+    monkeypatch.setattr(losses, "split_points", lambda ids, lengths, cfg, ends=None: torch.full((2,), 8))
+    long_text = tiny_tokenizer("lily had a red kite. " * 12, add_special_tokens=False)["input_ids"][:32]
+    cut = {"input_ids": torch.tensor([long_text]), "attention_mask": torch.ones(1, 32, dtype=torch.long)}
+    # 32 real tokens, no end-of-text: what the document layout gives a longer text
+    ended = batch(tiny_tokenizer, ["lily had a red kite. tom smiled."])
+    b = {k: torch.cat([cut[k], ended[k]]) for k in cut}
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8)
+    out = []
+    den.out.register_forward_hook(lambda mod, inp, o: o.retain_grad() or out.append(o))
+    cfg = DenoiserLossConfig(p_self_cond=0.0, p_prompt_drop=0.0, min_latents_fraction=1.0)
+    denoiser_loss(den, b, autoencoder=ae, cfg=cfg).loss.backward()
+    g = out[-1].grad.abs().sum(-1)  # (2, 8): 8 latents of 4 tokens after the 8-token prompt
+    assert (g[0, :6] > 0).all() and (g[0, 6:] == 0).all()  # 24 known tokens = 6 latents, then the cut
+    assert (g[1] > 0).all()  # the ended document: end-of-text and padding are targets
