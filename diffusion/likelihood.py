@@ -126,8 +126,9 @@ def pipeline_nll_bound(
     """Bound of each text under a LatentDiffusionPipeline: (nats, standard error, scored tokens).
 
     Scored tokens: the text's tokens after the first ``prefix_len`` plus the
-    end-of-text. Texts longer than the autoencoder's maximum are truncated to
-    ``max_seq_len - 1`` tokens (the autoencoder's policy).
+    end-of-text. A text longer than ``max_seq_len - 1`` tokens is cut to its first
+    ``max_seq_len`` tokens and scored without end-of-text, as the denoiser trains
+    on such documents (the text goes on past the cut).
     """
     from latentlm.diffusion.losses import encode_prompts
 
@@ -140,10 +141,11 @@ def pipeline_nll_bound(
     nats, ses, counts = [], [], []
     gen = torch.Generator().manual_seed(seed)
     for text in texts:
-        ids = tok(text, add_special_tokens=False)["input_ids"][: limit - 1]
-        if prefix_len >= len(ids) + 1:
-            raise InputError(f"prefix_len {prefix_len} leaves nothing to score in a text of {len(ids)} tokens")
-        prefix, rest = ids[:prefix_len], ids[prefix_len:] + [tok.eos_token_id]
+        text_ids = tok(text, add_special_tokens=False)["input_ids"]
+        ids = text_ids[:limit] if len(text_ids) >= limit else text_ids + [tok.eos_token_id]  # cut, or ended
+        if prefix_len >= len(ids):
+            raise InputError(f"prefix_len {prefix_len} leaves nothing to score in a text of {len(text_ids)} tokens")
+        prefix, rest = ids[:prefix_len], ids[prefix_len:]
         n = -(-len(rest) // k)  # latents of the scored continuation, as the pipeline would sample
         cont = torch.full((1, n * k), tok.pad_token_id, dtype=torch.long, device=device)
         cont[0, : len(rest)] = torch.tensor(rest, device=device)

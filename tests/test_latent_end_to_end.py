@@ -40,6 +40,8 @@ def test_latent_adapter_nll_is_a_positive_bound(pipeline_dir):
     assert res.nats_per_token > 0 and res.stderr > 0 and not res.exact
     cond = lm.nll(["lily had a red kite."], prefix_len=2, n_samples=4)
     assert cond.n_tokens == len(lm.tokenizer("lily had a red kite.")["input_ids"]) - 2 + 1
+    limit = lm.pipe.autoencoder.config.max_seq_len  # a longer text: its first `limit` tokens, no end-of-text
+    assert lm.nll(["lily had a red kite. " * 60], n_samples=2).n_tokens == limit
     out = lm.generate(["lily had"], 8, generator=torch.Generator().manual_seed(0), steps=3)
     assert out.texts[0].startswith("lily had") and out.nfe == 3
 
