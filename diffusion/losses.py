@@ -1,14 +1,14 @@
 """Denoiser training loss: continuous-time diffusion on autoencoder latents of split documents.
 
-Every document of the batch (tokens + end-of-text + padding) is split at a
-random token: the prefix is the prompt, the rest the continuation (a share
+Every document of the batch (tokens + end-of-text + padding, rows of twice the
+autoencoder's length) is split at a random token: the prefix is the prompt, the rest the continuation (a share
 ``p_unconditional`` of rows gets an empty prompt; a share ``p_sentence_split``
 of the others is split right after a random sentence end instead, since
 prompts are often whole sentences and a uniform token rarely lands there). Both are encoded separately
 by the frozen autoencoder, exactly as the pipeline will encode them:
 
     z0     = encode(continuation)                    # (b, n, d), n random in [n_min, n_max] per batch
-    prompt = encode(prefix)                          # (b, p, d), left-padded, dropped w.p. p_drop (CFG)
+    prompt = encode(prefix[-max_seq_len:])           # (b, p, d), left-padded, dropped w.p. p_drop (CFG)
     t ~ U(0, 1) stratified, or logit-normal: t = sigmoid(m + s n), n ~ N(0, 1) stratified
         (Esser et al. 2024; more of the training at mid noise, where the prompt decides the content);
         validation (model in eval mode) always draws uniform t, so its loss compares across densities
@@ -134,7 +134,8 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     k = autoencoder.config.tokens_per_latent
     lengths = mask.sum(1)
     split = split_points(ids, lengths, cfg, sentence_ends)
-    n_max = s // k
+    limit = autoencoder.config.max_seq_len
+    n_max = min(s, limit) // k  # the continuation: at most what the autoencoder encodes in one row
     n = int(torch.randint(max(1, int(n_max * cfg.min_latents_fraction)), n_max + 1, ()).item())
     pad = autoencoder.config.pad_token_id
     cont = torch.full((b, n * k), pad, dtype=torch.long, device=device)
@@ -144,7 +145,7 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
         rest = ids[r, split[r] : lengths[r]][: n * k]
         cont[r, : len(rest)] = rest
         cont_mask[r, : len(rest)] = 1
-        prompts.append(ids[r, : split[r]].tolist())
+        prompts.append(ids[r, max(0, split[r] - limit) : split[r]].tolist())  # the pipeline's truncation
     with torch.no_grad():
         z0 = autoencoder.encode(cont, cont_mask).float()  # (b, n, d)
         prompt, prompt_mask = encode_prompts(autoencoder, prompts, pad, device)

@@ -155,3 +155,21 @@ def test_no_loss_past_the_cut_of_a_longer_document(ae, tiny_tokenizer, monkeypat
     g = out[-1].grad.abs().sum(-1)  # (2, 8): 8 latents of 4 tokens after the 8-token prompt
     assert (g[0, :6] > 0).all() and (g[0, 6:] == 0).all()  # 24 known tokens = 6 latents, then the cut
     assert (g[1] > 0).all()  # the ended document: end-of-text and padding are targets
+
+
+def test_training_prompt_keeps_the_last_max_seq_len_tokens(ae, tiny_tokenizer, monkeypatch):
+    """Rows are twice the autoencoder's length: a prompt longer than its max_seq_len keeps its last
+    max_seq_len tokens, as the pipeline truncates, and the continuation is at most max_seq_len."""
+    import latentlm.diffusion.losses as losses
+
+    limit = ae.config.max_seq_len  # 32
+    ids = torch.tensor([tiny_tokenizer("lily had a red kite. " * 20, add_special_tokens=False)["input_ids"][: 2 * limit]])
+    b = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    monkeypatch.setattr(losses, "split_points", lambda ids, lengths, cfg, ends=None: torch.tensor([40]))
+    seen = {}
+    real = losses.encode_prompts
+    monkeypatch.setattr(losses, "encode_prompts", lambda a, p, pad, dev: seen.update(p=p) or real(a, p, pad, dev))
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8)
+    cfg = DenoiserLossConfig(p_self_cond=0.0, min_latents_fraction=1.0)
+    out = denoiser_loss(den, b, autoencoder=ae, cfg=cfg)
+    assert seen["p"] == [ids[0, 40 - limit : 40].tolist()] and torch.isfinite(out.loss)
