@@ -120,15 +120,16 @@ def default_t0(schedule: NoiseSchedule, noise_to_signal: float = DEFAULT_NOISE_T
 
 @torch.no_grad()
 def pipeline_nll_bound(
-    pipe, texts: list[str], *, prefix_len: int = 0, n_samples: int = 32, seed: int = 0,
+    pipe, texts: list[str] | list[list[int]], *, prefix_len: int = 0, n_samples: int = 32, seed: int = 0,
     t0: float | None = None,
 ) -> tuple[list[float], list[float], list[int]]:
     """Bound of each text under a LatentDiffusionPipeline: (nats, standard error, scored tokens).
 
     Scored tokens: the text's tokens after the first ``prefix_len`` plus the
-    end-of-text. A text longer than ``max_seq_len - 1`` tokens is cut to its first
-    ``max_seq_len`` tokens and scored without end-of-text, as the denoiser trains
-    on such documents (the text goes on past the cut).
+    end-of-text. Texts longer than the autoencoder's maximum are truncated to
+    ``max_seq_len - 1`` tokens (the autoencoder's policy). A text given as a list
+    of token ids is scored as it is (end-of-text included if it has one): how the
+    comparison scores every model on the same tokens.
     """
     from latentlm.diffusion.losses import encode_prompts
 
@@ -141,10 +142,12 @@ def pipeline_nll_bound(
     nats, ses, counts = [], [], []
     gen = torch.Generator().manual_seed(seed)
     for text in texts:
-        text_ids = tok(text, add_special_tokens=False)["input_ids"]
-        ids = text_ids[:limit] if len(text_ids) >= limit else text_ids + [tok.eos_token_id]  # cut, or ended
+        if isinstance(text, str):
+            ids = tok(text, add_special_tokens=False)["input_ids"][: limit - 1] + [tok.eos_token_id]
+        else:
+            ids = list(text)[:limit]
         if prefix_len >= len(ids):
-            raise InputError(f"prefix_len {prefix_len} leaves nothing to score in a text of {len(text_ids)} tokens")
+            raise InputError(f"prefix_len {prefix_len} leaves nothing to score in a text of {len(ids) - 1} tokens")
         prefix, rest = ids[:prefix_len], ids[prefix_len:]
         n = -(-len(rest) // k)  # latents of the scored continuation, as the pipeline would sample
         cont = torch.full((1, n * k), tok.pad_token_id, dtype=torch.long, device=device)

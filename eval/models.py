@@ -270,8 +270,8 @@ class LatentAdapter(LanguageModelAdapter):
         from latentlm.diffusion.likelihood import pipeline_nll_bound
 
         units = self._score_units(texts, prefix_len)
-        texts = [self.tokenizer.decode(ids[:-1]) for ids, _ in units]
-        nats, ses, _ = pipeline_nll_bound(self.pipe, texts, prefix_len=prefix_len, n_samples=n_samples, seed=seed)
+        nats, ses, _ = pipeline_nll_bound(self.pipe, [ids for ids, _ in units], prefix_len=prefix_len,
+                                          n_samples=n_samples, seed=seed)  # the tokens every model scores
         return _summarise(nats, ses, units, prefix_len, exact=False)
 
 

@@ -14,7 +14,8 @@ def pipeline_dir(tiny_autoencoder_dir, synthetic_files, tmp_path_factory):
     out = tmp_path_factory.mktemp("latent") / "pipe"
     assert main(["train", "denoiser", "--preset", "cpu-tiny", "--autoencoder", str(tiny_autoencoder_dir),
                  "--data", str(synthetic_files / "train.jsonl"), "--valid", str(synthetic_files / "valid.jsonl"),
-                 "--out", str(out), "--set", "train.steps=20", "--set", "train.eval_every=10"]) == 0
+                 "--out", str(out), "--set", "train.steps=20", "--set", "train.eval_every=10",
+                 "--set", "loss.row_lengths=2"]) == 0
     return out
 
 
@@ -40,8 +41,8 @@ def test_latent_adapter_nll_is_a_positive_bound(pipeline_dir):
     assert res.nats_per_token > 0 and res.stderr > 0 and not res.exact
     cond = lm.nll(["lily had a red kite."], prefix_len=2, n_samples=4)
     assert cond.n_tokens == len(lm.tokenizer("lily had a red kite.")["input_ids"]) - 2 + 1
-    limit = lm.pipe.autoencoder.config.max_seq_len  # a longer text: its first `limit` tokens, no end-of-text
-    assert lm.nll(["lily had a red kite. " * 60], n_samples=2).n_tokens == limit
+    long = lm.nll(["lily had a red kite. " * 60], n_samples=2)  # scored on the tokens every model scores
+    assert long.n_tokens == lm.context - 1 and long.per_text_tokens == [lm.context - 1]
     out = lm.generate(["lily had"], 8, generator=torch.Generator().manual_seed(0), steps=3)
     assert out.texts[0].startswith("lily had") and out.nfe == 3
 
