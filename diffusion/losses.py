@@ -1,7 +1,7 @@
 """Denoiser training loss: continuous-time diffusion on autoencoder latents of split documents.
 
-Every document of the batch (tokens + end-of-text + padding, rows of twice the
-autoencoder's length) is split at a random token: the prefix is the prompt, the rest the continuation (a share
+Every document of the batch (tokens + end-of-text + padding, rows of
+``row_lengths`` autoencoder lengths) is split at a random token: the prefix is the prompt, the rest the continuation (a share
 ``p_unconditional`` of rows gets an empty prompt; a share ``p_sentence_split``
 of the others is split right after a random sentence end instead, since
 prompts are often whole sentences and a uniform token rarely lands there). Both are encoded separately
@@ -51,6 +51,9 @@ class DenoiserLossConfig:
     time_sampling: str = "uniform"  # or "logit_normal": density of the training times t
     time_mean: float = 0.0  # logit-normal location m (0 = centred on t = 0.5)
     time_std: float = 1.0  # logit-normal scale s
+    # training rows in autoencoder lengths: 2 also shows a long prompt followed by a long continuation
+    # (better-formed text after long prompts, but the prompt's names are copied less; docs/latent_diffusion.md)
+    row_lengths: int = 1
 
     def validate(self) -> None:
         for name in ("p_unconditional", "p_prompt_drop", "p_self_cond", "p_sentence_split"):
@@ -66,6 +69,8 @@ class DenoiserLossConfig:
             raise ConfigError(f"loss.time_mean must be a finite number, got {self.time_mean}")
         if not (math.isfinite(self.time_std) and self.time_std > 0):
             raise ConfigError(f"loss.time_std must be a finite number > 0, got {self.time_std}")
+        if self.row_lengths not in (1, 2):
+            raise ConfigError(f"loss.row_lengths must be 1 or 2 (autoencoder lengths per row), got {self.row_lengths}")
         if not 0 < self.min_latents_fraction <= 1:
             raise ConfigError(f"loss.min_latents_fraction must be in (0, 1], got {self.min_latents_fraction}")
 

@@ -251,9 +251,9 @@ def run_training(
         ae.requires_grad_(False).eval()
         ctx = {"autoencoder": ae, "sampler": cfg["model"].sampler}
         tokenizer = autoencoder
-        # rows of two autoencoder lengths: a prompt of up to max_seq_len tokens (the pipeline keeps the last
-        # max_seq_len) followed by a continuation of up to max_seq_len, the most the pipeline samples
-        data_cfg = dataclasses.replace(data_cfg, seq_len=2 * ae.config.max_seq_len)
+        # rows of loss.row_lengths autoencoder lengths (2: a prompt of up to max_seq_len tokens followed by a
+        # continuation of up to max_seq_len, the most the pipeline takes and samples)
+        data_cfg = dataclasses.replace(data_cfg, seq_len=cfg["loss"].row_lengths * ae.config.max_seq_len)
     docs = read_documents(list(data))
     if valid:
         valid_docs = read_documents(list(valid))

@@ -134,6 +134,8 @@ def test_split_points_at_sentence_ends(tiny_tokenizer):
     assert (split_points(ids, lengths, DenoiserLossConfig(p_unconditional=1.0), ends) == 0).all()
     with pytest.raises(ConfigError, match="p_sentence_split"):
         DenoiserLossConfig(p_sentence_split=1.5).validate()
+    with pytest.raises(ConfigError, match="row_lengths"):
+        DenoiserLossConfig(row_lengths=3).validate()
 
 
 def test_no_loss_past_the_cut_of_a_longer_document(ae, tiny_tokenizer, monkeypatch):
@@ -158,8 +160,8 @@ def test_no_loss_past_the_cut_of_a_longer_document(ae, tiny_tokenizer, monkeypat
 
 
 def test_training_prompt_keeps_the_last_max_seq_len_tokens(ae, tiny_tokenizer, monkeypatch):
-    """Rows are twice the autoencoder's length: a prompt longer than its max_seq_len keeps its last
-    max_seq_len tokens, as the pipeline truncates, and the continuation is at most max_seq_len."""
+    """Rows of two autoencoder lengths (loss.row_lengths = 2): a prompt longer than its max_seq_len keeps
+    its last max_seq_len tokens, as the pipeline truncates, and the continuation is at most max_seq_len."""
     import latentlm.diffusion.losses as losses
 
     limit = ae.config.max_seq_len  # 32
