@@ -1,11 +1,12 @@
 """Denoiser training loss: continuous-time diffusion on autoencoder latents of split documents.
 
 Every document of the batch (tokens + end-of-text + padding, rows of
-``row_lengths`` autoencoder lengths) is split at a random token: the prefix is the prompt, the rest the continuation (a share
-``p_unconditional`` of rows gets an empty prompt; a share ``p_sentence_split``
-of the others is split right after a random sentence end instead, since
-prompts are often whole sentences and a uniform token rarely lands there). Both are encoded separately
-by the frozen autoencoder, exactly as the pipeline will encode them:
+``row_lengths`` autoencoder lengths) is split at a random token: the prefix is
+the prompt, the rest the continuation (a share ``p_unconditional`` of rows gets
+an empty prompt; a share ``p_sentence_split`` of the others is split right
+after a random sentence end instead, since prompts are often whole sentences
+and a uniform token rarely lands there). Both are encoded separately by the
+frozen autoencoder, exactly as the pipeline will encode them:
 
     z0     = encode(continuation)                    # (b, n, d), n random in [n_min, n_max] per batch
     prompt = encode(prefix[-max_seq_len:])           # (b, p, d), left-padded, dropped w.p. p_drop (CFG)
