@@ -2,7 +2,8 @@
 then score continuations of held-out openings with the synthetic-story checker.
 
     python benchmarks/latent_synthetic.py --out runs/syn [--set model.self_conditioning=false ...]
-        [--samplers ddim dpm++ ...] [--steps 8 16 32 64] [--guidance 1 2 3] [--prompts 64]
+        [--samplers ddim dpm++ ...] [--steps 8 16 32 64] [--guidance 1 2 3] [--guidance-interval 0 0.3]
+        [--prompts 64]
         [--diagnose] [--ar-steps 1000 [--ar-set model.depth=2 ...]]
 
 Prints the training times and a table: sampler, steps, NFE, seconds per sample,
@@ -98,6 +99,8 @@ def main() -> None:
     p.add_argument("--samplers", nargs="+", default=["ddim"])
     p.add_argument("--steps", type=int, nargs="+", default=[32])
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("T_LO", "T_HI"),
+                   help="guide only at diffusion times in [T_LO, T_HI] (default: every step)")
     p.add_argument("--corrector-steps", type=int, default=1, help="for the predictor-corrector rows")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -141,12 +144,14 @@ def main() -> None:
             for w in args.guidance:
                 t0 = time.perf_counter()
                 res = pipe(prompts, max_new_tokens=args.new_tokens, num_inference_steps=steps, guidance_scale=w,
+                           guidance_interval=tuple(args.guidance_interval),
                            corrector_steps=args.corrector_steps if pc else 0,
                            generator=torch.Generator().manual_seed(0))
                 dt = time.perf_counter() - t0
                 probe = synthetic_probe(prompts, res.texts)  # the checker, as `latentlm compare` runs it
                 wf, cons = probe.well_formed, probe.consistent
                 row = {"sampler": "pc (ddim + langevin)" if pc else sampler, "steps": steps, "guidance": w,
+                       "guidance_interval": list(args.guidance_interval),
                        "nfe": res.nfe, "s_per_sample": dt / len(prompts), "well_formed": wf, "consistent": cons}
                 rows.append(row)
                 print(json.dumps(row), flush=True)

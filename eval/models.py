@@ -253,15 +253,16 @@ class LatentAdapter(LanguageModelAdapter):
         return int(self.pipe.autoencoder.config.max_seq_len)
 
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, steps: int = 32,
-                 guidance_scale: float = 1.0, corrector_steps: int = 0, scheduler: str | None = None
-                 ) -> GenerationOutput:
+                 guidance_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
+                 corrector_steps: int = 0, scheduler: str | None = None) -> GenerationOutput:
         prompts = _check_prompts(prompts)
         if scheduler is not None:
             from latentlm.pipeline_latent_diffusion import make_scheduler
 
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.denoiser)
         out = self.pipe(prompts, max_new_tokens=max_new_tokens, num_inference_steps=steps,
-                        guidance_scale=guidance_scale, corrector_steps=corrector_steps, generator=generator)
+                        guidance_scale=guidance_scale, guidance_interval=guidance_interval,
+                        corrector_steps=corrector_steps, generator=generator)
         conts = [t[len(p):] for t, p in zip(out.texts, prompts)]
         return GenerationOutput(out.texts, conts, out.nfe)
 

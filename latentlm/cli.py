@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, default=32, help="denoising steps (latent, mdlm)")
     gen.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (latent)")
+    gen.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("T_LO", "T_HI"),
+                     help="guide only at diffusion times in [T_LO, T_HI] (latent; default every step)")
     gen.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm++", "flow-euler"], help="sampler (latent)")
     gen.add_argument("--decoder", choices=["ancestral", "llada", "threshold", "anchor"], default="ancestral",
                      help="decoder (mdlm)")
@@ -158,7 +160,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         lm = load_language_model(args.model, device=args.device)
         options = {"ar": dict(temperature=args.temperature, top_p=args.top_p),
                    "mdlm": dict(decoder=args.decoder, steps=args.steps),
-                   "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale, scheduler=args.scheduler)}
+                   "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale,
+                                  guidance_interval=tuple(args.guidance_interval), scheduler=args.scheduler)}
         out = lm.generate([args.prompt] * args.num_samples, args.max_new_tokens,
                           generator=torch.Generator().manual_seed(args.seed), **options[lm.kind])
         for text in out.texts:

@@ -109,8 +109,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         return [x[-limit:] if len(x) > limit else x for x in ids]
 
-    def _x0_fn(self, prompt, prompt_mask, guidance_scale: float):
-        """x0_hat(x, t) with classifier-free guidance and self-conditioning; counts NFE."""
+    def _x0_fn(self, prompt, prompt_mask, guidance_scale: float, interval: tuple[float, float] = (0.0, 1.0)):
+        """x0_hat(x, t) with classifier-free guidance (at times t in ``interval``) and
+        self-conditioning; counts NFE."""
         state = {"nfe": 0, "prev": None}
         den = self.denoiser
         use_cfg = prompt is not None and guidance_scale != 1.0
@@ -120,7 +121,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             xin = x.to(den.dtype)
             x0 = den.predict_x0(xin, t, prompt, prompt_mask, sc)
             state["nfe"] += 1
-            if use_cfg:
+            if use_cfg and interval[0] <= float(t.max()) and float(t.min()) <= interval[1]:
                 uncond = den.predict_x0(xin, t, None, None, sc)
                 state["nfe"] += 1
                 x0 = uncond + guidance_scale * (x0 - uncond)
@@ -138,6 +139,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         max_new_tokens: int = 64,
         num_inference_steps: int = 32,
         guidance_scale: float = 1.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
         num_samples_per_prompt: int = 1,
         corrector_steps: int = 0,
         corrector_snr: float = 0.1,
@@ -155,6 +157,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             num_inference_steps: scheduler steps (NFE without guidance or corrector).
             guidance_scale: classifier-free guidance weight w >= 0 (1 = plain conditional;
                 guided x0 = uncond + w (cond - uncond)).
+            guidance_interval: (t_lo, t_hi): guidance only at times t in this interval, plain
+                conditional elsewhere (Kynkaanniemi et al. 2024); the default guides every step.
             num_samples_per_prompt: samples drawn for each prompt.
             corrector_steps: Langevin corrector steps after each predictor step.
             generator: torch.Generator for the initial noise and stochastic steps.
@@ -170,6 +174,11 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)) or guidance_scale < 0:
             raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if not (isinstance(guidance_interval, (tuple, list)) and len(guidance_interval) == 2
+                and all(isinstance(v, (int, float)) for v in guidance_interval)
+                and 0 <= guidance_interval[0] <= guidance_interval[1] <= 1):
+            raise InputError(f"guidance_interval must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1, "
+                             f"got {guidance_interval!r}")
         if not isinstance(num_samples_per_prompt, int) or num_samples_per_prompt < 1:
             raise InputError(f"num_samples_per_prompt must be a positive integer, got {num_samples_per_prompt!r}")
         if not isinstance(corrector_steps, int) or corrector_steps < 0:
@@ -192,7 +201,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         ctx, ctx_mask = encode_prompts(ae, ids, self.tokenizer.pad_token_id, device)
         if ctx is not None:
             ctx = ctx.to(den.dtype)
-        x0_fn, state = self._x0_fn(ctx, ctx_mask, float(guidance_scale))
+        x0_fn, state = self._x0_fn(ctx, ctx_mask, float(guidance_scale), tuple(map(float, guidance_interval)))
 
         x = torch.randn((batch, n, d), generator=generator, dtype=torch.float32,
                         device=generator.device if generator is not None else "cpu").to(device)

@@ -31,8 +31,13 @@ def test_export_is_a_complete_pipeline(pipeline_dir, capsys):
 def test_generate_cli(pipeline_dir, capsys):
     assert main(["generate", "--model", str(pipeline_dir), "once upon a time", "--max-new-tokens", "16",
                  "--steps", "4", "--num-samples", "2", "--scheduler", "dpm++"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("once upon a time") for line in lines)
+    assert "(NFE 4)" in captured.err
+    assert main(["generate", "--model", str(pipeline_dir), "once upon a time", "--max-new-tokens", "16",
+                 "--steps", "4", "--scheduler", "ddpm", "--guidance-scale", "2", "--guidance-interval", "0", "0.6"]) == 0
+    assert "(NFE 6)" in capsys.readouterr().err  # guided at t = 0.5 and 0.25 of 1, 0.75, 0.5, 0.25
 
 
 def test_latent_adapter_nll_is_a_positive_bound(pipeline_dir):

@@ -79,6 +79,19 @@ def test_corrector_and_guidance_count_evaluations(pipe):
     assert not torch.equal(guided.latents, plain.latents)
 
 
+def test_guidance_interval_guides_only_inside(pipe):
+    """DDPM with 4 steps evaluates t = 1.0, 0.75, 0.5, 0.25: an interval holding two of them costs
+    two extra evaluations; an interval holding none samples exactly the unguided chain."""
+    run = lambda **kw: pipe("lily", max_new_tokens=8, num_inference_steps=4, generator=gen(), **kw)  # noqa: E731
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    half = run(guidance_scale=3.0, guidance_interval=(0.0, 0.6))
+    assert half.nfe == 4 + 2
+    empty = run(guidance_scale=3.0, guidance_interval=(0.01, 0.05))
+    plain = run(guidance_scale=1.0)
+    assert empty.nfe == 4 and torch.equal(empty.latents, plain.latents)
+    assert not torch.equal(half.latents, plain.latents)
+
+
 def test_callback_sees_every_step(pipe):
     seen = []
     pipe("x", max_new_tokens=8, num_inference_steps=5, generator=gen(),
@@ -91,6 +104,9 @@ def test_callback_sees_every_step(pipe):
     (dict(num_inference_steps=-3), "num_inference_steps"),
     (dict(guidance_scale=-1.0), "guidance_scale"),
     (dict(guidance_scale=float("nan")), "guidance_scale"),
+    (dict(guidance_interval=(0.8, 0.2)), "guidance_interval"),
+    (dict(guidance_interval=(0.0, 1.5)), "guidance_interval"),
+    (dict(guidance_interval=0.5), "guidance_interval"),
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(max_new_tokens=33), "exceeds the autoencoder's maximum"),
     (dict(num_samples_per_prompt=0), "num_samples_per_prompt"),
