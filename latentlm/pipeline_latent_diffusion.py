@@ -121,7 +121,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             xin = x.to(den.dtype)
             x0 = den.predict_x0(xin, t, prompt, prompt_mask, sc)
             state["nfe"] += 1
-            if use_cfg and interval[0] <= float(t.max()) and float(t.min()) <= interval[1]:
+            if use_cfg and interval[0] <= float(t[0]) <= interval[1]:  # one time per step for the batch
                 uncond = den.predict_x0(xin, t, None, None, sc)
                 state["nfe"] += 1
                 x0 = uncond + guidance_scale * (x0 - uncond)
