@@ -24,6 +24,9 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics, exported model")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
     p.add_argument("--autoencoder", help="trained autoencoder folder (denoiser only)")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="fine-tune: start from the weights of a trained model of this kind and architecture "
+                        "(fresh optimizer and learning-rate schedule; its tokenizer is used)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +125,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = run_training(args.kind, args.data, args.out, preset=args.preset,
                               config_file=args.config, overrides=args.overrides, valid=args.valid,
                               tokenizer=args.tokenizer, resume=not args.no_resume,
-                              autoencoder=args.autoencoder)
+                              autoencoder=args.autoencoder, init_from=args.init_from)
         if result.interrupted:
             print(f"interrupted at step {result.step}; checkpoint saved, rerun the command to resume")
             return 130

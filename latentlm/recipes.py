@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,7 @@ def run_training(
     resume: bool = True,
     progress: bool = True,
     autoencoder: str | Path | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train a model of ``kind`` on text files/folders ``data`` and export it to ``out_dir``.
 
@@ -234,6 +236,12 @@ def run_training(
     A denoiser run needs ``autoencoder`` (a trained autoencoder folder): its
     tokenizer and maximum length are used, and the export is a complete
     :class:`~latentlm.LatentDiffusionPipeline` folder.
+
+    ``init_from`` (fine-tuning) starts from the weights of a trained model of the
+    same kind and architecture (its exported folder; for a denoiser also its
+    pipeline folder) with a fresh optimizer, learning-rate schedule and step
+    count; its tokenizer is used. Checkpoints already in ``out_dir`` take
+    precedence (resume).
     """
     recipe = get_recipe(kind)
     cfg = resolve_run_config(kind, preset, config_file, overrides)
@@ -259,6 +267,10 @@ def run_training(
         valid_docs = read_documents(list(valid))
     else:
         docs, valid_docs = split_documents(docs, data_cfg.valid_fraction, seed=train_cfg.seed)
+    if init_from is not None:
+        init_from = Path(init_from)
+        if not recipe.needs_autoencoder:
+            tokenizer = _init_tokenizer(init_from, tokenizer)
     tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(docs, data_cfg.vocab_size)
     if recipe.needs_autoencoder:
         ctx["sentence_ends"] = torch.tensor(sentence_end_ids(tok))
@@ -274,6 +286,8 @@ def run_training(
         valid_batches = []
     torch.manual_seed(train_cfg.seed)
     model = recipe.build_model(cfg, tok, ctx)
+    if init_from is not None:
+        load_initial_weights(model, kind, init_from, autoencoder=ctx.get("autoencoder"))
 
     def export(m: torch.nn.Module, folder: Path) -> None:
         if recipe.export is not None:
@@ -283,7 +297,51 @@ def run_training(
         tok.save_pretrained(folder)
 
     run_config = {"kind": kind, "preset": preset, "config_file": config_file,
-                  "overrides": list(overrides or []),
+                  "overrides": list(overrides or []), "init_from": str(init_from) if init_from else None,
                   **{k: dataclasses.asdict(v) for k, v in cfg.items()}}
     return train(model, recipe.make_loss(cfg, ctx), batches, train_cfg, out_dir, valid_batches=valid_batches,
                  resume=resume, export=export, run_config=run_config, progress=progress)
+
+
+def _init_tokenizer(init_from: Path, tokenizer: str | Path | None) -> Path:
+    """The tokenizer of a fine-tuning run: the starting model's (another one would remap its ids)."""
+    if tokenizer is not None and load_tokenizer(tokenizer).get_vocab() != load_tokenizer(init_from).get_vocab():
+        raise ConfigError(f"--tokenizer {tokenizer} is not the tokenizer of {init_from}, the model this run "
+                          "starts from: drop --tokenizer (its own is used)")
+    return init_from
+
+
+def load_initial_weights(model: torch.nn.Module, kind: str, folder: str | Path, *,
+                         autoencoder: torch.nn.Module | None = None) -> None:
+    """Copy the weights of the trained model in ``folder`` into the freshly built ``model``.
+
+    Raises ConfigError when ``folder`` holds another kind or architecture, or (denoiser
+    pipelines) was trained on another autoencoder; warns when a setting of the model
+    section differs from the one the weights were trained with (e.g. the noise schedule).
+    """
+    from latentlm.loading import is_pipeline_folder, load_model
+
+    folder = Path(folder)
+    pipeline = is_pipeline_folder(folder)
+    source = load_model(folder / "denoiser" if pipeline else folder)
+    if type(source) is not type(model):
+        raise ConfigError(f"{folder} holds a {type(source).__name__}; a {kind} run starts from a "
+                          f"{type(model).__name__}")
+    theirs, ours = source.state_dict(), model.state_dict()
+    wrong = [f"{k} {tuple(theirs[k].shape) if k in theirs else 'missing'} (this run: {tuple(v.shape)})"
+             for k, v in ours.items() if k not in theirs or theirs[k].shape != v.shape]
+    if wrong or set(theirs) - set(ours):
+        raise ConfigError(f"the {kind} in {folder} has another architecture than this run's model section "
+                          f"({'; '.join(wrong[:3]) or 'extra weights'}): set model.* as in its config.json")
+    if pipeline and autoencoder is not None:
+        used = load_model(folder / "autoencoder").state_dict()
+        if any(k not in used or used[k].shape != v.shape or not torch.equal(v, used[k])
+               for k, v in autoencoder.state_dict().items()):
+            raise ConfigError(f"the denoiser in {folder} was trained on another autoencoder than --autoencoder: "
+                              f"its latents mean something else; pass --autoencoder {folder / 'autoencoder'}")
+    changed = {k: (v, model.config[k]) for k, v in source.config.items()
+               if not k.startswith("_") and k in model.config and model.config[k] != v}
+    if changed:
+        warnings.warn(f"fine-tuning {folder} with other model settings (trained with -> now): "
+                      + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), stacklevel=2)
+    model.load_state_dict(theirs)

@@ -55,3 +55,20 @@ def test_latent_adapter_nll_is_a_positive_bound(pipeline_dir):
 def test_denoiser_needs_an_autoencoder(synthetic_files, tmp_path, capsys):
     assert main(["train", "denoiser", "--data", str(synthetic_files / "train.jsonl"), "--out", str(tmp_path)]) == 2
     assert "needs --autoencoder" in capsys.readouterr().err
+
+
+def test_denoiser_fine_tunes_from_its_pipeline(pipeline_dir, tiny_autoencoder_dir, synthetic_files, tmp_path, capsys):
+    common = ["train", "denoiser", "--preset", "cpu-tiny", "--data", str(synthetic_files / "train.jsonl"),
+              "--valid", str(synthetic_files / "valid.jsonl"), "--init-from", str(pipeline_dir),
+              "--set", "train.steps=2", "--set", "loss.row_lengths=2"]
+    assert main([*common, "--autoencoder", str(tiny_autoencoder_dir), "--out", str(tmp_path / "ft")]) == 0
+    assert (tmp_path / "ft" / "model_index.json").is_file()
+    with pytest.warns(UserWarning, match="schedule 'cosine' -> 'shifted_cosine'"):
+        assert main([*common, "--autoencoder", str(tiny_autoencoder_dir), "--out", str(tmp_path / "sched"),
+                     "--set", "model.schedule=shifted_cosine"]) == 0
+    other = tmp_path / "other_ae"  # same architecture, other weights: the denoiser's latents would mean nothing
+    assert main(["train", "autoencoder", "--preset", "cpu-tiny", "--data", str(synthetic_files / "train.jsonl"),
+                 "--tokenizer", str(tiny_autoencoder_dir), "--out", str(other), "--set", "train.steps=1"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--autoencoder", str(other), "--out", str(tmp_path / "bad")]) == 2
+    assert "trained on another autoencoder" in capsys.readouterr().err
