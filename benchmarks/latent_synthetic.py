@@ -5,6 +5,7 @@ then score continuations of held-out openings with the synthetic-story checker.
         [--samplers ddim dpm++ ...] [--steps 8 16 32 64] [--guidance 1 2 3] [--guidance-interval 0 0.3]
         [--prompts 64]
         [--diagnose] [--ar-steps 1000 [--ar-set model.depth=2 ...]]
+        [--stage2-set train.steps=2400 --stage2-set loss.time_mean=0.25 ...]   # a fine-tuning stage
 
 Prints the training times and a table: sampler, steps, NFE, seconds per sample,
 share of well-formed continuation sentences, share of consistent mentions.
@@ -94,6 +95,9 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--autoencoder", help="reuse a trained autoencoder folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="denoiser preset override")
+    p.add_argument("--stage2-set", dest="stage2_overrides", action="append", default=[],
+                   help="fine-tune the denoiser in a second stage (--init-from the first) with these overrides "
+                        "of the preset, e.g. loss.time_mean=0.25; the first stage uses --set")
     p.add_argument("--ae-set", dest="ae_overrides", action="append", default=[],
                    help="autoencoder preset override (when the autoencoder is trained here)")
     p.add_argument("--samplers", nargs="+", default=["ddim"])
@@ -128,12 +132,19 @@ def main() -> None:
                          tokenizer=tok_dir, overrides=args.ae_overrides)
             times["autoencoder_s"] = time.perf_counter() - t0
     den_dir = out / "denoiser"
-    if not (den_dir / "model_index.json").is_file():
+    stage1_dir = out / "denoiser_stage1" if args.stage2_overrides else den_dir
+    if not (stage1_dir / "model_index.json").is_file():
         t0 = time.perf_counter()
-        run_training("denoiser", [train_file], den_dir, preset="cpu-tiny", valid=[valid_file],
+        run_training("denoiser", [train_file], stage1_dir, preset="cpu-tiny", valid=[valid_file],
                      autoencoder=ae_dir, overrides=args.overrides)
         times["denoiser_s"] = time.perf_counter() - t0
-    print(json.dumps({"training_seconds": times, "overrides": args.overrides, "ae_overrides": args.ae_overrides}))
+    if args.stage2_overrides and not (den_dir / "model_index.json").is_file():
+        t0 = time.perf_counter()
+        run_training("denoiser", [train_file], den_dir, preset="cpu-tiny", valid=[valid_file],
+                     autoencoder=ae_dir, overrides=args.stage2_overrides, init_from=stage1_dir)
+        times["denoiser_stage2_s"] = time.perf_counter() - t0
+    print(json.dumps({"training_seconds": times, "overrides": args.overrides, "ae_overrides": args.ae_overrides,
+                      "stage2_overrides": args.stage2_overrides}))
     pipe = load_pipeline(den_dir)
     prompts = [s.split()[0] for s in held_out[: args.prompts]]
     rows = []
