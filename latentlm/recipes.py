@@ -269,6 +269,8 @@ def run_training(
         docs, valid_docs = split_documents(docs, data_cfg.valid_fraction, seed=train_cfg.seed)
     if init_from is not None:
         init_from = Path(init_from)
+        if not init_from.is_dir():
+            raise ConfigError(f"--init-from {init_from} does not exist: pass the folder of a trained {kind}")
         if not recipe.needs_autoencoder:
             tokenizer = _init_tokenizer(init_from, tokenizer)
     tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(docs, data_cfg.vocab_size)

@@ -51,4 +51,6 @@ def test_bad_starting_points_are_clear_errors(small_ar, synthetic_files, tmp_pat
     with pytest.raises(ConfigError, match="is not the tokenizer of"):
         run_training("ar", data, tmp_path / "c", preset="cpu-tiny", overrides=["train.steps=1"],
                      tokenizer=synthetic_files / "tokenizer", init_from=small_ar / "ar", progress=False)
+    with pytest.raises(ConfigError, match="does not exist: pass the folder of a trained ar"):
+        run_training("ar", data, tmp_path / "d", preset="cpu-tiny", init_from=tmp_path / "missing", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # nothing written before the check
