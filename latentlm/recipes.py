@@ -268,9 +268,12 @@ def run_training(
     else:
         docs, valid_docs = split_documents(docs, data_cfg.valid_fraction, seed=train_cfg.seed)
     if init_from is not None:
+        from latentlm.loading import is_pipeline_folder, read_model_config
+
+        if not str(init_from).strip() or not Path(init_from).is_dir():
+            raise ConfigError(f"--init-from {str(init_from)!r} does not exist: pass the folder of a trained {kind}")
         init_from = Path(init_from)
-        if not init_from.is_dir():
-            raise ConfigError(f"--init-from {init_from} does not exist: pass the folder of a trained {kind}")
+        read_model_config(init_from / "denoiser" if is_pipeline_folder(init_from) else init_from)  # a model folder
         if not recipe.needs_autoencoder:
             tokenizer = _init_tokenizer(init_from, tokenizer)
     tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(docs, data_cfg.vocab_size)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentlm.data import load_tokenizer
-from latentlm.errors import ConfigError
+from latentlm.errors import CheckpointError, ConfigError
 from latentlm.loading import load_model
 from latentlm.recipes import get_recipe, load_initial_weights, resolve_run_config, run_training
 
@@ -53,4 +53,8 @@ def test_bad_starting_points_are_clear_errors(small_ar, synthetic_files, tmp_pat
                      tokenizer=synthetic_files / "tokenizer", init_from=small_ar / "ar", progress=False)
     with pytest.raises(ConfigError, match="does not exist: pass the folder of a trained ar"):
         run_training("ar", data, tmp_path / "d", preset="cpu-tiny", init_from=tmp_path / "missing", progress=False)
+    (tmp_path / "text").mkdir()
+    for bad, message in ((tmp_path / "text", "is not a saved latentlm model"), ("", "does not exist")):
+        with pytest.raises((ConfigError, CheckpointError), match=message):
+            run_training("ar", data, tmp_path / "e", preset="cpu-tiny", init_from=bad, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # nothing written before the check
