@@ -1,6 +1,7 @@
 """The one training loop of latentlm, on accelerate, used by every model.
 
-``train(model, loss_fn, data, cfg, out_dir)`` runs AdamW with warmup + cosine
+``train(model, loss_fn, data, cfg, out_dir)`` runs AdamW (or Muon on the
+transformer blocks' matrices: :mod:`latentlm.optim`) with warmup + cosine
 (diffusers' ``get_scheduler``), gradient clipping and accumulation, mixed
 precision (decided once, in :func:`resolve_mixed_precision`), optional EMA
 (diffusers' ``EMAModel``), periodic validation, atomic checkpoints, resume,
@@ -51,6 +52,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from latentlm.errors import CheckpointError, ConfigError, TrainingDivergedError
+from latentlm.optim import OPTIMIZERS, make_optimizer
 
 Batch = dict[str, torch.Tensor]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
@@ -68,6 +70,7 @@ class TrainConfig:
     batch_size: int = 32  # global batch, sequences per optimizer step
     grad_accum: int = 1
     lr: float = 3e-4
+    optimizer: str = "adamw"  # or "muon": Muon on the transformer blocks' matrices, AdamW on the rest
     warmup_steps: int = 100
     lr_schedule: str = "cosine"  # any diffusers get_scheduler name
     weight_decay: float = 0.1
@@ -91,6 +94,8 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "save_every", "grad_clip", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
@@ -240,14 +245,6 @@ class _TrainerState:
         self.step = int(state["step"])
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _count_tokens(batch: Batch) -> int:
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
@@ -334,10 +331,8 @@ def train(
         if run_config is not None:
             write_text_atomic(out_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
 
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-        foreach=True,
-    )
+    optimizer = make_optimizer(model, cfg.optimizer, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                               weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps
     )

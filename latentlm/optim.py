@@ -1,0 +1,77 @@
+"""Optimizers of the training loop: AdamW, or Muon on the hidden weight matrices.
+
+Muon (Jordan et al. 2024) orthogonalises the momentum of each 2-D weight
+matrix by Newton-Schulz iterations before the update; it trains transformers
+in fewer steps than AdamW (Liu et al. 2025, "Muon is scalable for LLM
+training"). It only suits the hidden matrices: embeddings, input/output
+projections, norms and biases stay on AdamW. Both use the same learning rate
+and schedule: ``torch.optim.Muon(adjust_lr_fn="match_rms_adamw")`` scales each
+matrix's update to AdamW's RMS (0.2 sqrt(max(A, B))), so one ``train.lr``
+serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
+    """A 2-D weight inside the transformer blocks (``...blocks.<i>...``): Muon's parameters."""
+    return p.dim() == 2 and ".blocks." in f".{name}"
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """``torch.optim.Muon`` for the hidden matrices and ``torch.optim.AdamW`` for the rest,
+    as one optimizer: one ``step``, one ``state_dict``, and ``param_groups`` that a
+    learning-rate scheduler sets for both."""
+
+    def __init__(self, muon_params: list[torch.Tensor], adamw_groups: list[dict[str, Any]], *, lr: float,
+                 betas: tuple[float, float], weight_decay: float) -> None:
+        self.muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, foreach=True)
+        # the inner optimizers' group dicts themselves, so a scheduler's lr reaches them
+        super().__init__(self.muon.param_groups + self.adamw.param_groups, {})
+
+    def _share_groups(self) -> None:
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self._share_groups()  # load_state_dict replaces the inner group dicts
+
+
+def make_optimizer(model: torch.nn.Module, name: str, *, lr: float, betas: tuple[float, float],
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer ``name`` (one of :data:`OPTIMIZERS`) over ``model``'s trainable parameters.
+
+    Weight decay applies to matrices only (not to norms and biases), in both optimizers.
+    """
+    named: Iterable[tuple[str, torch.Tensor]] = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for n, p in named if name == "muon" and is_hidden_matrix(n, p)]
+    ids = {id(p) for p in hidden}
+    rest = [p for _, p in named if id(p) not in ids]
+    groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if name == "adamw" or not hidden:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+    return MuonWithAdamW(hidden, groups, lr=lr, betas=betas, weight_decay=weight_decay)

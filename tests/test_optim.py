@@ -1,0 +1,67 @@
+"""Muon + AdamW: parameter split, a shared learning-rate schedule, training and exact resume."""
+
+import pytest
+import torch
+from diffusers.optimization import get_scheduler
+
+from latentlm.baselines.autoregressive import ar_loss
+from latentlm.errors import ConfigError
+from latentlm.optim import MuonWithAdamW, is_hidden_matrix, make_optimizer
+from latentlm.training import TrainConfig, train
+
+from .scripts.tiny_run import RandomTokens, tiny_model
+from .test_training import cfg, same_weights
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = tiny_model()
+    opt = make_optimizer(model, "muon", lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    assert isinstance(opt, MuonWithAdamW)
+    muon = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    adamw = {id(p) for g in opt.adamw.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in muon) == (p.dim() == 2 and ".blocks." in f".{name}"), name
+        assert (id(p) in muon) != (id(p) in adamw), name  # every parameter in exactly one optimizer
+    assert any(is_hidden_matrix(n, p) for n, p in model.named_parameters())
+    assert not any(is_hidden_matrix(n, p) for n, p in model.named_parameters() if "embed" in n)
+
+
+def test_one_schedule_sets_both_learning_rates():
+    opt = make_optimizer(tiny_model(), "muon", lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=2, num_training_steps=10)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    lrs = {g["lr"] for o in (opt.muon, opt.adamw) for g in o.param_groups}
+    assert len(lrs) == 1 and 0 < lrs.pop() < 1e-3
+
+
+def test_muon_overfits_one_batch(tmp_path):
+    class OneBatch:
+        def batch(self, step):
+            return RandomTokens().batch(0)
+
+    r = train(tiny_model(), ar_loss, OneBatch(), cfg(steps=150, ema_decay=0.0, warmup_steps=10, optimizer="muon"),
+              tmp_path, progress=False)
+    first = r.history[0]["loss"]
+    assert first > 3.0 and r.train_loss < 0.1, (first, r.train_loss)
+
+
+def test_muon_run_resumes_exactly(tmp_path):
+    muon = cfg(steps=20, optimizer="muon")
+    train(tiny_model(), ar_loss, RandomTokens(), muon, tmp_path / "full", progress=False)
+    train(tiny_model(), ar_loss, RandomTokens(), muon, tmp_path / "split", stop_after=8, progress=False)
+    rest = train(tiny_model(), ar_loss, RandomTokens(), muon, tmp_path / "split", progress=False)
+    assert rest.step == 20 and len(rest.history) == 12  # steps 9..20 only
+    assert same_weights(tmp_path / "full", tmp_path / "split")
+
+
+def test_unknown_optimizer_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.optimizer must be one of adamw, muon"):
+        TrainConfig(optimizer="sgd").validate()
+
+
+def test_adamw_is_the_default_and_unchanged():
+    opt = make_optimizer(tiny_model(), TrainConfig().optimizer, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    assert type(opt) is torch.optim.AdamW
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
