@@ -12,10 +12,12 @@ serves both.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
 from typing import Any
 
 import torch
+
+from latentlm.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -65,13 +67,18 @@ def make_optimizer(model: torch.nn.Module, name: str, *, lr: float, betas: tuple
 
     Weight decay applies to matrices only (not to norms and biases), in both optimizers.
     """
-    named: Iterable[tuple[str, torch.Tensor]] = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     hidden = [p for n, p in named if name == "muon" and is_hidden_matrix(n, p)]
     ids = {id(p) for p in hidden}
     rest = [p for _, p in named if id(p) not in ids]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    if name == "adamw" or not hidden:
+    if name == "muon" and not hidden:
+        warnings.warn(f"train.optimizer='muon': {type(model).__name__} has no 2-D weights under a `blocks` "
+                      "module, so every parameter is trained by AdamW", stacklevel=2)
+    if not hidden:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
     return MuonWithAdamW(hidden, groups, lr=lr, betas=betas, weight_decay=weight_decay)

@@ -324,6 +324,8 @@ def train(
             f"train.batch_size ({cfg.batch_size}) must be divisible by processes x grad_accum "
             f"({world} x {cfg.grad_accum})"
         )
+    if resume:
+        _check_same_optimizer(ckpt_root, cfg.optimizer)
     set_seed(cfg.seed)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -360,7 +362,8 @@ def train(
         accelerator.save_state(str(tmp))
         if main:
             files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            write_text_atomic(tmp / STATE_FILE, json.dumps({"step": state.step, "files": files}))
+            write_text_atomic(tmp / STATE_FILE, json.dumps({"step": state.step, "optimizer": cfg.optimizer,
+                                                             "files": files}))
             _fsync_dir(tmp)
             final = ckpt_root / name
             if final.exists():
@@ -462,6 +465,22 @@ def train(
     if cfg.log_with != "none":
         accelerator.end_training()
     return TrainResult(state.step, last_loss, valid_loss, interrupted, out_dir, history)
+
+
+def _check_same_optimizer(ckpt_root: Path, optimizer: str) -> None:
+    """Refuse (before anything is written) to resume checkpoints of another optimizer: their
+    state cannot be loaded, and starting over would replace them."""
+    for path in list_checkpoints(ckpt_root):
+        try:
+            saved = validate_checkpoint(path).get("optimizer", "adamw")  # written since Muon; AdamW before
+        except CheckpointError:
+            continue  # _resume warns about it
+        if saved != optimizer:
+            raise ConfigError(
+                f"{ckpt_root.parent} holds checkpoints of a run with train.optimizer={saved!r}, but this run "
+                f"uses {optimizer!r} (the cpu-tiny denoiser preset switched to Muon): resume it with "
+                f"--set train.optimizer={saved}, or pass a new --out")
+        return
 
 
 def _resume(accelerator: Accelerator, ckpt_root: Path) -> None:

@@ -65,3 +65,23 @@ def test_adamw_is_the_default_and_unchanged():
     opt = make_optimizer(tiny_model(), TrainConfig().optimizer, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     assert type(opt) is torch.optim.AdamW
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+
+
+def test_resuming_another_optimizers_checkpoints_is_refused_and_keeps_them(tmp_path):
+    adamw = cfg(steps=20, save_every=4)
+    train(tiny_model(), ar_loss, RandomTokens(), adamw, tmp_path, stop_after=8, progress=False)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    config = (tmp_path / "run_config.json").read_text() if (tmp_path / "run_config.json").exists() else None
+    with pytest.raises(ConfigError, match="train.optimizer='adamw'.*--set train.optimizer=adamw"):
+        train(tiny_model(), ar_loss, RandomTokens(), cfg(steps=20, save_every=4, optimizer="muon"), tmp_path,
+              run_config={"changed": True}, progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    assert ((tmp_path / "run_config.json").read_text() if config is not None else None) == config
+    rest = train(tiny_model(), ar_loss, RandomTokens(), adamw, tmp_path, progress=False)  # the right one resumes
+    assert rest.step == 20 and len(rest.history) == 12
+
+
+def test_muon_on_a_model_without_blocks_warns_and_uses_adamw():
+    with pytest.warns(UserWarning, match="no 2-D weights under a `blocks` module"):
+        opt = make_optimizer(torch.nn.Linear(4, 4), "muon", lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    assert type(opt) is torch.optim.AdamW
