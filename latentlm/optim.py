@@ -69,10 +69,11 @@ def make_optimizer(model: torch.nn.Module, name: str, *, lr: float, betas: tuple
     """
     if name not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    hidden = [p for n, p in named if name == "muon" and is_hidden_matrix(n, p)]
-    ids = {id(p) for p in hidden}
-    rest = [p for _, p in named if id(p) not in ids]
+    hidden: list[torch.Tensor] = []
+    rest: list[torch.Tensor] = []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (hidden if name == "muon" and is_hidden_matrix(n, p) else rest).append(p)
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
