@@ -76,7 +76,10 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["step"] == 10
-    train(tiny_model(), ar_loss, RandomTokens(), cfg(save_every=3), tmp_path / "ref", progress=False)
+    # the reference is the same script uninterrupted: one CPU thread, as the killed run had
+    ref = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "ref"), "10", "--save-every", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
     assert same_weights(out, tmp_path / "ref")
 
 
