@@ -352,6 +352,8 @@ def train(
 
     if resume:
         _resume(accelerator, ckpt_root)
+        if ema is not None:
+            ema.to(accelerator.device)  # EMAModel.load_state_dict keeps the checkpoint's (CPU) tensors
 
     def save_checkpoint() -> None:
         name = f"step-{state.step:08d}"
