@@ -103,11 +103,12 @@ def encode_prompts(autoencoder, ids: list[list[int]], pad_id: int, device) -> tu
     if longest == 0:
         return None, None
     k = autoencoder.config.tokens_per_latent
-    x = torch.full((len(ids), longest), pad_id, dtype=torch.long, device=device)
+    x = torch.full((len(ids), longest), pad_id, dtype=torch.long)  # built on the host, moved once
     m = torch.zeros_like(x)
     for r, row in enumerate(ids):
-        x[r, : len(row)] = torch.tensor(row, device=device)
+        x[r, : len(row)] = torch.tensor(row, dtype=torch.long)
         m[r, : len(row)] = 1
+    x, m = x.to(device), m.to(device)
     z = autoencoder.encode(x, m).float()  # (b, ceil(longest / k), d)
     real = F.pad(m, (0, z.shape[1] * k - longest)).reshape(len(ids), -1, k).any(-1)
     return left_align(z, real)
@@ -144,14 +145,14 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     n_max = min(s, limit) // k  # the continuation: at most what the autoencoder encodes in one row
     n = int(torch.randint(max(1, int(n_max * cfg.min_latents_fraction)), n_max + 1, ()).item())
     pad = autoencoder.config.pad_token_id
-    cont = torch.full((b, n * k), pad, dtype=torch.long, device=device)
-    cont_mask = torch.zeros_like(cont)
-    prompts = []
-    for r in range(b):
-        rest = ids[r, split[r] : lengths[r]][: n * k]
-        cont[r, : len(rest)] = rest
-        cont_mask[r, : len(rest)] = 1
-        prompts.append(ids[r, max(0, split[r] - limit) : split[r]].tolist())  # the pipeline's truncation
+    # the continuation: tokens split .. split + n k - 1 of each row, pads past the text; one gather,
+    # since per-row slices with device indices cost a GPU sync each (input-bound at large batches)
+    pos = split[:, None] + torch.arange(n * k, device=device)[None, :]  # (b, n k)
+    cont_mask = (pos < lengths[:, None]).long()
+    cont = torch.where(cont_mask.bool(), ids.gather(1, pos.clamp(max=s - 1)), pad).long()
+    ids_cpu = ids.cpu()
+    prompts = [ids_cpu[r, max(0, p - limit) : p].tolist()  # the pipeline's truncation
+               for r, p in enumerate(split.tolist())]
     with torch.no_grad():
         z0 = autoencoder.encode(cont, cont_mask).float()  # (b, n, d)
         prompt, prompt_mask = encode_prompts(autoencoder, prompts, pad, device)

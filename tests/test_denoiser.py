@@ -175,3 +175,29 @@ def test_training_prompt_keeps_the_last_max_seq_len_tokens(ae, tiny_tokenizer, m
     cfg = DenoiserLossConfig(p_self_cond=0.0, min_latents_fraction=1.0)
     out = denoiser_loss(den, b, autoencoder=ae, cfg=cfg)
     assert seen["p"] == [ids[0, 40 - limit : 40].tolist()] and torch.isfinite(out.loss)
+
+
+def test_continuations_and_prompts_are_the_rows_split_at_the_split_points(ae, tiny_tokenizer, monkeypatch):
+    """The batched gather gives, per row, the tokens from the split to the end of the text (then
+    pads) as the continuation, and the tokens before the split as the prompt, at any split."""
+    import latentlm.diffusion.losses as losses
+
+    texts = ["lily had a red kite. tom smiled.", "the sun was warm.", "a cat sat. " * 6, "ok."]
+    b = batch(tiny_tokenizer, texts)
+    lengths = b["attention_mask"].sum(1)
+    split = torch.tensor([5, 0, 31, int(lengths[3]) - 1])  # inside, unconditional, at the row end, last token
+    monkeypatch.setattr(losses, "split_points", lambda ids, lengths, cfg, ends=None: split)
+    seen = {}
+    real_prompts, real_encode = losses.encode_prompts, ae.encode
+    monkeypatch.setattr(losses, "encode_prompts", lambda a, p, pad, dev: seen.update(p=p) or real_prompts(a, p, pad, dev))
+    monkeypatch.setattr(ae, "encode", lambda x, m: seen.setdefault("cont", (x, m)) and real_encode(x, m))
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8)
+    cfg = DenoiserLossConfig(p_self_cond=0.0, min_latents_fraction=1.0)
+    assert torch.isfinite(denoiser_loss(den, b, autoencoder=ae, cfg=cfg).loss)
+    cont, mask = seen["cont"]
+    pad = ae.config.pad_token_id
+    for r in range(len(texts)):
+        rest = b["input_ids"][r, split[r] : lengths[r]].tolist()
+        assert cont[r, : len(rest)].tolist() == rest and (cont[r, len(rest) :] == pad).all()
+        assert mask[r].tolist() == [1] * len(rest) + [0] * (cont.shape[1] - len(rest))
+        assert seen["p"][r] == b["input_ids"][r, : split[r]].tolist()
