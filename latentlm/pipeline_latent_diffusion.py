@@ -15,6 +15,7 @@ unchanged in front of the continuation.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -60,6 +61,17 @@ def make_scheduler(name: str, denoiser) -> object:
     if name == "dpm++":
         return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **kwargs)
     return SCHEDULERS[name](clip_sample=False, **kwargs)
+
+
+class _NoEmptyFp32ModulesWarning(logging.Filter):
+    """diffusers (0.42) warns on every ``ModelMixin.to(dtype)`` that modules "should be kept in
+    float32: []", an empty list: our models keep none in float32. Drops that message alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFp32ModulesWarning())
 
 
 @dataclass
