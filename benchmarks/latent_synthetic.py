@@ -26,7 +26,16 @@ from latentlm.data.tokenizer import train_tokenizer
 from latentlm.eval.consistency import synthetic_probe
 from latentlm.loading import load_pipeline
 from latentlm.pipeline_latent_diffusion import make_scheduler
-from latentlm.recipes import run_training
+from latentlm.recipes import run_training as _run_training
+
+
+def run_training(kind: str, *args, **kwargs):
+    """The library's run_training, but an interrupted run (SIGTERM, Ctrl-C) ends the benchmark: the
+    checkpoint is saved and rerunning the same command resumes it."""
+    result = _run_training(kind, *args, **kwargs)
+    if result.interrupted:
+        raise SystemExit(f"{kind} training interrupted at step {result.step}; rerun the command to resume")
+    return result
 
 
 @torch.no_grad()
