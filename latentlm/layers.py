@@ -18,8 +18,18 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from latentlm.errors import InputError
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``scaled_dot_product_attention``; in bf16 on the CPU through the math kernel, which is 2-4x
+    faster there than the flash kernel for forward + backward at 40-96 positions, at the same error."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def RMSNorm(dim: int, eps: float = 1e-6) -> nn.RMSNorm:  # noqa: N802 - reads as a layer
@@ -127,7 +137,7 @@ class Attention(nn.Module):
             weights = scores.float().softmax(dim=-1).to(q.dtype)
             y = weights @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = _attention(q, k, v, mask)
         return self.out(y.transpose(1, 2).reshape(b, s, d)), weights
 
 

@@ -81,3 +81,20 @@ def test_timestep_embedding_distinguishes_times():
     emb = TimestepEmbedder(32)
     e = emb(torch.tensor([0.0, 0.5, 1.0]))
     assert e.shape == (3, 32) and not torch.allclose(e[0], e[1])
+
+
+def test_bf16_cpu_attention_matches_float32():
+    """In bf16 on the CPU attention goes through the math kernel (faster there): same answer as
+    float32 within bf16 precision, padding mask included."""
+    from latentlm.layers import _attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 24, 16) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 24, dtype=torch.bool)
+    mask[1, ..., 20:] = False
+    ref = _attention(q, k, v, mask)
+    out = _attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=3e-2)
+    v_pad = v.clone()
+    v_pad[1, :, 20:] = 1e3  # masked keys: their values must not leak in
+    assert torch.allclose(_attention(q.bfloat16(), k.bfloat16(), v_pad.bfloat16(), mask).float(), ref, atol=3e-2)
