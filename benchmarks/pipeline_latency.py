@@ -47,6 +47,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = p.parse_args()
+    for name in ("batch", "steps"):
+        if min(getattr(args, name)) < 1:
+            p.error(f"--{name} values must be positive integers")
+    if args.repeats < 1 or args.new_tokens < 1:
+        p.error("--repeats and --new-tokens must be positive integers")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
