@@ -166,6 +166,7 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         semantic_model: str = MINILM,
         semantic_trainable: bool = False,
         normalization: str = "l2",
+        encoder_context: str = "sequence",
         pad_token_id: int = 0,
         eot_token_id: int = 1,
         token_texts: list[str] | None = None,
@@ -175,6 +176,11 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
             raise InputError(f"encoder_type must be 'scratch' or 'semantic', got {encoder_type!r}")
         if normalization not in ("l2", "standardize"):
             raise InputError(f"normalization must be 'l2' or 'standardize', got {normalization!r}")
+        if encoder_context not in ("sequence", "chunk"):
+            raise InputError(f"encoder_context must be 'sequence' or 'chunk', got {encoder_context!r}")
+        if encoder_context == "chunk" and encoder_type != "scratch":
+            raise InputError("encoder_context='chunk' needs encoder_type='scratch': a pretrained encoder reads "
+                             "whole sentences")
         if max_seq_len % tokens_per_latent:
             raise InputError(f"max_seq_len ({max_seq_len}) must be a multiple of tokens_per_latent "
                              f"({tokens_per_latent})")
@@ -228,9 +234,29 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         h = self.embed(input_ids)  # (b, s, dim)
         if self.semantic is not None:
             h = h + self.semantic_proj(self.semantic(input_ids, attention_mask).to(h.dtype))
-        h, _ = self.encoder(h, attention_mask=attention_mask)
+        if self.config.encoder_context == "chunk":
+            h = self._encode_chunks(h, input_ids, attention_mask)
+        else:
+            h, _ = self.encoder(h, attention_mask=attention_mask)
         z = self.to_latent(h.reshape(b, -1, k * h.shape[-1]))  # (b, n, latent_dim)
         return self.normalize(z)
+
+    def _encode_chunks(self, h: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Chunk-local encoder: token states (b, s, dim) -> (b, s, dim), each group of k tokens mixed
+        alone. Groups of padding only are all the same group, so it is encoded once: the cost follows
+        the real tokens, not the padded width (the prompts of a batch differ in length)."""
+        b, s, w = h.shape
+        k = self.config.tokens_per_latent
+        g = b * s // k
+        h, m = h.reshape(g, k, w), attention_mask.reshape(g, k)
+        padding = ~m.bool().any(1) & (input_ids.reshape(g, k) == self.config.pad_token_id).all(1)
+        if not bool(padding.any()):
+            return self.encoder(h, attention_mask=m)[0].reshape(b, s, w)
+        picked = torch.cat([(~padding).nonzero()[:, 0], padding.nonzero()[:1, 0]])  # the last stands for all
+        out, _ = self.encoder(h[picked], attention_mask=m[picked])
+        full = out[-1:].expand(g, k, w).clone()
+        full[picked[:-1]] = out[:-1]
+        return full.reshape(b, s, w)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (b, n, latent_dim) -> logits (b, n * k, vocab), all positions at once."""

@@ -55,6 +55,9 @@ class DenoiserLossConfig:
     # training rows in autoencoder lengths: 2 also shows a long prompt followed by a long continuation
     # (better-formed text after long prompts, but the prompt's names are copied less; docs/latent_diffusion.md)
     row_lengths: int = 1
+    # a chunk-local autoencoder (encoder_context = "chunk") maps each group of k tokens to one latent
+    # forever: encode each distinct group once and look it up after (autoencoder/latent_cache.py)
+    cache_latents: bool = True
 
     def validate(self) -> None:
         for name in ("p_unconditional", "p_prompt_drop", "p_self_cond", "p_sentence_split"):
@@ -133,7 +136,9 @@ def split_points(ids: torch.Tensor, lengths: torch.Tensor, cfg: DenoiserLossConf
 
 
 def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: DenoiserLossConfig,
-                  sentence_ends: torch.Tensor | None = None) -> LossOutput:
+                  sentence_ends: torch.Tensor | None = None, latent_cache=None) -> LossOutput:
+    """The loss of one batch; ``latent_cache`` (a ``ChunkLatentCache`` of ``autoencoder``), when given,
+    encodes in its place."""
     ids, mask = batch["input_ids"], batch["attention_mask"]  # (b, s) documents + eot + pads
     device = ids.device
     autoencoder = autoencoder.to(device).eval()
@@ -153,9 +158,10 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     ids_cpu = ids.cpu()
     prompts = [ids_cpu[r, max(0, p - limit) : p].tolist()  # the pipeline's truncation
                for r, p in enumerate(split.tolist())]
+    encoder = autoencoder if latent_cache is None else latent_cache
     with torch.no_grad():
-        z0 = autoencoder.encode(cont, cont_mask).float()  # (b, n, d)
-        prompt, prompt_mask = encode_prompts(autoencoder, prompts, pad, device)
+        z0 = encoder.encode(cont, cont_mask).float()  # (b, n, d)
+        prompt, prompt_mask = encode_prompts(encoder, prompts, pad, device)
         if prompt is not None:
             keep = (torch.rand(b, device=device) >= cfg.p_prompt_drop).long()[:, None]
             prompt_mask = prompt_mask * keep

@@ -120,8 +120,11 @@ class AutoencoderConfig:
     semantic_model: str = "all-MiniLM-L6-v2"
     semantic_trainable: bool = False
     normalization: str = "l2"  # or "standardize"
+    encoder_context: str = "sequence"  # or "chunk": each latent encodes its own k tokens alone
 
     def validate(self) -> None:
+        if self.encoder_context not in ("sequence", "chunk"):
+            raise ConfigError(f"model.encoder_context must be 'sequence' or 'chunk', got {self.encoder_context!r}")
         if self.encoder_type not in ("scratch", "semantic"):
             raise ConfigError(f"model.encoder_type must be 'scratch' or 'semantic', got {self.encoder_type!r}")
         if self.normalization not in ("l2", "standardize"):
@@ -182,9 +185,17 @@ def _denoiser_recipe() -> Recipe:
         pipe = LatentDiffusionPipeline(tok, ctx["autoencoder"], model, make_scheduler(ctx["sampler"], model))
         pipe.save_pretrained(folder)
 
-    return Recipe("denoiser", DenoiserConfig, build,
-                  lambda cfg, ctx: functools.partial(denoiser_loss, autoencoder=ctx["autoencoder"],
-                                                     cfg=cfg["loss"], sentence_ends=ctx["sentence_ends"]),
+    def make_loss(cfg: dict[str, Any], ctx: dict[str, Any]) -> LossFn:
+        ae = ctx["autoencoder"]
+        cache = None
+        if cfg["loss"].cache_latents and getattr(ae.config, "encoder_context", "sequence") == "chunk":
+            from latentlm.autoencoder.latent_cache import ChunkLatentCache
+
+            cache = ChunkLatentCache(ae)
+        return functools.partial(denoiser_loss, autoencoder=ae, cfg=cfg["loss"],
+                                 sentence_ends=ctx["sentence_ends"], latent_cache=cache)
+
+    return Recipe("denoiser", DenoiserConfig, build, make_loss,
                   layout="document", extra_sections={"loss": DenoiserLossConfig},
                   needs_autoencoder=True, export=export)
 

@@ -96,3 +96,60 @@ def test_semantic_encoder_aligns_and_roundtrips(tiny_tokenizer, tmp_path):
     ae.save_pretrained(tmp_path)
     again = TextAutoencoder.from_pretrained(tmp_path).eval()
     assert torch.allclose(again.encode(ids, mask), z, atol=1e-6)
+
+
+def test_chunk_encoder_latents_depend_only_on_their_own_tokens(tiny_tokenizer):
+    torch.manual_seed(0)
+    kw = dict(vocab_size=len(tiny_tokenizer), max_seq_len=32, tokens_per_latent=4, latent_dim=8, dim=32,
+              encoder_depth=1, decoder_depth=1)
+    chunk = TextAutoencoder(encoder_context="chunk", **kw).eval()
+    torch.manual_seed(0)
+    sequence = TextAutoencoder(**kw).eval()
+    ids = torch.randint(3, len(tiny_tokenizer), (1, 12))
+    changed = ids.clone()
+    changed[0, 8:] = (changed[0, 8:] + 1 - 3) % (len(tiny_tokenizer) - 3) + 3  # only the third chunk differs
+    for ae, same in ((chunk, True), (sequence, False)):
+        z, z2 = ae.encode(ids), ae.encode(changed)
+        assert not torch.allclose(z[0, 2], z2[0, 2], atol=1e-4)
+        assert torch.allclose(z[0, :2], z2[0, :2], atol=1e-5) == same
+    # a chunk's latent is the same wherever it stands: the encoder reads no position outside the chunk
+    shifted = torch.cat([ids[:, 4:8], ids[:, :4]], 1)
+    z, zs = chunk.encode(ids), chunk.encode(shifted)
+    assert torch.allclose(z[0, 0], zs[0, 1], atol=1e-5) and torch.allclose(z[0, 1], zs[0, 0], atol=1e-5)
+    # padding groups are encoded once for the batch: the same latents as each row alone
+    short, long = ids[:, :5], torch.cat([ids, ids], 1)
+    batch = torch.full((2, 24), tiny_tokenizer.pad_token_id)
+    batch[0, :5], batch[1] = short[0], long[0]
+    mask = (batch != tiny_tokenizer.pad_token_id).long()
+    zb = chunk.encode(batch, mask)
+    assert torch.allclose(zb[0, :2], chunk.encode(short)[0], atol=1e-5)
+    assert torch.allclose(zb[1], chunk.encode(long)[0], atol=1e-5)
+    alone = chunk.encode(torch.full((1, 4), tiny_tokenizer.pad_token_id), torch.zeros(1, 4, dtype=torch.long))
+    assert torch.allclose(zb[0, 2:], alone[0].expand(4, -1), atol=1e-5)
+    with pytest.raises(InputError, match="encoder_context"):
+        TextAutoencoder(encoder_context="window", **kw)
+    with pytest.raises(InputError, match="needs encoder_type='scratch'"):
+        TextAutoencoder(encoder_context="chunk", encoder_type="semantic", token_texts=["x"] * kw["vocab_size"], **kw)
+
+
+def test_chunk_latent_cache_gives_the_autoencoders_latents(tiny_tokenizer):
+    from latentlm.autoencoder.latent_cache import ChunkLatentCache
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=8, dim=32, encoder_depth=1, decoder_depth=1)
+    ae = TextAutoencoder(encoder_context="chunk", **kw).eval()
+    texts = ["lily had a red kite.", "tom smiled. the sun was warm and the sky was clear."]
+    ids, mask = encode_texts(texts, tiny_tokenizer, 32)
+    cache = ChunkLatentCache(ae)
+    first = cache.encode(ids, mask)
+    assert first.dtype == torch.float32 and cache.hits == 0
+    assert torch.allclose(first, ae.encode(ids, mask), atol=1e-5)
+    misses = cache.misses
+    again = cache.encode(ids[:, 1:], mask[:, 1:])  # regrouped: some groups new, the padding group known
+    assert torch.allclose(again, ae.encode(ids[:, 1:], mask[:, 1:]), atol=1e-5)
+    assert torch.equal(cache.encode(ids, mask), first) and cache.hits > 0 and cache.misses > misses
+    full = ChunkLatentCache(ae, max_entries=3)  # past its room, new groups are still encoded right
+    assert torch.allclose(full.encode(ids, mask), first, atol=1e-5) and len(full) == 3
+    assert torch.allclose(full.encode(ids, mask), first, atol=1e-5)
+    with pytest.raises(InputError, match="encoder_context='chunk'"):
+        ChunkLatentCache(TextAutoencoder(**kw))

@@ -201,3 +201,34 @@ def test_continuations_and_prompts_are_the_rows_split_at_the_split_points(ae, ti
         assert cont[r, : len(rest)].tolist() == rest and (cont[r, len(rest) :] == pad).all()
         assert mask[r].tolist() == [1] * len(rest) + [0] * (cont.shape[1] - len(rest))
         assert seen["p"][r] == b["input_ids"][r, : split[r]].tolist()
+
+
+def test_the_loss_with_a_latent_cache_is_the_loss_without(tiny_tokenizer):
+    from latentlm.autoencoder.latent_cache import ChunkLatentCache
+
+    torch.manual_seed(0)
+    ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=8, dim=32, encoder_depth=1,
+                         decoder_depth=1, encoder_context="chunk").eval()
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8)
+    b = batch(tiny_tokenizer, ["lily had a red kite. the sun was warm.", "tom smiled.", "a cat sat. " * 4])
+    cache, cfg = ChunkLatentCache(ae), DenoiserLossConfig()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        plain = denoiser_loss(den, b, autoencoder=ae, cfg=cfg).loss
+        torch.manual_seed(seed)
+        cached = denoiser_loss(den, b, autoencoder=ae, cfg=cfg, latent_cache=cache).loss
+        assert torch.allclose(plain, cached, atol=1e-5)
+    assert cache.hits > 0
+
+
+def test_the_recipe_caches_latents_of_a_chunk_encoder_only(tiny_tokenizer):
+    from latentlm.autoencoder.latent_cache import ChunkLatentCache
+    from latentlm.recipes import get_recipe, resolve_run_config
+
+    recipe = get_recipe("denoiser")
+    for context, cache_latents, cached in (("chunk", True, True), ("chunk", False, False), ("sequence", True, False)):
+        ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=8, dim=32, encoder_depth=1,
+                             decoder_depth=1, encoder_context=context)
+        cfg = resolve_run_config("denoiser", overrides=[f"loss.cache_latents={str(cache_latents).lower()}"])
+        loss = recipe.make_loss(cfg, {"autoencoder": ae, "sentence_ends": None})
+        assert isinstance(loss.keywords["latent_cache"], ChunkLatentCache) == cached
