@@ -232,3 +232,28 @@ def test_the_recipe_caches_latents_of_a_chunk_encoder_only(tiny_tokenizer):
         cfg = resolve_run_config("denoiser", overrides=[f"loss.cache_latents={str(cache_latents).lower()}"])
         loss = recipe.make_loss(cfg, {"autoencoder": ae, "sentence_ends": None})
         assert isinstance(loss.keywords["latent_cache"], ChunkLatentCache) == cached
+
+
+
+def test_rows_grouped_by_prompt_length_run_with_their_groups_padding_only():
+    from latentlm.diffusion.losses import by_prompt_length
+
+    torch.manual_seed(0)
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8).eval()
+    for block in den.backbone.blocks:  # adaLN-Zero starts as the identity: make the blocks count
+        torch.nn.init.normal_(block.ada[1].weight, std=0.1)
+    torch.nn.init.normal_(den.out.weight, std=0.1)
+    z_t, t = torch.randn(4, 3, 8), torch.rand(4)
+    lengths = torch.tensor([5, 1, 0, 3])
+    prompt_mask = (torch.arange(5)[None] >= 5 - lengths[:, None]).long()  # left-padded
+    prompt = torch.randn(4, 5, 8) * prompt_mask[..., None]
+    assert torch.equal(by_prompt_length(den, 1, z_t, t, prompt, prompt_mask), den(z_t, t, prompt, prompt_mask))
+    grouped = by_prompt_length(den, 2, z_t, t, prompt, prompt_mask)
+    short, long = [1, 2], [0, 3]  # prompt lengths (1, 0) and (5, 3)
+    expected = torch.empty_like(grouped)
+    expected[short] = den(z_t[short], t[short], prompt[short, -1:], prompt_mask[short, -1:])  # cut to 1 slot
+    expected[long] = den(z_t[long], t[long], prompt[long], prompt_mask[long])
+    assert torch.allclose(grouped, expected, atol=1e-6)
+    assert not torch.allclose(grouped[short], den(z_t, t, prompt, prompt_mask)[short], atol=1e-4)  # less padding
+    with pytest.raises(ConfigError, match="prompt_groups"):
+        DenoiserLossConfig(prompt_groups=0).validate()
