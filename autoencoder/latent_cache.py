@@ -32,6 +32,8 @@ class ChunkLatentCache:
         if autoencoder.config.encoder_context != "chunk":
             raise InputError("ChunkLatentCache needs an autoencoder with encoder_context='chunk': a sequence "
                              "encoder's latents depend on the whole text, not on each group alone")
+        if max_entries < 0:
+            raise InputError(f"max_entries must be >= 0, got {max_entries}")
         self.autoencoder, self.max_entries = autoencoder, max_entries
         self.rows: dict[bytes, int] = {}  # group (its ids and mask, as bytes) -> row of self.table
         self.table: torch.Tensor | None = None  # (entries, latent_dim) float32
@@ -52,6 +54,8 @@ class ChunkLatentCache:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         b, s = input_ids.shape
+        if s > self.config.max_seq_len:  # the autoencoder's own limit, though groups would allow more
+            raise InputError(f"sequence of {s} tokens exceeds the autoencoder's maximum of {self.config.max_seq_len}")
         k = self.config.tokens_per_latent
         pad = (-s) % k
         ids = F.pad(input_ids, (0, pad), value=self.config.pad_token_id).reshape(-1, k)  # (g, k) groups

@@ -153,3 +153,9 @@ def test_chunk_latent_cache_gives_the_autoencoders_latents(tiny_tokenizer):
     assert torch.allclose(full.encode(ids, mask), first, atol=1e-5)
     with pytest.raises(InputError, match="encoder_context='chunk'"):
         ChunkLatentCache(TextAutoencoder(**kw))
+    with pytest.raises(InputError, match="exceeds the autoencoder's maximum"):
+        cache.encode(torch.ones(1, 33, dtype=torch.long))
+    with pytest.raises(InputError, match="seq_len >= 1"):
+        cache.encode(torch.ones(1, 0, dtype=torch.long))
+    with pytest.raises(InputError, match="max_entries"):
+        ChunkLatentCache(ae, max_entries=-1)
