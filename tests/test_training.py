@@ -12,7 +12,14 @@ from safetensors.torch import load_file
 
 from latentlm.baselines.autoregressive import ar_loss
 from latentlm.errors import ConfigError, TrainingDivergedError
-from latentlm.training import LossOutput, TrainConfig, list_checkpoints, train, validate_checkpoint
+from latentlm.training import (
+    LossOutput,
+    TrainConfig,
+    list_checkpoints,
+    resolve_mixed_precision,
+    train,
+    validate_checkpoint,
+)
 
 from .scripts.tiny_run import RandomTokens, tiny_model
 
@@ -45,6 +52,16 @@ def test_overfits_one_batch(tmp_path):
               progress=False)
     first = r.history[0]["loss"]
     assert first > 3.0 and r.train_loss < 0.1, (first, r.train_loss)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native):
+    """Emulated bf16 (an AVX2-only CPU) trains 11x slower than fp32: auto must pick fp32 there."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_mixed_precision("auto") == ("bf16" if native else "no")
+    assert resolve_mixed_precision("bf16") == "bf16"  # an explicit choice is kept
 
 
 @pytest.mark.parametrize("mp", ["no", "bf16"])
