@@ -129,6 +129,12 @@ def resolve_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX tiles)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch.cpu, so guarded
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def device_name(device: torch.device) -> str:
     """A readable name of ``device`` for reports: the GPU's model, or the CPU and its cores."""
     if device.type == "cuda":

@@ -8,16 +8,22 @@ projections, norms and biases stay on AdamW. Both use the same learning rate
 and schedule: ``torch.optim.Muon(adjust_lr_fn="match_rms_adamw")`` scales each
 matrix's update to AdamW's RMS (0.2 sqrt(max(A, B))), so one ``train.lr``
 serves both.
+torch's Muon orthogonalises in bfloat16; on a CPU that only emulates bf16 it
+runs in float32 instead (:func:`newton_schulz_float32`), 9x faster there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.optim._muon as _torch_muon
 
 from latentlm.errors import ConfigError
+from latentlm.loading import cpu_has_native_bf16
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -25,6 +31,35 @@ OPTIMIZERS = ("adamw", "muon")
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
     """A 2-D weight inside the transformer blocks (``...blocks.<i>...``): Muon's parameters."""
     return p.dim() == 2 and ".blocks." in f".{name}"
+
+
+def newton_schulz_float32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
+                          eps: float) -> torch.Tensor:
+    """torch's Muon orthogonalisation (quintic Newton-Schulz, X <- a X + (b A + c A^2) X with A = X X^T)
+    in float32 instead of its hard-coded bfloat16, for CPUs that only emulate bf16 (9x slower there)."""
+    a, b, c = ns_coefficients
+    x = grad.float()
+    wide = x.size(0) > x.size(1)
+    x = x.T if wide else x
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x.T if wide else x).to(grad.dtype)
+
+
+@contextlib.contextmanager
+def float32_newton_schulz(enabled: bool) -> Iterator[None]:
+    """Within the block, torch's Muon orthogonalises in float32 (when ``enabled``)."""
+    original = getattr(_torch_muon, "_zeropower_via_newtonschulz", None)
+    if not enabled or original is None:  # a torch without the private hook keeps its own
+        yield
+        return
+    _torch_muon._zeropower_via_newtonschulz = newton_schulz_float32
+    try:
+        yield
+    finally:
+        _torch_muon._zeropower_via_newtonschulz = original
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -48,7 +83,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.muon.step()
+        params = self.muon.param_groups[0]["params"]
+        with float32_newton_schulz(params[0].device.type == "cpu" and not cpu_has_native_bf16()):
+            self.muon.step()
         self.adamw.step()
         return loss
 

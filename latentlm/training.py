@@ -52,6 +52,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from latentlm.errors import CheckpointError, ConfigError, TrainingDivergedError
+from latentlm.loading import cpu_has_native_bf16
 from latentlm.optim import OPTIMIZERS, make_optimizer
 
 Batch = dict[str, torch.Tensor]
@@ -141,11 +142,6 @@ def resolve_mixed_precision(choice: MixedPrecision) -> str:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "no"
 
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX tiles)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch.cpu, so guarded
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 # ----------------------------------------------------------------------------- checkpoints

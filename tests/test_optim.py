@@ -2,11 +2,19 @@
 
 import pytest
 import torch
+import torch.optim._muon as torch_muon
 from diffusers.optimization import get_scheduler
 
+import latentlm.optim
 from latentlm.baselines.autoregressive import ar_loss
 from latentlm.errors import ConfigError
-from latentlm.optim import MuonWithAdamW, is_hidden_matrix, make_optimizer
+from latentlm.optim import (
+    MuonWithAdamW,
+    float32_newton_schulz,
+    is_hidden_matrix,
+    make_optimizer,
+    newton_schulz_float32,
+)
 from latentlm.training import TrainConfig, train
 
 from .scripts.tiny_run import RandomTokens, tiny_model
@@ -85,3 +93,33 @@ def test_muon_on_a_model_without_blocks_warns_and_uses_adamw():
     with pytest.warns(UserWarning, match="no 2-D weights under a `blocks` module"):
         opt = make_optimizer(torch.nn.Linear(4, 4), "muon", lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     assert type(opt) is torch.optim.AdamW
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48)])
+def test_float32_newton_schulz_matches_torchs_bfloat16_one(shape):
+    """The float32 orthogonalisation is torch's iteration at a higher precision: same result within bf16."""
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    ours = newton_schulz_float32(g, (3.4445, -4.7750, 2.0315), 5, 1e-7)
+    theirs = torch_muon._zeropower_via_newtonschulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7).float()
+    assert ours.dtype == g.dtype and ours.shape == g.shape
+    assert (ours - theirs).abs().max() < 0.03 * theirs.abs().max()
+    s = torch.linalg.svdvals(ours)  # orthogonalised: singular values near 1 (0.5-1.5 by design)
+    assert s.min() > 0.4 and s.max() < 1.6
+
+
+def test_muon_step_uses_float32_only_without_native_bf16(monkeypatch):
+    original = torch_muon._zeropower_via_newtonschulz
+    seen = []
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz",
+                        lambda *a: seen.append("torch") or original(*a))
+    opt = make_optimizer(tiny_model(), "muon", lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    for p in opt.muon.param_groups[0]["params"]:
+        p.grad = torch.randn_like(p)
+    for native in (True, False):
+        monkeypatch.setattr(latentlm.optim, "cpu_has_native_bf16", lambda native=native: native)
+        seen.clear()
+        opt.step()
+        assert bool(seen) == native  # emulated bf16: torch's bf16 iteration is swapped out
+    with float32_newton_schulz(True):
+        assert torch_muon._zeropower_via_newtonschulz is newton_schulz_float32
+    assert torch_muon._zeropower_via_newtonschulz is not newton_schulz_float32  # restored
