@@ -68,7 +68,7 @@ def one_step_diagnostic(pipe, held_out, times=(0.3, 0.5, 0.7, 0.9), n=128) -> li
         zt = a * z0 + s * torch.randn(z0.shape, generator=torch.Generator().manual_seed(0))
         row = {"t": t}
         for name, c, mm in (("right", ctx, cm), ("wrong", ctx[perm], cm[perm]), ("none", None, None)):
-            x0 = den.predict_x0(zt, tt, c, mm)
+            x0 = pipe.predict_x0(zt, tt, c, mm)
             hit = ae.decode(x0).argmax(-1) == x
             row[f"{name}_mse"] = float(((x0 - z0) ** 2).mean())
             row[f"{name}_acc"] = float((hit & m.bool()).sum() / m.sum())

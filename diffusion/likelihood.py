@@ -162,7 +162,7 @@ def pipeline_nll_bound(
             return torch.nn.functional.cross_entropy(logits.transpose(1, 2), cont, reduction="none").sum(1)
 
         def x0_fn(z_t: torch.Tensor, t: torch.Tensor, ctx=ctx, ctx_mask=ctx_mask) -> torch.Tensor:
-            return den.predict_x0(z_t.to(den.dtype), t, ctx, ctx_mask)
+            return pipe.predict_x0(z_t.to(den.dtype), t, ctx, ctx_mask)  # the time expert of each row
 
         terms = latent_bound(z0, decoder_nll, x0_fn, schedule, t0=t0, n_samples=n_samples, generator=gen)
         nats.append(float(terms.total[0]))

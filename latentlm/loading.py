@@ -99,6 +99,11 @@ def load_pipeline(folder: str | Path):
     tokenizer = load_tokenizer(folder / "tokenizer")
     autoencoder = load_model(folder / "autoencoder")
     denoiser = load_model(folder / "denoiser")
+    denoiser_2 = None  # the low-noise time expert, when the pipeline has two
+    if (spec.get("denoiser_2") or [None])[0] is not None:
+        if not (folder / "denoiser_2").is_dir():
+            raise CheckpointError(f"pipeline component 'denoiser_2' is missing from {folder}")
+        denoiser_2 = load_model(folder / "denoiser_2")
     sched_file = folder / "scheduler" / "scheduler_config.json"
     try:
         sched_cfg = json.loads(sched_file.read_text("utf-8"))
@@ -108,7 +113,7 @@ def load_pipeline(folder: str | Path):
     except (OSError, json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{sched_file} is missing or malformed: {e}") from None
     return LatentDiffusionPipeline(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
-                                   scheduler=scheduler)
+                                   scheduler=scheduler, denoiser_2=denoiser_2, boundary=spec.get("boundary"))
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -151,12 +156,14 @@ def describe(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if is_pipeline_folder(folder):
         pipe = load_pipeline(folder)
-        parts = {name: count_parameters(getattr(pipe, name)) for name in ("autoencoder", "denoiser")}
+        parts = {name: count_parameters(getattr(pipe, name)) for name in ("autoencoder", "denoiser", "denoiser_2")
+                 if getattr(pipe, name) is not None}
         return {"class": "LatentDiffusionPipeline", "parameters": sum(parts.values()),
                 "components": parts, "scheduler": type(pipe.scheduler).__name__,
                 "autoencoder": {k: v for k, v in pipe.autoencoder.config.items()
                                 if not k.startswith("_") and k != "token_texts"},
-                "denoiser": {k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")}}
+                "denoiser": {k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")},
+                **({"boundary": pipe.config.boundary} if pipe.denoiser_2 is not None else {})}
     cfg = read_model_config(folder)
     model = load_model(folder)
     return {"class": cfg["_class_name"], "parameters": count_parameters(model),

@@ -7,6 +7,11 @@ DDIM, DPM-Solver++ configured by :func:`make_scheduler`, swappable with
 ``pipe.scheduler = X.from_config(pipe.scheduler.config)``, or
 ``FlowMatchEulerDiscreteScheduler``, which gets its own loop branch).
 
+An optional ``denoiser_2`` with a ``boundary`` time makes two time experts, as
+diffusers' ``WanPipeline`` does with ``transformer_2`` and ``boundary_ratio``:
+``denoiser`` estimates at times t >= boundary (layout, high noise), ``denoiser_2``
+below it (details copied from the prompt, low noise).
+
 The prompt is encoded into clean latents (context); every continuation latent
 is updated in parallel at each step; the final latents are decoded in one
 parallel pass and cut at the first end-of-text; the prompt text is returned
@@ -63,6 +68,21 @@ def make_scheduler(name: str, denoiser) -> object:
     return SCHEDULERS[name](clip_sample=False, **kwargs)
 
 
+def _check_experts(denoiser, denoiser_2, boundary: float | None) -> None:
+    """Two time experts need a boundary in (0, 1) and the same noise schedule and inputs."""
+    if denoiser_2 is None and boundary is None:
+        return
+    if denoiser_2 is None or boundary is None:
+        raise CheckpointError("two time experts need both denoiser_2 and boundary (the time below which "
+                              "denoiser_2 estimates); pass both or neither")
+    if not (isinstance(boundary, (int, float)) and 0 < boundary < 1):
+        raise CheckpointError(f"boundary must be a time in (0, 1), got {boundary!r}")
+    for key in ("schedule", "schedule_shift", "self_conditioning"):
+        if denoiser.config[key] != denoiser_2.config[key]:
+            raise CheckpointError(f"denoiser and denoiser_2 differ in {key} ({denoiser.config[key]!r} against "
+                                  f"{denoiser_2.config[key]!r}): time experts share one sampler and its inputs")
+
+
 class _NoEmptyFp32ModulesWarning(logging.Filter):
     """diffusers (0.42) warns on every ``ModelMixin.to(dtype)`` that modules "should be kept in
     float32: []", an empty list: our models keep none in float32. Drops that message alone."""
@@ -89,20 +109,42 @@ class LatentDiffusionPipelineOutput(BaseOutput):
 class LatentDiffusionPipeline(DiffusionPipeline):
     """Text generation by diffusion in a text autoencoder's latent space."""
 
-    model_cpu_offload_seq = "autoencoder->denoiser"
+    model_cpu_offload_seq = "autoencoder->denoiser->denoiser_2"
+    _optional_components = ["denoiser_2"]
 
-    def __init__(self, tokenizer, autoencoder, denoiser, scheduler) -> None:
+    def __init__(self, tokenizer, autoencoder, denoiser, scheduler, denoiser_2=None,
+                 boundary: float | None = None) -> None:
         super().__init__()
-        if autoencoder.config.latent_dim != denoiser.config.latent_dim:
-            raise CheckpointError(
-                f"the autoencoder's latents have width {autoencoder.config.latent_dim} but the denoiser "
-                f"expects {denoiser.config.latent_dim}: they were not trained together")
+        for den in (denoiser, denoiser_2):
+            if den is not None and autoencoder.config.latent_dim != den.config.latent_dim:
+                raise CheckpointError(
+                    f"the autoencoder's latents have width {autoencoder.config.latent_dim} but the denoiser "
+                    f"expects {den.config.latent_dim}: they were not trained together")
+        _check_experts(denoiser, denoiser_2, boundary)
         if len(tokenizer) != autoencoder.config.vocab_size:
             raise CheckpointError(
                 f"the tokenizer has {len(tokenizer)} tokens but the autoencoder was trained with "
                 f"{autoencoder.config.vocab_size}: the tokenizer folder belongs to another model")
         self.register_modules(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
-                              scheduler=scheduler)
+                              scheduler=scheduler, denoiser_2=denoiser_2)
+        self.register_to_config(boundary=boundary)
+
+    @torch.no_grad()
+    def predict_x0(self, z_t: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor | None = None,
+                   prompt_mask: torch.Tensor | None = None, self_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Clean-latent estimate (b, n, d) of each row by the denoiser in charge of its time t (b,):
+        ``denoiser_2`` below ``boundary``, ``denoiser`` elsewhere."""
+        if self.denoiser_2 is None:
+            return self.denoiser.predict_x0(z_t, t, prompt, prompt_mask, self_cond)
+        low = t < self.config.boundary
+        if not low.any() or low.all():  # a sampling step: one time for the whole batch
+            den = self.denoiser_2 if low.all() else self.denoiser
+            return den.predict_x0(z_t, t, prompt, prompt_mask, self_cond)
+        out = torch.empty(z_t.shape, dtype=torch.float32, device=z_t.device)
+        for den, rows in ((self.denoiser, ~low), (self.denoiser_2, low)):
+            out[rows] = den.predict_x0(*(None if x is None else x[rows]
+                                         for x in (z_t, t, prompt, prompt_mask, self_cond)))
+        return out
 
     # ------------------------------------------------------------------ helpers
     def _normalise_prompts(self, prompt) -> list[str]:
@@ -131,10 +173,10 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             sc = state["prev"] if den.config.self_conditioning else None
             xin = x.to(den.dtype)
-            x0 = den.predict_x0(xin, t, prompt, prompt_mask, sc)
+            x0 = self.predict_x0(xin, t, prompt, prompt_mask, sc)
             state["nfe"] += 1
             if use_cfg and interval[0] <= float(t[0]) <= interval[1]:  # one time per step for the batch
-                uncond = den.predict_x0(xin, t, None, None, sc)
+                uncond = self.predict_x0(xin, t, None, None, sc)
                 state["nfe"] += 1
                 x0 = uncond + guidance_scale * (x0 - uncond)
             state["prev"] = x0.to(den.dtype)

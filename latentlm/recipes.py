@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from latentlm.config import resolve_config
+from latentlm.config import parse_overrides, resolve_config
 from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
 from latentlm.data.readers import read_documents
 from latentlm.data.tokenizer import (
@@ -169,6 +170,24 @@ class DenoiserConfig:
             raise ConfigError(f"model.sampler must be one of {', '.join(SCHEDULERS)}, got {self.sampler!r}")
 
 
+@dataclass
+class ExpertsConfig:
+    """Two time experts (``[denoiser.experts]``), as in diffusers' ``WanPipeline``: with a ``boundary``
+    the run trains the preset's denoiser, which samples at times t >= boundary, then a second one with
+    the ``low_noise`` overrides of the preset (e.g. ``["loss.time_mean=-0.5"]``: lower training times),
+    which samples below it; both go into one pipeline (``denoiser`` and ``denoiser_2``)."""
+
+    boundary: float | None = None  # None: one denoiser for every time
+    low_noise: list[str] = dataclasses.field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.boundary is not None and not 0 < self.boundary < 1:
+            raise ConfigError(f"experts.boundary must be a time in (0, 1), got {self.boundary}")
+        if "experts" in parse_overrides(self.low_noise):
+            raise ConfigError("experts.low_noise overrides the low-noise denoiser's model, loss, train and data "
+                              "sections, not the experts section")
+
+
 def _denoiser_recipe() -> Recipe:
     from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss
     from latentlm.diffusion.modeling_denoiser import LatentDenoiser
@@ -196,7 +215,7 @@ def _denoiser_recipe() -> Recipe:
                                  sentence_ends=ctx["sentence_ends"], latent_cache=cache)
 
     return Recipe("denoiser", DenoiserConfig, build, make_loss,
-                  layout="document", extra_sections={"loss": DenoiserLossConfig},
+                  layout="document", extra_sections={"loss": DenoiserLossConfig, "experts": ExpertsConfig},
                   needs_autoencoder=True, export=export)
 
 
@@ -246,7 +265,10 @@ def run_training(
     tokenizer. Without ``tokenizer`` a byte-level BPE is trained on ``data``.
     A denoiser run needs ``autoencoder`` (a trained autoencoder folder): its
     tokenizer and maximum length are used, and the export is a complete
-    :class:`~latentlm.LatentDiffusionPipeline` folder.
+    :class:`~latentlm.LatentDiffusionPipeline` folder. With two time experts
+    (``experts.boundary``) the two denoisers train one after the other in
+    ``out_dir/high_noise`` and ``out_dir/low_noise`` (each resumable), and
+    ``out_dir`` gets the pipeline of both.
 
     ``init_from`` (fine-tuning) starts from the weights of a trained model of the
     same kind and architecture (its exported folder; for a denoiser also its
@@ -254,8 +276,57 @@ def run_training(
     count; its tokenizer is used. Checkpoints already in ``out_dir`` take
     precedence (resume).
     """
-    recipe = get_recipe(kind)
     cfg = resolve_run_config(kind, preset, config_file, overrides)
+    kwargs = dict(valid=valid, tokenizer=tokenizer, resume=resume, progress=progress, autoencoder=autoencoder)
+    origin = {"preset": preset, "config_file": config_file, "overrides": list(overrides or [])}
+    experts = cfg.get("experts")
+    if experts is None or experts.boundary is None:
+        return _train_run(kind, cfg, data, out_dir, origin=origin, init_from=init_from, **kwargs)
+    if init_from is not None:
+        raise ConfigError("--init-from with two time experts (experts.boundary) is not supported: fine-tune "
+                          "each expert as a one-denoiser run")
+    # two time experts: each a complete, resumable run in its own subfolder, then one pipeline of both
+    out_dir = Path(out_dir)
+    low_origin = {**origin, "overrides": [*origin["overrides"], *experts.low_noise]}
+    low_cfg = resolve_run_config(kind, preset, config_file, low_origin["overrides"])
+    runs = []
+    for name, run_cfg, run_origin in (("high_noise", cfg, origin), ("low_noise", low_cfg, low_origin)):
+        run = _train_run(kind, run_cfg, data, out_dir / name, origin=run_origin, **kwargs)
+        if run.interrupted:
+            return dataclasses.replace(run, out_dir=out_dir)
+        runs.append(run)
+    _export_time_experts(out_dir, experts.boundary)
+    return dataclasses.replace(runs[-1], out_dir=out_dir, history=runs[0].history + runs[1].history)
+
+
+def _export_time_experts(out_dir: Path, boundary: float) -> None:
+    """One pipeline of the two experts' exports (``high_noise/``, ``low_noise/``) in ``out_dir``."""
+    from latentlm.loading import load_pipeline
+    from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline
+
+    high, low = load_pipeline(out_dir / "high_noise"), load_pipeline(out_dir / "low_noise")
+    pipe = LatentDiffusionPipeline(high.tokenizer, high.autoencoder, high.denoiser, high.scheduler,
+                                   denoiser_2=low.denoiser, boundary=boundary)
+    tmp = out_dir / ".export-tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp)
+    for f in sorted(tmp.iterdir()):  # the components first, the index that makes it a pipeline last
+        if f.name != "model_index.json":
+            target = out_dir / f.name
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            f.replace(target)
+    (tmp / "model_index.json").replace(out_dir / "model_index.json")
+    tmp.rmdir()
+
+
+def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_dir: str | Path, *,
+               origin: dict[str, Any], valid: Sequence[str | Path] | None, tokenizer: str | Path | None, resume: bool, progress: bool,
+               autoencoder: str | Path | None, init_from: str | Path | None = None) -> TrainResult:
+    """One training run of ``kind`` with the resolved sections ``cfg`` (see :func:`run_training`);
+    ``origin``: the preset, config file and overrides they came from (saved with the run)."""
+    recipe = get_recipe(kind)
     train_cfg: TrainConfig = cfg["train"]
     data_cfg: DataConfig = cfg["data"]
     ctx: dict[str, Any] = {}
@@ -312,8 +383,7 @@ def run_training(
         m.save_pretrained(folder)  # type: ignore[operator]
         tok.save_pretrained(folder)
 
-    run_config = {"kind": kind, "preset": preset, "config_file": config_file,
-                  "overrides": list(overrides or []), "init_from": str(init_from) if init_from else None,
+    run_config = {"kind": kind, **origin, "init_from": str(init_from) if init_from else None,
                   **{k: dataclasses.asdict(v) for k, v in cfg.items()}}
     return train(model, recipe.make_loss(cfg, ctx), batches, train_cfg, out_dir, valid_batches=valid_batches,
                  resume=resume, export=export, run_config=run_config, progress=progress)

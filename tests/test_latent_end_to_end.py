@@ -72,3 +72,29 @@ def test_denoiser_fine_tunes_from_its_pipeline(pipeline_dir, tiny_autoencoder_di
     capsys.readouterr()
     assert main([*common, "--autoencoder", str(other), "--out", str(tmp_path / "bad")]) == 2
     assert "trained on another autoencoder" in capsys.readouterr().err
+
+
+def test_two_time_experts_train_into_one_pipeline(tiny_autoencoder_dir, synthetic_files, tmp_path, capsys):
+    out = tmp_path / "experts"
+    cmd = ["train", "denoiser", "--preset", "cpu-tiny", "--autoencoder", str(tiny_autoencoder_dir),
+           "--data", str(synthetic_files / "train.jsonl"), "--valid", str(synthetic_files / "valid.jsonl"),
+           "--out", str(out), "--set", "train.steps=3", "--set", "train.eval_every=0", "--set", "experts.boundary=0.4",
+           "--set", 'experts.low_noise=["loss.time_mean=-0.5", "train.steps=2"]']
+    assert main(cmd) == 0
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["boundary"] == 0.4 and index["denoiser_2"][1] == "LatentDenoiser"
+    high = json.loads((out / "high_noise" / "run_config.json").read_text())
+    low = json.loads((out / "low_noise" / "run_config.json").read_text())
+    assert (high["loss"]["time_mean"], high["train"]["steps"]) == (0.25, 3)  # the preset's
+    assert (low["loss"]["time_mean"], low["train"]["steps"]) == (-0.5, 2)  # with the low-noise overrides
+    capsys.readouterr()
+    assert main(["info", "--model", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["boundary"] == 0.4 and set(info["components"]) == {"autoencoder", "denoiser", "denoiser_2"}
+    assert main(["generate", "--model", str(out), "once upon a time", "--max-new-tokens", "8", "--steps", "4"]) == 0
+    weights = sorted((out / "denoiser_2").glob("*.safetensors"))[0].read_bytes()
+    assert main(cmd) == 0  # both runs are complete: resumed at their last step, nothing retrained
+    assert sorted((out / "denoiser_2").glob("*.safetensors"))[0].read_bytes() == weights
+    capsys.readouterr()
+    assert main([*cmd[:-4], "--set", "experts.boundary=1.5"]) == 2
+    assert "experts.boundary must be a time in (0, 1)" in capsys.readouterr().err

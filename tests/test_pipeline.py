@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -175,3 +176,62 @@ def test_to_bfloat16_samples_without_spurious_warnings(pipe):
     out = pipe(["lily had", "the sun"], max_new_tokens=12, num_inference_steps=4, generator=gen())
     assert out.latents.dtype == torch.float32 and torch.isfinite(out.latents).all()
     assert out.texts[0].startswith("lily had") and out.sequences.shape == (2, 12)
+
+
+@pytest.fixture
+def experts(pipe):
+    """``pipe`` with a second, different denoiser as its low-noise expert below t = 0.5."""
+    torch.manual_seed(1)
+    low = LatentDenoiser(**{k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")}).eval()
+    for name, param in low.named_parameters():
+        if name.startswith("out.") or ".ada." in name:
+            torch.nn.init.normal_(param, std=0.1)
+    return LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser, pipe.scheduler,
+                                   denoiser_2=low, boundary=0.5)
+
+
+def test_time_experts_route_each_row_by_its_time(experts):
+    z, ctx = torch.randn(4, 3, 8), torch.randn(4, 2, 8)
+    t = torch.tensor([0.9, 0.2, 0.5, 0.49])
+    x0 = experts.predict_x0(z, t, ctx)
+    with torch.no_grad():
+        high, low = experts.denoiser.predict_x0(z, t, ctx), experts.denoiser_2.predict_x0(z, t, ctx)
+    assert not torch.allclose(high, low)
+    for row, expert in enumerate((high, low, high, low)):  # t >= 0.5: denoiser; below: denoiser_2
+        assert torch.allclose(x0[row], expert[row], atol=1e-6), row
+
+
+def test_time_experts_sample_with_the_expert_of_each_step_and_round_trip(experts, tmp_path):
+    calls = []
+    for name in ("denoiser", "denoiser_2"):
+        den = getattr(experts, name)
+        den.predict_x0 = (lambda *a, name=name, f=den.predict_x0: calls.append((name, float(a[1][0]))) or f(*a))
+    a = experts("the sun", max_new_tokens=8, num_inference_steps=4, generator=gen(3))
+    assert [n for n, _ in calls] == ["denoiser", "denoiser", "denoiser", "denoiser_2"]  # t = 1, .75, .5, .25
+    assert all((n == "denoiser") == (t >= 0.5) for n, t in calls)
+    for name in ("denoiser", "denoiser_2"):
+        del getattr(experts, name).predict_x0
+    a = experts("the sun", max_new_tokens=8, num_inference_steps=4, generator=gen(3))
+    experts.save_pretrained(tmp_path)
+    loaded = load_pipeline(tmp_path)
+    assert loaded.config.boundary == 0.5 and loaded.denoiser_2 is not None
+    assert torch.equal(a.latents, loaded("the sun", max_new_tokens=8, num_inference_steps=4, generator=gen(3)).latents)
+    single = LatentDiffusionPipeline(experts.tokenizer, experts.autoencoder, experts.denoiser, experts.scheduler)
+    assert not torch.equal(a.latents, single("the sun", max_new_tokens=8, num_inference_steps=4,
+                                             generator=gen(3)).latents)  # the low-noise expert did its steps
+    shutil.rmtree(tmp_path / "denoiser_2")
+    with pytest.raises(CheckpointError, match="'denoiser_2' is missing"):
+        load_pipeline(tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"boundary": None}, "need both denoiser_2 and boundary"),
+    ({"boundary": 1.0}, r"boundary must be a time in \(0, 1\)"),
+    ({"schedule": "cosine"}, "differ in schedule"),  # the fixture's is shifted_cosine
+])
+def test_bad_time_experts(pipe, change, message):
+    cfg = {k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")}
+    cfg["schedule"] = change.get("schedule", cfg["schedule"])
+    with pytest.raises(CheckpointError, match=message):
+        LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser, pipe.scheduler,
+                                denoiser_2=LatentDenoiser(**cfg), boundary=change.get("boundary", 0.5))
