@@ -29,7 +29,7 @@ from latentlm.data.tokenizer import (
     train_tokenizer,
 )
 from latentlm.errors import ConfigError, DataError
-from latentlm.training import LossFn, TrainConfig, TrainResult, train
+from latentlm.training import LossFn, TrainConfig, TrainResult, move_export, train
 
 
 @dataclass
@@ -311,14 +311,7 @@ def _export_time_experts(out_dir: Path, boundary: float) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp)
-    for f in sorted(tmp.iterdir()):  # the components first, the index that makes it a pipeline last
-        if f.name != "model_index.json":
-            target = out_dir / f.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            f.replace(target)
-    (tmp / "model_index.json").replace(out_dir / "model_index.json")
-    tmp.rmdir()
+    move_export(tmp, out_dir)
 
 
 def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_dir: str | Path, *,

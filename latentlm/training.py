@@ -518,12 +518,16 @@ def _export(model, ema, export, out_dir: Path) -> None:
     finally:
         if ema is not None:
             ema.restore(model.parameters())
-    for f in sorted(tmp.rglob("*")):
+    move_export(tmp, out_dir)
+
+
+def move_export(tmp: Path, out_dir: Path) -> None:
+    """Move the files written into ``tmp`` over those in ``out_dir``, each with an atomic rename; a
+    pipeline's ``model_index.json`` (what makes the folder a pipeline) last. Removes ``tmp``."""
+    files = sorted((f for f in tmp.rglob("*") if f.is_file()), key=lambda f: (f.name == "model_index.json", f))
+    for f in files:
         target = out_dir / f.relative_to(tmp)
-        if f.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(f, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, target)
     shutil.rmtree(tmp, ignore_errors=True)
 
