@@ -9,7 +9,7 @@ well-formed sentences and mentions consistent with the facts the opening
 introduced). Training uses a GPU when present. Reruns resume finished or
 interrupted steps.
 
-On CPU the denoiser trains ``CPU_DENOISER_STEPS`` (1,550) of the preset's 3,800
+On CPU the denoiser trains ``CPU_DENOISER_STEPS`` (1,550) of the preset's 3,100
 steps, so that the job fits 15 minutes on a 2-core machine; the full preset is
 what docs/latent_diffusion.md measures.
 """
