@@ -10,7 +10,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder, decode_ids, encode_texts
+from latentlm.autoencoder.modeling_autoencoder import (
+    TextAutoencoder,
+    decode_ids,
+    encode_texts,
+    resolve_semantic_model,
+)
 from latentlm.data.synthetic import check_story, split_sentences
 from latentlm.errors import DataError
 
@@ -122,9 +127,7 @@ def semantic_alignment(
     """Spearman correlation between latent cosine (mean over real latent slots) and
     sentence-transformer cosine, over random pairs of texts."""
     from scipy.stats import spearmanr
-    from sentence_transformers import SentenceTransformer
-
-    from latentlm.autoencoder.modeling_autoencoder import resolve_semantic_model
+    from sentence_transformers import SentenceTransformer  # heavy, and only for this measurement
 
     texts = list(texts)
     st = SentenceTransformer(resolve_semantic_model(sentence_model), device="cpu")

@@ -7,7 +7,8 @@ For a batch of documents (padding and end-of-text included as targets):
     loss  = CE(decode(z + sigma * eps), x)       # every position, pads included
 
 Decoding from noised latents makes the decoder read the denoiser's imperfect
-outputs correctly (TEncDM, BLD decoder adaptation; DESIGN.md section 4).
+outputs correctly: TEncDM (arXiv:2402.19097) reports MAUVE 0.526 -> 0.874 with a
+decoder trained on noisy latents; BLD's decoder adaptation, generation perplexity 127 -> 26.6.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from latentlm.errors import ConfigError
-from latentlm.training import LossOutput
+from latentlm.outputs import LossOutput
 
 
 @dataclass

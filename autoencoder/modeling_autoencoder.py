@@ -31,10 +31,13 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from latentlm.errors import InputError
+from latentlm.errors import ConfigError, InputError, check_choice
 from latentlm.layers import Transformer
 
 MINILM = "all-MiniLM-L6-v2"
+ENCODER_TYPES = ("scratch", "semantic")
+NORMALIZATIONS = ("l2", "standardize")
+ENCODER_CONTEXTS = ("sequence", "chunk")  # chunk: each latent encodes its own k tokens alone
 
 
 def resolve_semantic_model(name: str) -> str:
@@ -172,18 +175,9 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         token_texts: list[str] | None = None,
     ) -> None:
         super().__init__()
-        if encoder_type not in ("scratch", "semantic"):
-            raise InputError(f"encoder_type must be 'scratch' or 'semantic', got {encoder_type!r}")
-        if normalization not in ("l2", "standardize"):
-            raise InputError(f"normalization must be 'l2' or 'standardize', got {normalization!r}")
-        if encoder_context not in ("sequence", "chunk"):
-            raise InputError(f"encoder_context must be 'sequence' or 'chunk', got {encoder_context!r}")
-        if encoder_context == "chunk" and encoder_type != "scratch":
-            raise InputError("encoder_context='chunk' needs encoder_type='scratch': a pretrained encoder reads "
-                             "whole sentences")
-        if max_seq_len % tokens_per_latent:
-            raise InputError(f"max_seq_len ({max_seq_len}) must be a multiple of tokens_per_latent "
-                             f"({tokens_per_latent})")
+        self.validate_config(dict(max_seq_len=max_seq_len, tokens_per_latent=tokens_per_latent, latent_dim=latent_dim,
+                                  encoder_type=encoder_type, normalization=normalization,
+                                  encoder_context=encoder_context))
         k = tokens_per_latent
         self.embed = nn.Embedding(vocab_size, dim)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -200,6 +194,25 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         self.from_latent = nn.Linear(latent_dim, k * dim)
         self.decoder = Transformer(dim, decoder_depth, n_heads, mlp_ratio)
         self.head = nn.Linear(dim, vocab_size)
+
+    @staticmethod
+    def validate_config(values: dict, where: str = "") -> None:
+        """Check the settings in ``values`` (any subset of the constructor's arguments); raise ConfigError.
+        ``where`` prefixes the names in messages (``"model."`` for a preset section)."""
+        for key, choices in (("encoder_type", ENCODER_TYPES), ("normalization", NORMALIZATIONS),
+                             ("encoder_context", ENCODER_CONTEXTS)):
+            if key in values:
+                check_choice(where + key, values[key], choices)
+        if values.get("encoder_context") == "chunk" and values.get("encoder_type", "scratch") != "scratch":
+            raise ConfigError(f"{where}encoder_context='chunk' needs {where}encoder_type='scratch': a pretrained "
+                              "encoder reads whole sentences")
+        for key in ("tokens_per_latent", "latent_dim"):
+            if key in values and values[key] < 1:
+                raise ConfigError(f"{where}{key} must be a positive integer, got {values[key]}")
+        k = values.get("tokens_per_latent", 1)
+        if "max_seq_len" in values and values["max_seq_len"] % k:
+            raise ConfigError(f"{where}max_seq_len ({values['max_seq_len']}) must be a multiple of "
+                              f"{where}tokens_per_latent ({k})")
 
     @property
     def n_latents(self) -> int:
@@ -296,6 +309,35 @@ def encode_texts(
         input_ids[r, : len(x)] = torch.tensor(x)
         mask[r, : len(x)] = 1
     return input_ids, mask
+
+
+def left_align(latents: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real latent slots (b, p) to the end (left padding)."""
+    b, p = real.shape
+    counts = real.sum(1)
+    shift = (p - counts)[:, None]
+    idx = (torch.arange(p, device=latents.device)[None, :] - shift) % p  # source index for each target slot
+    out = latents.gather(1, idx[..., None].expand(-1, -1, latents.shape[-1]))
+    mask = torch.arange(p, device=latents.device)[None, :] >= shift
+    return out * mask[..., None], mask.long()
+
+
+@torch.no_grad()
+def encode_prompts(autoencoder, ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Encode token-id prompts (no end-of-text) -> left-padded latents (b, p, d) and mask (b, p)."""
+    longest = max((len(x) for x in ids), default=0)
+    if longest == 0:
+        return None, None
+    k = autoencoder.config.tokens_per_latent
+    x = torch.full((len(ids), longest), pad_id, dtype=torch.long)  # built on the host, moved once
+    m = torch.zeros_like(x)
+    for r, row in enumerate(ids):
+        x[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        m[r, : len(row)] = 1
+    x, m = x.to(device), m.to(device)
+    z = autoencoder.encode(x, m).float()  # (b, ceil(longest / k), d)
+    real = F.pad(m, (0, z.shape[1] * k - longest)).reshape(len(ids), -1, k).any(-1)
+    return left_align(z, real)
 
 
 def decode_ids(ids: torch.Tensor, tokenizer) -> list[str]:

@@ -44,7 +44,7 @@ def one_step_diagnostic(pipe, held_out, times=(0.3, 0.5, 0.7, 0.9), n=128) -> li
     another story's opening, and none: x0 MSE per dimension, token accuracy of the decoded estimate,
     and accuracy on character-name tokens alone. Names are what the opening fixes, so the gap
     between "right" and "wrong" in name accuracy is how much the denoiser uses the prompt."""
-    from latentlm.diffusion.losses import encode_prompts
+    from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 
     ae, den, tok = pipe.autoencoder, pipe.denoiser, pipe.tokenizer
     heads = [s.split()[0] for s in held_out[:n]]

@@ -1,9 +1,8 @@
-"""Latent denoiser, noise schedules, samplers, training loss and the latent likelihood bound."""
+"""Latent denoiser, noise schedules and samplers (the training loss is ``latentlm.diffusion.losses``,
+the likelihood bound ``latentlm.diffusion.likelihood``)."""
 
-from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss
 from latentlm.diffusion.modeling_denoiser import LatentDenoiser
-from latentlm.diffusion.sampling import langevin_correct, sample_pc
+from latentlm.diffusion.sampling import langevin_correct
 from latentlm.diffusion.schedules import NoiseSchedule
 
-__all__ = ["DenoiserLossConfig", "LatentDenoiser", "NoiseSchedule", "denoiser_loss", "langevin_correct",
-           "sample_pc"]
+__all__ = ["LatentDenoiser", "NoiseSchedule", "langevin_correct"]

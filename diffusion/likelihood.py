@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.diffusion.schedules import NoiseSchedule
 from latentlm.errors import InputError
 
@@ -131,7 +132,6 @@ def pipeline_nll_bound(
     of token ids is scored as it is (end-of-text included if it has one): how the
     comparison scores every model on the same tokens.
     """
-    from latentlm.diffusion.losses import encode_prompts
 
     ae, den, tok = pipe.autoencoder, pipe.denoiser, pipe.tokenizer
     schedule = den.schedule

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.errors import ConfigError
-from latentlm.training import LossOutput
+from latentlm.outputs import LossOutput
 
 TIME_SAMPLING = ("uniform", "logit_normal")
 
@@ -91,35 +92,6 @@ def sample_times(b: int, cfg: DenoiserLossConfig, device) -> torch.Tensor:
         return u.float()
     n = torch.special.ndtri(u.double().clamp(1e-6, 1 - 1e-6))  # stratified standard normal
     return torch.sigmoid(cfg.time_mean + cfg.time_std * n).float()
-
-
-def left_align(latents: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's real latent slots (b, p) to the end (left padding)."""
-    b, p = real.shape
-    counts = real.sum(1)
-    shift = (p - counts)[:, None]
-    idx = (torch.arange(p, device=latents.device)[None, :] - shift) % p  # source index for each target slot
-    out = latents.gather(1, idx[..., None].expand(-1, -1, latents.shape[-1]))
-    mask = torch.arange(p, device=latents.device)[None, :] >= shift
-    return out * mask[..., None], mask.long()
-
-
-@torch.no_grad()
-def encode_prompts(autoencoder, ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Encode token-id prompts (no end-of-text) -> left-padded latents (b, p, d) and mask (b, p)."""
-    longest = max((len(x) for x in ids), default=0)
-    if longest == 0:
-        return None, None
-    k = autoencoder.config.tokens_per_latent
-    x = torch.full((len(ids), longest), pad_id, dtype=torch.long)  # built on the host, moved once
-    m = torch.zeros_like(x)
-    for r, row in enumerate(ids):
-        x[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-        m[r, : len(row)] = 1
-    x, m = x.to(device), m.to(device)
-    z = autoencoder.encode(x, m).float()  # (b, ceil(longest / k), d)
-    real = F.pad(m, (0, z.shape[1] * k - longest)).reshape(len(ids), -1, k).any(-1)
-    return left_align(z, real)
 
 
 def by_prompt_length(call, groups: int, z_t, t, prompt, prompt_mask, self_cond=None) -> torch.Tensor:

@@ -23,7 +23,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from latentlm.errors import InputError
+from latentlm.diffusion.schedules import SCHEDULES, NoiseSchedule
+from latentlm.errors import InputError, check_choice
 from latentlm.layers import TimestepEmbedder, Transformer
 
 PARAMETERISATIONS = ("x0", "eps", "v")
@@ -45,8 +46,7 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         schedule_shift: float = 4.0,
     ) -> None:
         super().__init__()
-        if parameterisation not in PARAMETERISATIONS:
-            raise InputError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
+        self.validate_config(dict(parameterisation=parameterisation, schedule=schedule))
         self.in_proj = nn.Linear(2 * latent_dim, dim)  # [z_t, self-conditioning estimate]
         self.ctx_proj = nn.Linear(latent_dim, dim)
         self.type_embed = nn.Embedding(3, dim)  # 0 null, 1 prompt, 2 target
@@ -56,10 +56,15 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    @property
-    def schedule(self):
-        from latentlm.diffusion.schedules import NoiseSchedule
+    @staticmethod
+    def validate_config(values: dict, where: str = "") -> None:
+        """Check the enum settings in ``values`` (constructor arguments); raise ConfigError."""
+        for key, choices in (("parameterisation", PARAMETERISATIONS), ("schedule", SCHEDULES)):
+            if key in values:
+                check_choice(where + key, values[key], choices)
 
+    @property
+    def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(self.config.schedule, self.config.schedule_shift)
 
     def forward(

@@ -5,8 +5,9 @@ A schedule is its log signal-to-noise ratio lambda(t) = log(alpha_t^2 / sigma_t^
 
 * ``cosine``: lambda(t) = -2 log tan(pi t / 2) (Nichol & Dhariwal 2021, continuous);
 * ``shifted_cosine``: cosine shifted by -2 log(shift): more time at high noise
-  (Hoogeboom et al. 2023 simple diffusion; the high-noise schedules that suit
-  text latents, DESIGN.md section 4; shift 4 by default).
+  (Hoogeboom et al. 2023, "simple diffusion", arXiv:2301.11093; shift 4 by default).
+  Text latents suit high-noise schedules: TEncDM (arXiv:2402.19097) reports ROCStories
+  MAUVE 0.098 with the cosine schedule against 0.762 with a high-noise one.
 
 Times are clamped to [t_min, t_max] so that lambda stays finite.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from latentlm.errors import InputError
+from latentlm.errors import InputError, check_choice
 
 SCHEDULES = ("cosine", "shifted_cosine")
 
@@ -31,8 +32,7 @@ class NoiseSchedule:
     t_max: float = 1 - 1e-4
 
     def __post_init__(self) -> None:
-        if self.name not in SCHEDULES:
-            raise InputError(f"unknown noise schedule {self.name!r}; choose one of {', '.join(SCHEDULES)}")
+        check_choice("schedule", self.name, SCHEDULES)
         if self.shift <= 0:
             raise InputError(f"shift must be positive, got {self.shift}")
 

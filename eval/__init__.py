@@ -1,1 +1,1 @@
-"""Evaluation: metrics, consistency probes, likelihood, speed, compare harness (in progress)."""
+"""Evaluation: sample-quality metrics, consistency probes, speed, sanity samplers and the `compare` harness."""

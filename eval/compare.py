@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import random
 import statistics
 import time
@@ -31,13 +30,15 @@ from tqdm.auto import tqdm
 
 from latentlm.data.readers import read_documents
 from latentlm.data.synthetic import check_story, split_sentences
+from latentlm.device import device_name, resolve_device
 from latentlm.errors import DataError, InputError, LatentLMError
 from latentlm.eval import consistency as cons
 from latentlm.eval import metrics as M
 from latentlm.eval.models import load_language_model
+from latentlm.eval.report import write_report
 from latentlm.eval.sanity import sanity_samplers
 from latentlm.eval.speed import measure_speed, rows_to_json
-from latentlm.loading import device_name, resolve_device
+from latentlm.files import write_text_atomic
 
 REAL = "real text"
 DEFAULT_OPTIONS = {"latent": {"steps": 32}, "mdlm": {"steps": 64, "decoder": "ancestral"}, "ar": {}}
@@ -153,9 +154,7 @@ class Results:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=_json_default))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(self.data, indent=1, default=_json_default))
 
 
 def _json_default(x):
@@ -316,8 +315,6 @@ def compare(
     res.put("skipped", {**res.data["sections"].get("skipped", {}), **skipped})
     res.put("meta", {"synthetic": synthetic, "n_prompts": len(prompts), "device": device_name(device),
                      "torch_threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-    from latentlm.eval.report import write_report
-
     write_report(res.data, out)
     return res.data
 
@@ -337,11 +334,8 @@ def _load_samples(path: Path, n: int) -> list[tuple[str, str]] | None:
 
 
 def _write_samples(path: Path, prompts: list[str], rows: list[tuple[str, str]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for p, (t, c) in zip(prompts, rows):
-            f.write(json.dumps({"prompt": p, "continuation": c, "text": t}) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps({"prompt": p, "continuation": c, "text": t}) + "\n"
+                                    for p, (t, c) in zip(prompts, rows)))
 
 
 def cached_batches(path: Path | None, n_items: int, batch: int, fn: Callable[[int, int], list]) -> list:
@@ -357,7 +351,7 @@ def cached_batches(path: Path | None, n_items: int, batch: int, fn: Callable[[in
                 good.append(line)
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut by the interruption: that batch is redone
-        path.write_text("".join(g + "\n" for g in good))
+        write_text_atomic(path, "".join(g + "\n" for g in good))
     out = []
     for start in range(0, n_items, batch):
         if start not in done:

@@ -1,4 +1,4 @@
-"""Long-range consistency probes (DESIGN.md section 5).
+"""Long-range consistency probes (docs/evaluation.md has the protocol).
 
 1. :func:`synthetic_probe`: exact consistency of later mentions against the facts
    a synthetic opening introduced, by distance in words (the story checker).

@@ -2,7 +2,7 @@
 
 Each function takes a list of texts and returns a number; the harness reports
 them for every model next to the same numbers on real held-out text, because
-each one alone can be gamed (DESIGN.md section 5): low generation perplexity
+each one alone can be gamed (docs/evaluation.md): low generation perplexity
 by repetition, high entropy by noise, high MAUVE by copying.
 """
 
@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from latentlm.autoencoder.modeling_autoencoder import resolve_semantic_model
 from latentlm.errors import InputError
 
 
@@ -95,9 +96,9 @@ def bootstrap_ci(
 
 def sentence_embeddings(texts: Sequence[str], model_name: str = "all-MiniLM-L6-v2", batch_size: int = 64) -> np.ndarray:
     """Unit-norm sentence-transformer embeddings (n, d); all-MiniLM-L6-v2 offline by default."""
-    from sentence_transformers import SentenceTransformer
-
-    from latentlm.autoencoder.modeling_autoencoder import resolve_semantic_model
+    from sentence_transformers import (
+        SentenceTransformer,  # heavy: loaded only when embeddings are asked for
+    )
 
     model = _ENCODERS.get(model_name)
     if model is None:

@@ -18,9 +18,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from latentlm.baselines import autoregressive as ar
+from latentlm.baselines import masked_diffusion as mdlm
 from latentlm.data.tokenizer import load_tokenizer
+from latentlm.device import resolve_device
+from latentlm.diffusion.likelihood import pipeline_nll_bound
 from latentlm.errors import InputError, check_text
-from latentlm.loading import load_model, read_model_config
+from latentlm.loading import is_pipeline_folder, load_model, load_pipeline, read_model_config
+from latentlm.pipeline_latent_diffusion import make_scheduler
 
 
 @dataclass
@@ -129,14 +134,12 @@ class ARAdapter(LanguageModelAdapter):
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
                  top_p: float = 1.0) -> GenerationOutput:
-        from latentlm.baselines.autoregressive import generate
-
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         new, nfe = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long), 0
         for group, x, m in _length_buckets([[eot] + p for p in ids], pad, self.model.device):
-            rows, nfe = generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
+            rows, nfe = ar.generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
                                  generator=generator, attention_mask=m)
             new[group] = rows.cpu()
         texts, conts = self._finish(prompts, new)
@@ -144,8 +147,6 @@ class ARAdapter(LanguageModelAdapter):
 
     @torch.no_grad()
     def _nll(self, texts, prefix_len: int = 0, *, batch_size: int = 16, progress: bool = False) -> NLLOutput:
-        from latentlm.baselines.autoregressive import sequence_nll
-
         units = self._score_units(texts, prefix_len)
         per_text = []
         eot = self.tokenizer.eos_token_id
@@ -157,7 +158,7 @@ class ARAdapter(LanguageModelAdapter):
             for r, (ids, _) in enumerate(chunk):
                 x[r, : len(ids) + 1] = torch.tensor([eot] + ids)
                 m[r, : len(ids) + 1] = 1
-            per_text += sequence_nll(self.model, x.to(self.model.device), m.to(self.model.device),
+            per_text += ar.sequence_nll(self.model, x.to(self.model.device), m.to(self.model.device),
                                      prefix_len).tolist()
         return _summarise(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
 
@@ -168,13 +169,11 @@ class MDLMAdapter(LanguageModelAdapter):
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, decoder: str = "ancestral",
                  steps: int = 64, threshold: float = 0.9, temperature: float = 1.0) -> GenerationOutput:
-        from latentlm.baselines.masked_diffusion import generate
-
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=0)
         new, nfe = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long), 0
         for group, x, m in _length_buckets(ids, self.tokenizer.pad_token_id, self.model.device):
-            rows, n = generate(self.model, x, max_new_tokens, decoder=decoder, steps=steps, threshold=threshold,
+            rows, n = mdlm.generate(self.model, x, max_new_tokens, decoder=decoder, steps=steps, threshold=threshold,
                                temperature=temperature, generator=generator, prompt_mask=m)
             new[group] = rows.cpu()
             nfe = max(nfe, n)  # every sample saw at most n evaluations (batches run separately)
@@ -184,13 +183,11 @@ class MDLMAdapter(LanguageModelAdapter):
     @torch.no_grad()
     def _nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
             seed: int = 0) -> NLLOutput:
-        from latentlm.baselines.masked_diffusion import nll_bound
-
         units = self._score_units(texts, prefix_len)
         means, ses = [], []
         for i, (ids, _) in enumerate(tqdm(units, desc=f"nll {self.name}", disable=not progress)):
             x = torch.tensor([ids], device=self.model.device)
-            m, se = nll_bound(self.model, x, prefix_len=prefix_len, n_samples=n_samples, generator_seed=seed + i)
+            m, se = mdlm.nll_bound(self.model, x, prefix_len=prefix_len, n_samples=n_samples, generator_seed=seed + i)
             means.append(float(m[0]))
             ses.append(float(se[0]))
         return _summarise(means, ses, units, prefix_len, exact=False)
@@ -257,8 +254,6 @@ class LatentAdapter(LanguageModelAdapter):
                  corrector_steps: int = 0, scheduler: str | None = None) -> GenerationOutput:
         prompts = _check_prompts(prompts)
         if scheduler is not None:
-            from latentlm.pipeline_latent_diffusion import make_scheduler
-
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.denoiser)
         out = self.pipe(prompts, max_new_tokens=max_new_tokens, num_inference_steps=steps,
                         guidance_scale=guidance_scale, guidance_interval=guidance_interval,
@@ -268,8 +263,6 @@ class LatentAdapter(LanguageModelAdapter):
 
     def _nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
              seed: int = 0) -> NLLOutput:
-        from latentlm.diffusion.likelihood import pipeline_nll_bound
-
         units = self._score_units(texts, prefix_len)
         nats, ses, _ = pipeline_nll_bound(self.pipe, [ids for ids, _ in units], prefix_len=prefix_len,
                                           n_samples=n_samples, seed=seed)  # the tokens every model scores
@@ -283,9 +276,7 @@ def load_language_model(folder: str | Path, name: str | None = None, device: str
                         ) -> LanguageModelAdapter:
     """The evaluation adapter of the model saved in ``folder``: a latent diffusion pipeline
     folder (``model_index.json``) or a baseline (kind read from ``config.json``), on ``device``
-    (a torch device or a name for :func:`~latentlm.loading.resolve_device`, e.g. ``"auto"``)."""
-    from latentlm.loading import is_pipeline_folder, load_pipeline, resolve_device
-
+    (a torch device or a name for :func:`~latentlm.device.resolve_device`, e.g. ``"auto"``)."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
     if is_pipeline_folder(folder):
         return LatentAdapter(load_pipeline(folder).to(device), name)

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from latentlm.eval.speed import SpeedRow, speed_table
+from latentlm.files import write_text_atomic
 
 COLUMNS = {  # metric -> (header, format)
     "gen_ppl": ("gen. PPL (judge)", "{:.2f}"), "mauve": ("MAUVE", "{:.3f}"), "entropy": ("entropy (bits)", "{:.2f}"),
@@ -159,7 +160,7 @@ def write_report(results: dict, out: Path) -> Path:
         lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in sk.items()] + [""]
     lines += ["Raw samples: `samples/`. All numbers: `results.json`."]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     _plots(s, out)
     return path
 

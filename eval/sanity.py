@@ -1,7 +1,7 @@
 """Sanity samplers: trivial "models" run through every metric of the report.
 
 A metric on which one of them beats real text can be gamed, and the report
-marks it "hackable" (DESIGN.md section 5). All work on words (whitespace
+marks it "hackable" (docs/evaluation.md). All work on words (whitespace
 tokens) fitted on the training texts; each continues an opening with about
 ``n_words`` words.
 """

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from latentlm.device import synchronize
 from latentlm.errors import InputError
 
 
@@ -28,11 +29,6 @@ class SpeedRow:
     skipped: str | None = None  # why the row has no numbers
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def measure_speed(lm, name: str, prompt: str, lengths: list[int], batch: int = 16, options: dict | None = None,
                   seed: int = 0) -> list[SpeedRow]:
     """One :class:`SpeedRow` per length; lengths beyond the model's context are reported as skipped."""
@@ -45,14 +41,14 @@ def measure_speed(lm, name: str, prompt: str, lengths: list[int], batch: int = 1
         except InputError as e:
             rows.append(SpeedRow(name, n, skipped=str(e).split(";")[0]))
             continue
-        _sync()
+        synchronize()
         t0 = time.perf_counter()
         out = lm.generate([prompt], n, generator=g, **options)
-        _sync()
+        synchronize()
         latency = time.perf_counter() - t0
         t0 = time.perf_counter()
         lm.generate([prompt] * batch, n, generator=g, **options)
-        _sync()
+        synchronize()
         throughput = batch * n / (time.perf_counter() - t0)
         with FlopCounterMode(display=False) as counter:
             lm.generate([prompt], n, generator=g, **options)

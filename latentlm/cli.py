@@ -10,11 +10,28 @@ import json
 import sys
 from pathlib import Path
 
-from latentlm.errors import InputError, LatentLMError
+import torch
+
+from latentlm.autoencoder.evaluation import evaluate_autoencoder
+from latentlm.autoencoder.evaluation import summary_table as autoencoder_summary
+from latentlm.baselines.masked_diffusion import DECODERS
+from latentlm.config import available_presets, parse_overrides
+from latentlm.data import load_tokenizer, read_documents, train_tokenizer
+from latentlm.data.synthetic import generate_stories, write_jsonl
+from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE
+from latentlm.errors import ConfigError, InputError, LatentLMError
+from latentlm.eval.compare import CompareConfig, compare
+from latentlm.eval.models import load_language_model
+from latentlm.eval.report import summary_table
+from latentlm.files import write_text_atomic
+from latentlm.loading import describe, load_model
+from latentlm.pipeline_latent_diffusion import SCHEDULERS
+from latentlm.quickstart import quickstart
+from latentlm.recipes import run_training
 
 
 def _add_train_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="named preset (cpu-tiny, cpu-small, gpu-base)")
+    p.add_argument("--preset", help=f"named preset ({', '.join(available_presets())})")
     p.add_argument("--config", help="TOML file with the same layout as a preset")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set train.steps=100 (repeatable)")
@@ -45,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok = tr.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tok.add_argument("--data", nargs="+", required=True)
     tok.add_argument("--out", required=True)
-    tok.add_argument("--vocab-size", type=int, default=4096)
+    tok.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     for kind, what in (("autoencoder", "the text autoencoder"), ("ar", "the autoregressive baseline"),
                        ("mdlm", "the masked-diffusion baseline"),
                        ("judge", "the judge of `compare` (an AR model larger and trained longer than the baseline)"),
@@ -74,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (latent)")
     gen.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("T_LO", "T_HI"),
                      help="guide only at diffusion times in [T_LO, T_HI] (latent; default every step)")
-    gen.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm++", "flow-euler"], help="sampler (latent)")
-    gen.add_argument("--decoder", choices=["ancestral", "llada", "threshold", "anchor"], default="ancestral",
+    gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (latent; default: the pipeline's own)")
+    gen.add_argument("--decoder", choices=list(DECODERS), default="ancestral",
                      help="decoder (mdlm)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar)")
@@ -109,19 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "data":
-        from latentlm.data.synthetic import generate_stories, write_jsonl
-
         stories = generate_stories(args.n, args.seed, min_gap=args.min_gap, max_gap=args.max_gap)
         print(f"wrote {len(stories)} stories to {write_jsonl(stories, args.out)}")
     elif args.command == "train" and args.kind == "tokenizer":
-        from latentlm.data import read_documents, train_tokenizer
-
         tok = train_tokenizer(read_documents(args.data), args.vocab_size)
         tok.save_pretrained(args.out)
         print(f"tokenizer with {len(tok)} tokens saved to {args.out}")
     elif args.command == "train":
-        from latentlm.recipes import run_training
-
         result = run_training(args.kind, args.data, args.out, preset=args.preset,
                               config_file=args.config, overrides=args.overrides, valid=args.valid,
                               tokenizer=args.tokenizer, resume=not args.no_resume,
@@ -132,11 +143,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps({"step": result.step, "train_loss": result.train_loss,
                           "valid_loss": result.valid_loss, "out": str(result.out_dir)}))
     elif args.command == "eval":
-        from latentlm.autoencoder.evaluation import evaluate_autoencoder, summary_table
-        from latentlm.data import load_tokenizer, read_documents
-        from latentlm.loading import load_model
-        from latentlm.training import write_text_atomic
-
         model = load_model(args.model)
         if type(model).__name__ != "TextAutoencoder":
             raise InputError(f"{args.model} holds a {type(model).__name__}, not a TextAutoencoder")
@@ -147,17 +153,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.model) / "eval_autoencoder.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out, json.dumps(result, indent=2))
-        print(summary_table(result))
+        print(autoencoder_summary(result))
         print(f"written to {out}")
     elif args.command == "info":
-        from latentlm.loading import describe
-
         print(json.dumps(describe(args.model), indent=2))
     elif args.command == "generate":
-        import torch
-
-        from latentlm.eval.models import load_language_model
-
         if args.num_samples < 1:
             raise InputError(f"--num-samples must be positive, got {args.num_samples}")
         lm = load_language_model(args.model, device=args.device)
@@ -171,11 +171,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(text)
         print(f"(NFE {out.nfe})", file=sys.stderr)
     elif args.command == "compare":
-        from latentlm.config import parse_overrides
-        from latentlm.errors import ConfigError
-        from latentlm.eval.compare import CompareConfig, compare
-        from latentlm.eval.report import summary_table
-
         models = {}
         for spec in args.models:
             name, sep, folder = spec.partition("=")
@@ -199,8 +194,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(summary_table(results))
         print(f"report: {Path(args.out) / 'report.md'}")
     elif args.command == "quickstart":
-        from latentlm.quickstart import quickstart
-
         quickstart(Path(args.out), n_stories=args.n_stories, n_prompts=args.n_prompts)
     return 0
 

@@ -11,6 +11,7 @@ section ``[<kind>.<section>]``), a user TOML file with the same layout, and
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import tomllib
 import types
 import typing
@@ -195,6 +196,38 @@ def resolve_config(
     }
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as a plain dict (for logging and JSON)."""
-    return dataclasses.asdict(obj)
+def model_section(
+    model_cls: type, name: str, *, exclude: tuple[str, ...] = (),
+    extra: tuple[tuple[str, type, Any], ...] = (), check_extra: Any = None,
+) -> type:
+    """The ``[<kind>.model]`` section of a model class: a dataclass whose fields are the keyword
+    arguments of ``model_cls.__init__`` (names, types and defaults: the model's signature is the one
+    source of truth), less ``exclude`` (what the run supplies: vocabulary, special tokens), plus
+    ``extra`` fields ``(name, type, default)`` that belong to the run rather than the model.
+
+    ``validate()`` runs the model's own checks, ``model_cls.validate_config(values, where)`` (when
+    it has one), then ``check_extra(section)``; both raise ConfigError.
+    """
+    hints = typing.get_type_hints(model_cls.__init__)
+    params = [p for p in inspect.signature(model_cls.__init__).parameters.values()
+              if p.name != "self" and p.name not in exclude]
+    missing = [p.name for p in params if p.default is inspect.Parameter.empty]
+    if missing:
+        raise TypeError(f"{model_cls.__name__} arguments {missing} have no default: add them to exclude")
+    fields = [(p.name, hints[p.name], dataclasses.field(default=p.default)) for p in params]
+    fields += [(n, t, dataclasses.field(default=d)) for n, t, d in extra]
+    model_keys = {p.name for p in params}
+
+    def validate(self) -> None:
+        check = getattr(model_cls, "validate_config", None)
+        if check is not None:
+            check({k: v for k, v in dataclasses.asdict(self).items() if k in model_keys}, where="model.")
+        if check_extra is not None:
+            check_extra(self)
+
+    cls = dataclasses.make_dataclass(name, fields, namespace={"validate": validate})
+    cls.__module__ = model_cls.__module__
+    cls.__doc__ = (f"Model section of a preset: the keyword arguments of :class:`{model_cls.__name__}` "
+                   f"(their defaults), less {', '.join(exclude) or 'none'}"
+                   + (f", plus {', '.join(n for n, _, _ in extra)}" if extra else "") + ".")
+    return cls

@@ -41,3 +41,10 @@ def check_text(text: object, what: str = "prompt") -> str:
     except UnicodeEncodeError as e:
         raise InputError(f"{what} is not valid Unicode text ({e.reason} at position {e.start})") from None
     return text
+
+
+def check_choice(where: str, value: object, choices: tuple) -> None:
+    """Raise ConfigError unless ``value`` is one of ``choices`` (every enum-like setting: a model's
+    constructor argument and its preset key alike)."""
+    if value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, choices))}, got {value!r}")

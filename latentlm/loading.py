@@ -7,24 +7,22 @@ unpickled and no remote code is ever trusted.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import torch
+import diffusers
 from safetensors import safe_open
 
-from latentlm.errors import CheckpointError, InputError
+from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder
+from latentlm.baselines.autoregressive import CausalLM
+from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
+from latentlm.data.tokenizer import load_tokenizer
+from latentlm.diffusion.modeling_denoiser import LatentDenoiser
+from latentlm.errors import CheckpointError
+from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline
 
-
-def _model_classes() -> dict[str, type]:
-    from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder
-    from latentlm.baselines.autoregressive import CausalLM
-    from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
-    from latentlm.diffusion.modeling_denoiser import LatentDenoiser
-
-    return {"CausalLM": CausalLM, "TextAutoencoder": TextAutoencoder, "MaskedDiffusionLM": MaskedDiffusionLM,
-            "LatentDenoiser": LatentDenoiser}
+MODEL_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (CausalLM, TextAutoencoder, MaskedDiffusionLM,
+                                                                  LatentDenoiser)}
 
 
 def read_model_config(folder: str | Path) -> dict[str, Any]:
@@ -39,10 +37,10 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
         cfg = json.loads(cfg_file.read_text("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict) or cfg.get("_class_name") not in _model_classes():
+    if not isinstance(cfg, dict) or cfg.get("_class_name") not in MODEL_CLASSES:
         raise CheckpointError(
             f"{cfg_file} names class {cfg.get('_class_name') if isinstance(cfg, dict) else None!r}, "
-            f"not a latentlm model ({', '.join(_model_classes())})"
+            f"not a latentlm model ({', '.join(MODEL_CLASSES)})"
         )
     return cfg
 
@@ -63,7 +61,7 @@ def load_model(folder: str | Path):
     """Load the model saved in ``folder`` (any latentlm kind)."""
     folder = Path(folder)
     cfg = read_model_config(folder)
-    cls = _model_classes()[cfg["_class_name"]]
+    cls = MODEL_CLASSES[cfg["_class_name"]]
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise CheckpointError(f"no .safetensors weights in {folder}")
@@ -82,9 +80,6 @@ def is_pipeline_folder(folder: str | Path) -> bool:
 def load_pipeline(folder: str | Path):
     """Load a :class:`~latentlm.LatentDiffusionPipeline` folder, checking every component
     first so that a missing or corrupt file gives an error naming it."""
-    from latentlm.data.tokenizer import load_tokenizer
-    from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline
-
     folder = Path(folder)
     index = folder / "model_index.json"
     if not index.is_file():
@@ -107,44 +102,11 @@ def load_pipeline(folder: str | Path):
     sched_file = folder / "scheduler" / "scheduler_config.json"
     try:
         sched_cfg = json.loads(sched_file.read_text("utf-8"))
-        import diffusers
-
         scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
     except (OSError, json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{sched_file} is missing or malformed: {e}") from None
     return LatentDiffusionPipeline(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
                                    scheduler=scheduler, denoiser_2=denoiser_2, boundary=spec.get("boundary"))
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    """The device to run on: ``None`` or ``"auto"`` picks the first CUDA GPU when there is one,
-    else the CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` are checked to exist."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} was asked for but torch sees no CUDA GPU; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
-    return dev
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX tiles)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch.cpu, so guarded
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def device_name(device: torch.device) -> str:
-    """A readable name of ``device`` for reports: the GPU's model, or the CPU and its cores."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores)"
 
 
 def count_parameters(model) -> int:

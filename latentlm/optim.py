@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import torch.optim._muon as _torch_muon
 
+from latentlm.device import muon_float32_orthogonalisation
 from latentlm.errors import ConfigError
-from latentlm.loading import cpu_has_native_bf16
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -84,7 +84,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = self.muon.param_groups[0]["params"]
-        with float32_newton_schulz(params[0].device.type == "cpu" and not cpu_has_native_bf16()):
+        with float32_newton_schulz(muon_float32_orthogonalisation(params[0].device)):
             self.muon.step()
         self.adamw.step()
         return loss

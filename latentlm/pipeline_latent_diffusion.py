@@ -34,9 +34,9 @@ from diffusers import (
 )
 from diffusers.utils import BaseOutput
 
-from latentlm.diffusion.losses import encode_prompts
+from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.diffusion.sampling import langevin_correct
-from latentlm.errors import CheckpointError, InputError, check_text
+from latentlm.errors import CheckpointError, InputError, check_choice, check_text
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,
@@ -56,8 +56,7 @@ def make_scheduler(name: str, denoiser) -> object:
     no clipping (``clip_sample=False``: the default True silently clamps latents)
     and trailing timesteps (the first step starts at pure noise).
     """
-    if name not in SCHEDULERS:
-        raise InputError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    check_choice("sampler", name, tuple(SCHEDULERS))
     if name == "flow-euler":
         return FlowMatchEulerDiscreteScheduler()
     betas = denoiser.schedule.discrete_betas(1000).tolist()

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from latentlm.data.synthetic import generate_stories, write_jsonl
-from latentlm.data.tokenizer import train_tokenizer
+from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+from latentlm.device import device_name, mixed_precision_reason, resolve_device
 from latentlm.eval.compare import DEFAULT_OPTIONS, CompareConfig, compare
 from latentlm.eval.models import load_language_model
 from latentlm.eval.report import summary_table
@@ -37,8 +38,8 @@ def _trained(folder: Path) -> bool:
 
 def quickstart(out: Path, *, n_stories: int = 4000, seed: int = 0, n_prompts: int = 64) -> dict:
     t0 = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"latentlm quickstart -> {out} (device: {device})")
+    device = resolve_device("auto")
+    print(f"latentlm quickstart -> {out} (device: {device_name(device)}; training in {mixed_precision_reason()})")
     out.mkdir(parents=True, exist_ok=True)
     train_stories = generate_stories(n_stories, seed=seed)
     held_out = generate_stories(2 * max(n_prompts, 32), seed=seed + 1)  # openings + MAUVE's reference
@@ -47,13 +48,13 @@ def quickstart(out: Path, *, n_stories: int = 4000, seed: int = 0, n_prompts: in
     print(f"[1/7] {n_stories} synthetic stories -> {train_file}")
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").is_file():
-        train_tokenizer([s.text for s in train_stories], 4096).save_pretrained(tok_dir)
+        train_tokenizer([s.text for s in train_stories], DEFAULT_VOCAB_SIZE).save_pretrained(tok_dir)
     print(f"[2/7] byte-level BPE tokenizer -> {tok_dir}")
 
     common = dict(preset="cpu-tiny", valid=[valid_file])
     # on CPU the denoiser trains CPU_DENOISER_STEPS of the preset's steps so that the whole job fits
     # 15 minutes on 2 cores; on a GPU it trains the full preset
-    den_over = [] if device == "cuda" else [f"train.steps={CPU_DENOISER_STEPS}"]
+    den_over = [] if device.type == "cuda" else [f"train.steps={CPU_DENOISER_STEPS}"]
     steps = [("autoencoder", dict(tokenizer=tok_dir)),
              ("denoiser", dict(autoencoder=out / "autoencoder", overrides=den_over)),
              ("mdlm", dict(tokenizer=tok_dir)), ("ar", dict(tokenizer=tok_dir))]

@@ -19,7 +19,12 @@ from typing import Any
 
 import torch
 
-from latentlm.config import parse_overrides, resolve_config
+from latentlm.autoencoder.latent_cache import ChunkLatentCache
+from latentlm.autoencoder.losses import AutoencoderLossConfig, autoencoder_loss
+from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder, token_texts_of
+from latentlm.baselines.autoregressive import CausalLM, ar_loss
+from latentlm.baselines.masked_diffusion import MaskedDiffusionLM, mdlm_loss
+from latentlm.config import model_section, parse_overrides, resolve_config
 from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
 from latentlm.data.readers import read_documents
 from latentlm.data.tokenizer import (
@@ -28,8 +33,13 @@ from latentlm.data.tokenizer import (
     sentence_end_ids,
     train_tokenizer,
 )
-from latentlm.errors import ConfigError, DataError
-from latentlm.training import LossFn, TrainConfig, TrainResult, move_export, train
+from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss
+from latentlm.diffusion.modeling_denoiser import LatentDenoiser
+from latentlm.errors import ConfigError, DataError, check_choice
+from latentlm.files import move_tree
+from latentlm.loading import is_pipeline_folder, load_model, load_pipeline, read_model_config
+from latentlm.pipeline_latent_diffusion import SCHEDULERS, LatentDiffusionPipeline, make_scheduler
+from latentlm.training import LossFn, TrainConfig, TrainResult, train
 
 
 @dataclass
@@ -71,27 +81,39 @@ class Recipe:
                 **self.extra_sections}
 
 
+# Model sections: the model classes' constructor arguments (their defaults are the only ones), less what
+# the run supplies from the tokenizer and the data.
+_SPECIAL = ("vocab_size", "pad_token_id", "eot_token_id")
+ARModelConfig = model_section(CausalLM, "ARModelConfig", exclude=_SPECIAL)
+MDLMModelConfig = model_section(MaskedDiffusionLM, "MDLMModelConfig", exclude=(*_SPECIAL, "mask_token_id"))
+AutoencoderConfig = model_section(TextAutoencoder, "AutoencoderConfig",
+                                  exclude=(*_SPECIAL, "max_seq_len", "token_texts"))
+
+
+def _check_sampler(section) -> None:
+    check_choice("model.sampler", section.sampler, tuple(SCHEDULERS))  # here, not at export after the run
+
+
+# the scheduler saved with the pipeline: DDPM beat DDIM at every step count on synthetic stories and at
+# 3 of 4 on TinyStories (docs/latent_diffusion.md)
+DenoiserConfig = model_section(LatentDenoiser, "DenoiserConfig", exclude=("latent_dim", "max_latents"),
+                               extra=(("sampler", str, "ddpm"),), check_extra=_check_sampler)
+
+
 def _build_lm(cls, cfg: dict[str, Any], tok, **special) -> torch.nn.Module:
-    """A baseline of class ``cls`` from an ``LMConfig`` section and the tokenizer."""
-    m = cfg["model"]
-    return cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eot_token_id=tok.eos_token_id,
-               max_seq_len=max(m.max_seq_len, cfg["data"].seq_len), **special,
-               **{k: v for k, v in dataclasses.asdict(m).items() if k != "max_seq_len"})
+    """A baseline of class ``cls`` from its model section and the tokenizer."""
+    m = dataclasses.asdict(cfg["model"])
+    m["max_seq_len"] = max(m["max_seq_len"], cfg["data"].seq_len)
+    return cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eot_token_id=tok.eos_token_id, **special, **m)
 
 
 def _ar_recipe() -> Recipe:
-    from latentlm.baselines.autoregressive import CausalLM, ar_loss
-    from latentlm.baselines.config import LMConfig
-
-    return Recipe("ar", LMConfig, lambda cfg, tok, ctx: _build_lm(CausalLM, cfg, tok), lambda cfg, ctx: ar_loss)
+    return Recipe("ar", ARModelConfig, lambda cfg, tok, ctx: _build_lm(CausalLM, cfg, tok), lambda cfg, ctx: ar_loss)
 
 
 def _autoencoder_recipe() -> Recipe:
-    from latentlm.autoencoder.losses import AutoencoderLossConfig, autoencoder_loss
-    from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder, token_texts_of
-
     def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
-        m: AutoencoderConfig = cfg["model"]
+        m = cfg["model"]
         semantic = m.encoder_type == "semantic"
         model = TextAutoencoder(vocab_size=len(tok), max_seq_len=cfg["data"].seq_len,
                                 pad_token_id=tok.pad_token_id, eot_token_id=tok.eos_token_id,
@@ -106,68 +128,10 @@ def _autoencoder_recipe() -> Recipe:
                   layout="document", extra_sections={"loss": AutoencoderLossConfig})
 
 
-@dataclass
-class AutoencoderConfig:
-    """Model section of an autoencoder preset (``[autoencoder.model]``)."""
-
-    tokens_per_latent: int = 4
-    latent_dim: int = 64
-    dim: int = 256
-    encoder_depth: int = 3
-    decoder_depth: int = 3
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    encoder_type: str = "scratch"  # or "semantic"
-    semantic_model: str = "all-MiniLM-L6-v2"
-    semantic_trainable: bool = False
-    normalization: str = "l2"  # or "standardize"
-    encoder_context: str = "sequence"  # or "chunk": each latent encodes its own k tokens alone
-
-    def validate(self) -> None:
-        if self.encoder_context not in ("sequence", "chunk"):
-            raise ConfigError(f"model.encoder_context must be 'sequence' or 'chunk', got {self.encoder_context!r}")
-        if self.encoder_type not in ("scratch", "semantic"):
-            raise ConfigError(f"model.encoder_type must be 'scratch' or 'semantic', got {self.encoder_type!r}")
-        if self.normalization not in ("l2", "standardize"):
-            raise ConfigError(f"model.normalization must be 'l2' or 'standardize', got {self.normalization!r}")
-        if self.tokens_per_latent < 1 or self.latent_dim < 1:
-            raise ConfigError("model.tokens_per_latent and model.latent_dim must be positive")
-
-
 def _mdlm_recipe() -> Recipe:
-    from latentlm.baselines.config import LMConfig
-    from latentlm.baselines.masked_diffusion import MaskedDiffusionLM, mdlm_loss
-
-    return Recipe("mdlm", LMConfig,
+    return Recipe("mdlm", MDLMModelConfig,
                   lambda cfg, tok, ctx: _build_lm(MaskedDiffusionLM, cfg, tok, mask_token_id=tok.mask_token_id),
                   lambda cfg, ctx: mdlm_loss)
-
-
-@dataclass
-class DenoiserConfig:
-    """Model section of a denoiser preset (``[denoiser.model]``)."""
-
-    dim: int = 256
-    depth: int = 6
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    parameterisation: str = "x0"  # or "eps", "v"
-    self_conditioning: bool = True
-    schedule: str = "shifted_cosine"  # or "cosine"
-    schedule_shift: float = 4.0
-    # scheduler saved with the pipeline: ddpm, ddim, dpm++, flow-euler; DDPM beat DDIM at every
-    # step count on synthetic stories and at 3 of 4 on TinyStories (docs/latent_diffusion.md)
-    sampler: str = "ddpm"
-
-    def validate(self) -> None:
-        if self.parameterisation not in ("x0", "eps", "v"):
-            raise ConfigError(f"model.parameterisation must be x0, eps or v, got {self.parameterisation!r}")
-        if self.schedule not in ("cosine", "shifted_cosine"):
-            raise ConfigError(f"model.schedule must be cosine or shifted_cosine, got {self.schedule!r}")
-        from latentlm.pipeline_latent_diffusion import SCHEDULERS
-
-        if self.sampler not in SCHEDULERS:  # checked here, not at export after the whole run
-            raise ConfigError(f"model.sampler must be one of {', '.join(SCHEDULERS)}, got {self.sampler!r}")
 
 
 @dataclass
@@ -189,18 +153,12 @@ class ExpertsConfig:
 
 
 def _denoiser_recipe() -> Recipe:
-    from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss
-    from latentlm.diffusion.modeling_denoiser import LatentDenoiser
-
     def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
-        m: DenoiserConfig = cfg["model"]
         ae = ctx["autoencoder"]
-        fields = {k: v for k, v in dataclasses.asdict(m).items() if k != "sampler"}
+        fields = {k: v for k, v in dataclasses.asdict(cfg["model"]).items() if k != "sampler"}
         return LatentDenoiser(latent_dim=ae.config.latent_dim, max_latents=ae.n_latents, **fields)
 
     def export(model, tok, ctx, folder: Path) -> None:
-        from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline, make_scheduler
-
         pipe = LatentDiffusionPipeline(tok, ctx["autoencoder"], model, make_scheduler(ctx["sampler"], model))
         pipe.save_pretrained(folder)
 
@@ -208,8 +166,6 @@ def _denoiser_recipe() -> Recipe:
         ae = ctx["autoencoder"]
         cache = None
         if cfg["loss"].cache_latents and getattr(ae.config, "encoder_context", "sequence") == "chunk":
-            from latentlm.autoencoder.latent_cache import ChunkLatentCache
-
             cache = ChunkLatentCache(ae)
         return functools.partial(denoiser_loss, autoencoder=ae, cfg=cfg["loss"],
                                  sentence_ends=ctx["sentence_ends"], latent_cache=cache)
@@ -301,9 +257,6 @@ def run_training(
 
 def _export_time_experts(out_dir: Path, boundary: float) -> None:
     """One pipeline of the two experts' exports (``high_noise/``, ``low_noise/``) in ``out_dir``."""
-    from latentlm.loading import load_pipeline
-    from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline
-
     high, low = load_pipeline(out_dir / "high_noise"), load_pipeline(out_dir / "low_noise")
     pipe = LatentDiffusionPipeline(high.tokenizer, high.autoencoder, high.denoiser, high.scheduler,
                                    denoiser_2=low.denoiser, boundary=boundary)
@@ -311,7 +264,7 @@ def _export_time_experts(out_dir: Path, boundary: float) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp)
-    move_export(tmp, out_dir)
+    move_tree(tmp, out_dir)
 
 
 def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_dir: str | Path, *,
@@ -326,8 +279,6 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
     if recipe.needs_autoencoder:
         if autoencoder is None:
             raise ConfigError(f"training a {kind} needs --autoencoder DIR (a trained autoencoder)")
-        from latentlm.loading import load_model
-
         ae = load_model(autoencoder)
         if type(ae).__name__ != "TextAutoencoder":
             raise ConfigError(f"{autoencoder} holds a {type(ae).__name__}, not a TextAutoencoder")
@@ -343,8 +294,6 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
     else:
         docs, valid_docs = split_documents(docs, data_cfg.valid_fraction, seed=train_cfg.seed)
     if init_from is not None:
-        from latentlm.loading import is_pipeline_folder, read_model_config
-
         if not str(init_from).strip() or not Path(init_from).is_dir():
             raise ConfigError(f"--init-from {str(init_from)!r} does not exist: pass the folder of a trained {kind}")
         init_from = Path(init_from)
@@ -398,8 +347,6 @@ def load_initial_weights(model: torch.nn.Module, kind: str, folder: str | Path, 
     pipelines) was trained on another autoencoder; warns when a setting of the model
     section differs from the one the weights were trained with (e.g. the noise schedule).
     """
-    from latentlm.loading import is_pipeline_folder, load_model
-
     folder = Path(folder)
     pipeline = is_pipeline_folder(folder)
     source = load_model(folder / "denoiser" if pipeline else folder)

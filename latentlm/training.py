@@ -3,7 +3,7 @@
 ``train(model, loss_fn, data, cfg, out_dir)`` runs AdamW (or Muon on the
 transformer blocks' matrices: :mod:`latentlm.optim`) with warmup + cosine
 (diffusers' ``get_scheduler``), gradient clipping and accumulation, mixed
-precision (decided once, in :func:`resolve_mixed_precision`), optional EMA
+precision (decided in :mod:`latentlm.device`), optional EMA
 (diffusers' ``EMAModel``), periodic validation, atomic checkpoints, resume,
 a tqdm bar with loss and tokens/s, a JSONL metrics log, a clear stop on a
 non-finite loss, and a checkpoint on SIGTERM / Ctrl-C.
@@ -30,9 +30,7 @@ pickles, and only from the user's own runs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import shutil
 import signal
 import threading
@@ -51,12 +49,13 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from latentlm.device import MixedPrecision, mixed_precision_reason, resolve_mixed_precision
 from latentlm.errors import CheckpointError, ConfigError, TrainingDivergedError
-from latentlm.loading import cpu_has_native_bf16
+from latentlm.files import move_tree, replace_dir, sha256, write_text_atomic
 from latentlm.optim import OPTIMIZERS, make_optimizer
+from latentlm.outputs import Batch, LossFn, LossOutput
 
-Batch = dict[str, torch.Tensor]
-MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+__all__ = ["BatchSource", "LossFn", "LossOutput", "TrainConfig", "TrainResult", "train"]
 
 
 class BatchSource(Protocol):
@@ -108,17 +107,6 @@ class TrainConfig:
 
 
 @dataclass
-class LossOutput:
-    """What a loss function returns: the scalar to minimise and metrics to log."""
-
-    loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-LossFn = Callable[[torch.nn.Module, Batch], LossOutput]
-
-
-@dataclass
 class TrainResult:
     step: int
     train_loss: float
@@ -128,53 +116,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def resolve_mixed_precision(choice: MixedPrecision) -> str:
-    """The single place where latentlm picks a compute dtype.
-
-    ``auto``: bf16 on CUDA GPUs that support it, fp16 on older GPUs; on the CPU
-    bf16 autocast where the CPU computes in bf16 natively (AVX512-BF16 or AMX:
-    about 1.5x faster training), else fp32: without those instructions bf16 is
-    emulated, 11x slower on an AVX2-only EPYC.
-    """
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "no"
-
-
-
 # ----------------------------------------------------------------------------- checkpoints
 
 STATE_FILE = "trainer_state.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def validate_checkpoint(path: Path) -> dict[str, Any]:
@@ -191,7 +135,7 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{f} is missing")
-        if _sha256(f) != digest:
+        if sha256(f) != digest:
             raise CheckpointError(f"{f} is corrupt (checksum mismatch)")
     return state
 
@@ -335,6 +279,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_root.mkdir(exist_ok=True)
         if run_config is not None:
+            run_config = {**run_config, "compute_dtype": mixed_precision_reason(cfg.mixed_precision)}
             write_text_atomic(out_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
 
     optimizer = make_optimizer(model, cfg.optimizer, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
@@ -367,15 +312,10 @@ def train(
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         if main:
-            files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             write_text_atomic(tmp / STATE_FILE, json.dumps({"step": state.step, "optimizer": cfg.optimizer,
                                                              "files": files}))
-            _fsync_dir(tmp)
-            final = ckpt_root / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(ckpt_root)
+            replace_dir(tmp, ckpt_root / name)
             write_text_atomic(ckpt_root / "latest", name + "\n")
             for old in sorted(ckpt_root.glob("step-*"))[: -cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -478,13 +418,13 @@ def _check_same_optimizer(ckpt_root: Path, optimizer: str) -> None:
     state cannot be loaded, and starting over would replace them."""
     for path in list_checkpoints(ckpt_root):
         try:
-            saved = validate_checkpoint(path).get("optimizer", "adamw")  # written since Muon; AdamW before
+            saved = validate_checkpoint(path).get("optimizer", "adamw")  # absent in AdamW-only checkpoints
         except CheckpointError:
             continue  # _resume warns about it
         if saved != optimizer:
             raise ConfigError(
                 f"{ckpt_root.parent} holds checkpoints of a run with train.optimizer={saved!r}, but this run "
-                f"uses {optimizer!r} (the cpu-tiny denoiser preset switched to Muon): resume it with "
+                f"uses {optimizer!r}: resume it with "
                 f"--set train.optimizer={saved}, or pass a new --out")
         return
 
@@ -518,16 +458,4 @@ def _export(model, ema, export, out_dir: Path) -> None:
     finally:
         if ema is not None:
             ema.restore(model.parameters())
-    move_export(tmp, out_dir)
-
-
-def move_export(tmp: Path, out_dir: Path) -> None:
-    """Move the files written into ``tmp`` over those in ``out_dir``, each with an atomic rename; a
-    pipeline's ``model_index.json`` (what makes the folder a pipeline) last. Removes ``tmp``."""
-    files = sorted((f for f in tmp.rglob("*") if f.is_file()), key=lambda f: (f.name == "model_index.json", f))
-    for f in files:
-        target = out_dir / f.relative_to(tmp)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(f, target)
-    shutil.rmtree(tmp, ignore_errors=True)
-
+    move_tree(tmp, out_dir)

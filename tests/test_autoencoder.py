@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from latentlm.autoencoder import TextAutoencoder, decode_ids, encode_texts
-from latentlm.errors import InputError
+from latentlm.errors import ConfigError, InputError
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +126,9 @@ def test_chunk_encoder_latents_depend_only_on_their_own_tokens(tiny_tokenizer):
     assert torch.allclose(zb[1], chunk.encode(long)[0], atol=1e-5)
     alone = chunk.encode(torch.full((1, 4), tiny_tokenizer.pad_token_id), torch.zeros(1, 4, dtype=torch.long))
     assert torch.allclose(zb[0, 2:], alone[0].expand(4, -1), atol=1e-5)
-    with pytest.raises(InputError, match="encoder_context"):
+    with pytest.raises(ConfigError, match="encoder_context"):
         TextAutoencoder(encoder_context="window", **kw)
-    with pytest.raises(InputError, match="needs encoder_type='scratch'"):
+    with pytest.raises(ConfigError, match="needs encoder_type='scratch'"):
         TextAutoencoder(encoder_context="chunk", encoder_type="semantic", token_texts=["x"] * kw["vocab_size"], **kw)
 
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from latentlm.autoencoder import TextAutoencoder
-from latentlm.diffusion import DenoiserLossConfig, LatentDenoiser, denoiser_loss
-from latentlm.diffusion.losses import encode_prompts, left_align
+from latentlm.autoencoder.modeling_autoencoder import encode_prompts, left_align
+from latentlm.diffusion import LatentDenoiser
+from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss
 from latentlm.errors import ConfigError, InputError
 
 
@@ -70,7 +71,7 @@ def test_denoiser_bad_input():
         den(torch.zeros(1, 2, 9), torch.zeros(1))
     with pytest.raises(InputError, match="exceed"):
         den(torch.zeros(1, 5, 8), torch.zeros(1))
-    with pytest.raises(InputError, match="parameterisation"):
+    with pytest.raises(ConfigError, match="parameterisation must be one of"):  # the preset key's error type
         LatentDenoiser(parameterisation="score")
 
 

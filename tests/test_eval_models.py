@@ -140,7 +140,7 @@ def test_padded_generation_rejects_a_mask_of_the_wrong_shape(ar, mdlm):
 
 
 def test_devices_resolve_or_fail_clearly(tmp_path, tiny_tokenizer):
-    from latentlm.loading import resolve_device
+    from latentlm.device import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

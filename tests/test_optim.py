@@ -5,7 +5,7 @@ import torch
 import torch.optim._muon as torch_muon
 from diffusers.optimization import get_scheduler
 
-import latentlm.optim
+import latentlm.device
 from latentlm.baselines.autoregressive import ar_loss
 from latentlm.errors import ConfigError
 from latentlm.optim import (
@@ -116,7 +116,7 @@ def test_muon_step_uses_float32_only_without_native_bf16(monkeypatch):
     for p in opt.muon.param_groups[0]["params"]:
         p.grad = torch.randn_like(p)
     for native in (True, False):
-        monkeypatch.setattr(latentlm.optim, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(latentlm.device, "cpu_has_native_bf16", lambda native=native: native)
         seen.clear()
         opt.step()
         assert bool(seen) == native  # emulated bf16: torch's bf16 iteration is swapped out

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from latentlm.baselines.autoregressive import ar_loss
+from latentlm.device import resolve_mixed_precision
 from latentlm.errors import ConfigError, TrainingDivergedError
 from latentlm.training import (
     LossOutput,
     TrainConfig,
     list_checkpoints,
-    resolve_mixed_precision,
     train,
     validate_checkpoint,
 )

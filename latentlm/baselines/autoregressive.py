@@ -13,12 +13,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from latentlm.baselines.config import LMConfig
 from latentlm.errors import InputError
 from latentlm.layers import KVCache, Transformer
-from latentlm.training import LossOutput
-
-ARConfig = LMConfig  # model section of an AR preset (``[ar.model]``)
+from latentlm.outputs import LossOutput
 
 
 class CausalLM(ModelMixin, ConfigMixin):

@@ -29,17 +29,13 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from latentlm.baselines.config import LMConfig
 from latentlm.errors import InputError
 from latentlm.layers import Transformer
-from latentlm.training import LossOutput
+from latentlm.outputs import LossOutput
 
 DECODERS = ("ancestral", "llada", "threshold", "anchor")
 MAX_STEPS = 10_000  # documented limit on decoding steps (bounds the time of one call)
 T_EPS = 1e-3  # smallest masking level (the 1/t weight is unbounded at 0)
-
-
-MDLMConfig = LMConfig  # model section of an MDLM preset (``[mdlm.model]``)
 
 
 class MaskedDiffusionLM(ModelMixin, ConfigMixin):
