@@ -5,7 +5,12 @@ Components: ``tokenizer`` (our byte-level BPE), ``autoencoder``
 (:class:`~latentlm.diffusion.LatentDenoiser`) and ``scheduler`` (any of DDPM,
 DDIM, DPM-Solver++ configured by :func:`make_scheduler`, swappable with
 ``pipe.scheduler = X.from_config(pipe.scheduler.config)``, or
-``FlowMatchEulerDiscreteScheduler``, which gets its own loop branch).
+``FlowMatchEulerDiscreteScheduler``, whose flow sample and velocity are converted to the
+denoiser's variance-preserving latents and clean estimate once, before the loop).
+
+``__call__`` runs diffusers' stages: :meth:`check_inputs`, :meth:`encode_prompt`, the
+timesteps, :meth:`prepare_latents`, the denoising loop (``callback_on_step_end`` as diffusers
+defines it), :meth:`decode`.
 
 An optional ``denoiser_2`` with a ``boundary`` time makes two time experts, as
 diffusers' ``WanPipeline`` does with ``transformer_2`` and ``boundary_ratio``:
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +38,9 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
 )
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.diffusion.sampling import langevin_correct
@@ -110,6 +118,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "autoencoder->denoiser->denoiser_2"
     _optional_components = ["denoiser_2"]
+    _callback_tensor_inputs = ["latents", "x0"]  # x0: the step's clean-latent estimate
 
     def __init__(self, tokenizer, autoencoder, denoiser, scheduler, denoiser_2=None,
                  boundary: float | None = None) -> None:
@@ -145,79 +154,28 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                                          for x in (z_t, t, prompt, prompt_mask, self_cond)))
         return out
 
-    # ------------------------------------------------------------------ helpers
-    def _normalise_prompts(self, prompt) -> list[str]:
-        if prompt is None:
-            return [""]
-        if isinstance(prompt, str):
-            return [check_text(prompt)]
-        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-            return [check_text(p) for p in prompt]
-        raise InputError("prompt must be None, a string or a non-empty list of strings")
+    # ------------------------------------------------------------------ stages
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
 
-    def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
-        """Prompt token ids; a prompt longer than the autoencoder's maximum keeps its
-        last ``max_seq_len`` tokens (documented truncation)."""
-        limit = self.autoencoder.config.max_seq_len
-        ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        return [x[-limit:] if len(x) > limit else x for x in ids]
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale != 1.0
 
-    def _x0_fn(self, prompt, prompt_mask, guidance_scale: float, interval: tuple[float, float] = (0.0, 1.0)):
-        """x0_hat(x, t) with classifier-free guidance (at times t in ``interval``) and
-        self-conditioning; counts NFE."""
-        state = {"nfe": 0, "prev": None}
-        den = self.denoiser
-        use_cfg = prompt is not None and guidance_scale != 1.0
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
 
-        def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            sc = state["prev"] if den.config.self_conditioning else None
-            xin = x.to(den.dtype)
-            x0 = self.predict_x0(xin, t, prompt, prompt_mask, sc)
-            state["nfe"] += 1
-            if use_cfg and interval[0] <= float(t[0]) <= interval[1]:  # one time per step for the batch
-                uncond = self.predict_x0(xin, t, None, None, sc)
-                state["nfe"] += 1
-                x0 = uncond + guidance_scale * (x0 - uncond)
-            state["prev"] = x0.to(den.dtype)
-            return x0.to(x.dtype)
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` in a callback to stop denoising after that step (diffusers)."""
+        return self._interrupt
 
-        return fn, state
-
-    # ------------------------------------------------------------------ call
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] | None = None,
-        *,
-        max_new_tokens: int = 64,
-        num_inference_steps: int = 32,
-        guidance_scale: float = 1.0,
-        guidance_interval: tuple[float, float] = (0.0, 1.0),
-        num_samples_per_prompt: int = 1,
-        corrector_steps: int = 0,
-        corrector_snr: float = 0.1,
-        generator: torch.Generator | None = None,
-        output_type: str = "text",
-        callback_on_step_end=None,
-        progress: bool = False,
-    ) -> LatentDiffusionPipelineOutput:
-        """Sample continuations of ``prompt``.
-
-        Args:
-            prompt: None or "" for unconditional samples, a string, or a list of strings.
-            max_new_tokens: tokens of continuation (rounded up to whole latents; at most the
-                autoencoder's ``max_seq_len``).
-            num_inference_steps: scheduler steps (NFE without guidance or corrector).
-            guidance_scale: classifier-free guidance weight w >= 0 (1 = plain conditional;
-                guided x0 = uncond + w (cond - uncond)).
-            guidance_interval: (t_lo, t_hi): guidance only at times t in this interval, plain
-                conditional elsewhere (Kynkaanniemi et al. 2024); the default guides every step.
-            num_samples_per_prompt: samples drawn for each prompt.
-            corrector_steps: Langevin corrector steps after each predictor step.
-            generator: torch.Generator for the initial noise and stochastic steps.
-            output_type: "text" (texts + ids + latents), "ids" (ids + latents) or "latent".
-            callback_on_step_end: called as f(pipe, step, timestep, {"latents": x}) after each step.
-        """
+    def check_inputs(self, prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
+                     num_samples_per_prompt, corrector_steps, output_type, latents,
+                     callback_on_step_end_tensor_inputs) -> list[str]:
+        """Validate the arguments of ``__call__`` (InputError naming the bad one); returns the prompts."""
         prompts = self._normalise_prompts(prompt)
         max_steps = int(getattr(self.scheduler.config, "num_train_timesteps", 1000))
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= max_steps:
@@ -236,68 +194,214 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             raise InputError(f"num_samples_per_prompt must be a positive integer, got {num_samples_per_prompt!r}")
         if not isinstance(corrector_steps, int) or corrector_steps < 0:
             raise InputError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
+        if corrector_steps and isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
+            raise InputError("corrector_steps needs a variance-preserving scheduler (ddpm, ddim, dpm++), "
+                             "not FlowMatchEulerDiscreteScheduler")
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        ae, den = self.autoencoder, self.denoiser
-        if max_new_tokens > ae.config.max_seq_len:
-            raise InputError(f"max_new_tokens {max_new_tokens} exceeds the autoencoder's maximum of "
-                             f"{ae.config.max_seq_len} tokens")
+        limit = self.autoencoder.config.max_seq_len
+        if max_new_tokens > limit:
+            raise InputError(f"max_new_tokens {max_new_tokens} exceeds the autoencoder's maximum of {limit} tokens")
         batch = len(prompts) * num_samples_per_prompt
         if batch > MAX_BATCH:
             raise InputError(f"{batch} samples in one call exceed the limit of {MAX_BATCH}; split the call")
-        device = self._execution_device
-        k, d = ae.config.tokens_per_latent, ae.config.latent_dim
-        n = -(-max_new_tokens // k)
+        shape = (batch, self._n_latents(max_new_tokens), self.autoencoder.config.latent_dim)
+        if latents is not None and (not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape):
+            raise InputError(f"latents must be a tensor of shape {shape} (prompts x samples, latents for "
+                             f"max_new_tokens, latent width), got "
+                             f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise InputError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
+                             f"got {bad}")
+        return prompts
 
+    def encode_prompt(self, prompts: list[str], num_samples_per_prompt: int = 1, device=None
+                      ) -> tuple[list[str], torch.Tensor | None, torch.Tensor | None]:
+        """Prompts -> (one prompt string per sample, clean prompt latents (b, p, d) left-padded in the
+        denoiser's dtype, their mask (b, p)); latents and mask are None when every prompt is empty.
+        A prompt longer than the autoencoder's ``max_seq_len`` tokens keeps its last ``max_seq_len``."""
+        device = self._execution_device if device is None else device
         rows = [p for p in prompts for _ in range(num_samples_per_prompt)]
-        ids = self._prompt_ids(rows)
-        ctx, ctx_mask = encode_prompts(ae, ids, self.tokenizer.pad_token_id, device)
-        if ctx is not None:
-            ctx = ctx.to(den.dtype)
-        x0_fn, state = self._x0_fn(ctx, ctx_mask, float(guidance_scale), tuple(map(float, guidance_interval)))
+        limit = self.autoencoder.config.max_seq_len
+        ids = [x[-limit:] for x in self.tokenizer(rows, add_special_tokens=False)["input_ids"]]
+        ctx, ctx_mask = encode_prompts(self.autoencoder, ids, self.tokenizer.pad_token_id, device)
+        return rows, (None if ctx is None else ctx.to(self.denoiser.dtype)), ctx_mask
 
-        x = torch.randn((batch, n, d), generator=generator, dtype=torch.float32,
-                        device=generator.device if generator is not None else "cpu").to(device)
+    def prepare_latents(self, batch: int, n_latents: int, device, generator: torch.Generator | None = None,
+                        latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Initial noise (batch, n_latents, latent_dim) in float32, scaled by the scheduler's
+        ``init_noise_sigma`` (flow matching has none: 1); drawn with ``generator`` (on its device) unless ``latents`` is given."""
+        if latents is None:
+            shape = (batch, n_latents, self.autoencoder.config.latent_dim)
+            latents = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=torch.float32)
+        return latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+
+    def decode(self, latents: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Clean latents (b, n, d) -> token ids (b, max_new_tokens) on the CPU, each row cut at its first
+        end-of-text and padded after it; decoded ``DECODE_CHUNK`` rows at a time (the logits
+        (chunk, n k, vocab) are the largest tensor of a call)."""
+        ae = self.autoencoder
+        seq = torch.cat([ae.decode(latents[i : i + DECODE_CHUNK].to(ae.dtype)).argmax(-1)
+                         for i in range(0, len(latents), DECODE_CHUNK)])[:, :max_new_tokens].cpu()
+        eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        ended = (seq == eot).int().cumsum(1) > 0  # the first end-of-text and everything after it
+        return seq.masked_fill(ended, pad)
+
+    # ------------------------------------------------------------------ helpers
+    def _n_latents(self, max_new_tokens: int) -> int:
+        return -(-max_new_tokens // self.autoencoder.config.tokens_per_latent)
+
+    def _normalise_prompts(self, prompt) -> list[str]:
+        if prompt is None:
+            return [""]
+        if isinstance(prompt, str):
+            return [check_text(prompt)]
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            return [check_text(p) for p in prompt]
+        raise InputError("prompt must be None, a string or a non-empty list of strings")
+
+    def _x0_fn(self, prompt, prompt_mask, guidance_scale: float, interval: tuple[float, float] = (0.0, 1.0)):
+        """x0_hat(x, t) with classifier-free guidance (at times t in ``interval``) and self-conditioning;
+        counts NFE in the returned state."""
+        state = {"nfe": 0, "prev": None}
+        den = self.denoiser
+        use_cfg = prompt is not None and guidance_scale != 1.0
+
+        def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            sc = state["prev"] if den.config.self_conditioning else None
+            xin = x.to(den.dtype)
+            x0 = self.predict_x0(xin, t, prompt, prompt_mask, sc)
+            state["nfe"] += 1
+            if use_cfg and interval[0] <= float(t[0]) <= interval[1]:  # one time per step for the batch
+                uncond = self.predict_x0(xin, t, None, None, sc)
+                state["nfe"] += 1
+                x0 = uncond + guidance_scale * (x0 - uncond)
+            state["prev"] = x0.to(den.dtype)
+            return x0.to(x.dtype)
+
+        return fn, state
+
+    def _scheduler_adapters(self, timesteps: torch.Tensor, device):
+        """How the scheduler's sample meets the denoiser, decided once before the loop: returns
+        ``to_denoiser(x, i, ts) -> (z_t, t)``, the VP latent and time (b,) of step i, and
+        ``to_scheduler(x0_hat, x, i)``, the model output the scheduler's ``step`` expects.
+
+        Discrete VP schedulers (prediction_type="sample"): t = (timestep + 1) / N, z_t = the sample,
+        output x0_hat. Flow matching, x = (1 - s) x0 + s eps: z_t = (sigma_t / s) x at the t with
+        alpha_t / sigma_t = (1 - s) / s, output the velocity eps - x0_hat.
+        """
+        sched, schedule = self.scheduler, self.denoiser.schedule
+        if isinstance(sched, FlowMatchEulerDiscreteScheduler):
+            sig = [float(v) for v in sched.sigmas[: len(timesteps)]]
+            ts = [schedule.t_of_log_snr(torch.tensor(2 * math.log(max(1 - s, 1e-12) / s))) for s in sig]
+            scale = [float(schedule.alpha_sigma(t)[1]) for t in ts]
+            times = [t.float().to(device) for t in ts]
+
+            def to_denoiser(x, i, _ts):
+                return x * scale[i] / sig[i], times[i].expand(len(x))
+
+            def to_scheduler(x0, x, i):
+                return (x - (1 - sig[i]) * x0) / sig[i] - x0
+
+            return to_denoiser, to_scheduler
+        n_train = sched.config.num_train_timesteps
+
+        def vp_to_denoiser(x, i, ts):
+            return sched.scale_model_input(x, ts), ((ts.float() + 1) / n_train).expand(len(x)).to(device)
+
+        return vp_to_denoiser, lambda x0, x, i: x0
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        max_new_tokens: int = 64,
+        num_inference_steps: int = 32,
+        guidance_scale: float = 1.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        num_samples_per_prompt: int = 1,
+        corrector_steps: int = 0,
+        corrector_snr: float = 0.1,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "text",
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        progress: bool = False,
+    ) -> LatentDiffusionPipelineOutput:
+        """Sample continuations of ``prompt``.
+
+        Args:
+            prompt: None or "" for unconditional samples, a string, or a list of strings.
+            max_new_tokens: tokens of continuation (rounded up to whole latents; at most the
+                autoencoder's ``max_seq_len``).
+            num_inference_steps: scheduler steps (NFE without guidance or corrector).
+            guidance_scale: classifier-free guidance weight w >= 0 (1 = plain conditional;
+                guided x0 = uncond + w (cond - uncond)).
+            guidance_interval: (t_lo, t_hi): guidance only at times t in this interval, plain
+                conditional elsewhere (Kynkaanniemi et al. 2024, arXiv:2404.07724); the default guides
+                every step.
+            num_samples_per_prompt: samples drawn for each prompt.
+            corrector_steps: Langevin corrector steps after each predictor step (VP schedulers).
+            corrector_snr: the corrector's signal-to-noise step rule.
+            generator: torch.Generator for the initial noise and stochastic steps.
+            latents: initial noise (prompts x samples, latents, latent width) instead of drawing it.
+            output_type: "text" (texts + ids + latents), "ids" (ids + latents) or "latent".
+            callback_on_step_end: called as ``f(pipe, i, timestep, tensors) -> dict`` after each step,
+                with ``tensors`` the ``callback_on_step_end_tensor_inputs`` by name; a returned
+                ``"latents"`` replaces the pipeline's own (as in diffusers).
+                A diffusers ``PipelineCallback`` works too.
+            callback_on_step_end_tensor_inputs: names among ``_callback_tensor_inputs`` (default
+                ``["latents"]``).
+            progress: show a progress bar over the steps.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        # 1. check inputs
+        prompts = self.check_inputs(prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
+                                    num_samples_per_prompt, corrector_steps, output_type, latents, tensor_inputs)
+        self._guidance_scale, self._interrupt = float(guidance_scale), False
+        device = self._execution_device
+        # 2. encode the prompt into clean context latents
+        rows, prompt_latents, prompt_mask = self.encode_prompt(prompts, num_samples_per_prompt, device)
+        # 3. timesteps and how each one meets the denoiser
         sched = self.scheduler
         sched.set_timesteps(num_inference_steps, device=device)
-        schedule = den.schedule
-        flow = isinstance(sched, FlowMatchEulerDiscreteScheduler)
         timesteps = sched.timesteps
+        self._num_timesteps = len(timesteps)
+        to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)
+        # 4. initial noise (b, n, d)
+        x = self.prepare_latents(len(rows), self._n_latents(max_new_tokens), device, generator, latents)
+        x0_fn, state = self._x0_fn(prompt_latents, prompt_mask, self._guidance_scale,
+                                   tuple(map(float, guidance_interval)))
+        # 5. denoising loop: every latent updated in parallel at each step
         x0 = x
         for i, ts in enumerate(self.progress_bar(timesteps) if progress else timesteps):
-            if flow:
-                # x_flow = (1 - s) x0 + s eps  <->  VP z_t = (sigma_t / s) x_flow, alpha_t/sigma_t = (1-s)/s
-                s = float(sched.sigmas[i])
-                t = schedule.t_of_log_snr(torch.tensor(2 * math.log(max(1 - s, 1e-12) / s)))
-                _, sig_t = schedule.alpha_sigma(t)
-                tt = t.float().expand(batch).to(device)
-                x0 = x0_fn(x * float(sig_t) / s, tt)
-                eps = (x - (1 - s) * x0) / s
-                x = sched.step(eps - x0, ts, x, generator=generator).prev_sample
-            else:
-                x = x * sched.init_noise_sigma if i == 0 else x
-                tt = ((ts.float() + 1) / sched.config.num_train_timesteps).expand(batch).to(device)
-                x0 = x0_fn(sched.scale_model_input(x, ts), tt)
-                x = sched.step(x0, ts, x, generator=generator).prev_sample
-                if corrector_steps and i + 1 < len(timesteps):
-                    t_next = ((timesteps[i + 1].float() + 1) / sched.config.num_train_timesteps).expand(batch)
-                    x, nfe = langevin_correct(x0_fn, x, t_next.to(device), schedule, steps=corrector_steps,
-                                              snr=corrector_snr, generator=generator)
+            if self.interrupt:
+                break
+            z_t, t = to_denoiser(x, i, ts)
+            x0 = x0_fn(z_t, t)
+            x = sched.step(to_scheduler(x0, x, i), ts, x, generator=generator).prev_sample
+            if corrector_steps and i + 1 < len(timesteps):
+                t_next = to_denoiser(x, i + 1, timesteps[i + 1])[1]
+                x, _ = langevin_correct(x0_fn, x, t_next, self.denoiser.schedule, steps=corrector_steps,
+                                        snr=corrector_snr, generator=generator)
             if callback_on_step_end is not None:
-                callback_on_step_end(self, i, ts, {"latents": x, "x0": x0})
+                scope = {"latents": x, "x0": x0}
+                returned = callback_on_step_end(self, i, ts, {k: scope[k] for k in tensor_inputs}) or {}
+                x = returned.pop("latents", x)
         latents = x.float()
         nfe = state["nfe"]
+        # 6. decode
         if output_type == "latent":
             return LatentDiffusionPipelineOutput(None, None, latents, nfe)
-        # decoded in chunks: the logits (chunk, n k, vocab) are the largest tensor of a call
-        seq = torch.cat([ae.decode(latents[i : i + DECODE_CHUNK].to(ae.dtype)).argmax(-1)
-                         for i in range(0, batch, DECODE_CHUNK)])[:, :max_new_tokens].cpu()
-        eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        texts = []
-        for r, row in enumerate(seq.tolist()):
-            cut = row.index(eot) if eot in row else len(row)
-            seq[r, cut:] = pad
-            if output_type == "text":
-                texts.append(rows[r] + self.tokenizer.decode([t for t in row[:cut] if t != pad]))
-        return LatentDiffusionPipelineOutput(texts if output_type == "text" else None, seq, latents, nfe)
-
+        seq = self.decode(latents, max_new_tokens)
+        texts = None
+        if output_type == "text":
+            pad = self.tokenizer.pad_token_id
+            texts = [p + self.tokenizer.decode([t for t in row if t != pad]) for p, row in zip(rows, seq.tolist())]
+        return LatentDiffusionPipelineOutput(texts, seq, latents, nfe)

@@ -100,6 +100,42 @@ def test_callback_sees_every_step(pipe):
     assert [i for i, _ in seen] == list(range(5))
 
 
+def test_callback_returned_latents_replace_the_pipelines(pipe):
+    """As in diffusers: the dict a callback returns is read back; a callback that edits latents edits the output."""
+    plain = pipe("x", max_new_tokens=8, num_inference_steps=4, generator=gen())
+    shifted = pipe("x", max_new_tokens=8, num_inference_steps=4, generator=gen(),
+                   callback_on_step_end=lambda p, i, t, kw: {"latents": kw["latents"] + 3.0} if i == 0 else kw)
+    assert not torch.equal(plain.latents, shifted.latents)
+    zeros = pipe("x", max_new_tokens=8, num_inference_steps=4, generator=gen(),
+                 callback_on_step_end=lambda p, i, t, kw: {"latents": torch.zeros_like(kw["latents"])})
+    assert torch.equal(zeros.latents, torch.zeros_like(plain.latents))
+    assert torch.equal(zeros.sequences, pipe.decode(zeros.latents, 8))
+    seen = []
+    pipe("x", max_new_tokens=8, num_inference_steps=2, generator=gen(), callback_on_step_end_tensor_inputs=["x0"],
+         callback_on_step_end=lambda p, i, t, kw: seen.append(sorted(kw)))
+    assert seen == [["x0"], ["x0"]]
+    with pytest.raises(InputError, match="callback_on_step_end_tensor_inputs"):
+        pipe("x", max_new_tokens=8, num_inference_steps=2, callback_on_step_end_tensor_inputs=["noise"])
+
+
+def test_interrupt_and_given_latents(pipe):
+    def stop_after_two(p, i, t, kw):
+        p._interrupt = i == 1
+        return kw
+
+    out = pipe("x", max_new_tokens=8, num_inference_steps=5, generator=gen(), callback_on_step_end=stop_after_two)
+    assert out.nfe == 2 and pipe.num_timesteps == 5
+    noise = torch.randn((1, 2, 8), generator=gen(7))
+    a = pipe("x", max_new_tokens=8, num_inference_steps=3, latents=noise, generator=gen(1))
+    b = pipe("x", max_new_tokens=8, num_inference_steps=3, generator=gen(7))
+    assert torch.equal(a.latents, b.latents)  # the same noise, whether drawn or given
+    with pytest.raises(InputError, match="latents must be a tensor of shape"):
+        pipe("x", max_new_tokens=8, num_inference_steps=3, latents=torch.zeros(1, 3, 8))
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler()
+    with pytest.raises(InputError, match="corrector_steps needs"):
+        pipe("x", max_new_tokens=8, num_inference_steps=3, corrector_steps=1)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_inference_steps=0), "num_inference_steps"),
     (dict(num_inference_steps=-3), "num_inference_steps"),
