@@ -19,7 +19,7 @@ from collections import Counter
 
 import torch
 
-from latentlm.baselines.masked_diffusion import DECODERS
+from latentlm.baselines.mdlm_decoders import DECODERS
 from latentlm.data import read_documents
 from latentlm.data.synthetic import check_story, split_sentences
 from latentlm.eval.models import load_language_model

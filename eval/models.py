@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from latentlm.baselines import autoregressive as ar
 from latentlm.baselines import masked_diffusion as mdlm
+from latentlm.baselines import mdlm_decoders
 from latentlm.data.tokenizer import load_tokenizer
 from latentlm.device import resolve_device
 from latentlm.diffusion.likelihood import pipeline_nll_bound
@@ -173,7 +174,7 @@ class MDLMAdapter(LanguageModelAdapter):
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=0)
         new, nfe = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long), 0
         for group, x, m in _length_buckets(ids, self.tokenizer.pad_token_id, self.model.device):
-            rows, n = mdlm.generate(self.model, x, max_new_tokens, decoder=decoder, steps=steps, threshold=threshold,
+            rows, n = mdlm_decoders.generate(self.model, x, max_new_tokens, decoder=decoder, steps=steps, threshold=threshold,
                                temperature=temperature, generator=generator, prompt_mask=m)
             new[group] = rows.cpu()
             nfe = max(nfe, n)  # every sample saw at most n evaluations (batches run separately)

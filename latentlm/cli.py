@@ -14,7 +14,7 @@ import torch
 
 from latentlm.autoencoder.evaluation import evaluate_autoencoder
 from latentlm.autoencoder.evaluation import summary_table as autoencoder_summary
-from latentlm.baselines.masked_diffusion import DECODERS
+from latentlm.baselines.mdlm_decoders import DECODERS
 from latentlm.config import available_presets, parse_overrides
 from latentlm.data import load_tokenizer, read_documents, train_tokenizer
 from latentlm.data.synthetic import generate_stories, write_jsonl

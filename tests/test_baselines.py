@@ -4,13 +4,12 @@ import torch
 from latentlm.baselines.autoregressive import CausalLM, sequence_nll
 from latentlm.baselines.autoregressive import generate as ar_generate
 from latentlm.baselines.masked_diffusion import (
-    DECODERS,
     MaskedDiffusionLM,
     exact_nll_by_orders,
-    generate,
     mdlm_loss,
     nll_bound,
 )
+from latentlm.baselines.mdlm_decoders import DECODERS, generate
 from latentlm.errors import InputError
 
 
@@ -54,6 +53,22 @@ def test_revealed_tokens_never_change_and_prompt_is_clamped(mdlm, decoder):
         for row in snap:  # each evaluated row is one of the batch's rows, mid-way
             revealed = row != 2
             assert any(torch.equal(row[revealed], f[revealed]) and torch.equal(row[:3], f[:3]) for f in final)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_decoders_share_one_signature_and_callback(mdlm, decoder):
+    """Every decoder is f(model_fn, x, mask_id, *, steps, temperature, generator, callback) -> (x, nfe) and
+    calls back with the dict the latent samplers use; the callback's last state is the result."""
+    fn = DECODERS[decoder]
+    x = torch.tensor([[5, 6] + [2] * 6])
+    seen = []
+    out, nfe = fn(lambda xs, rows=None, attention=False: mdlm(xs, return_attention_layers=1) if attention else mdlm(xs),
+                  x, 2, steps=3, temperature=1.0, generator=torch.Generator().manual_seed(0), callback=seen.append)
+    assert {tuple(sorted(info)) for info in seen} == {("i", "t", "x", "x0")}
+    assert [info["i"] for info in seen] == list(range(len(seen))) and seen[-1]["t"] == pytest.approx(1 - len(seen) / 3)
+    assert torch.equal(seen[-1]["x"], out) and (out != 2).all() and torch.equal(out[:, :2], x[:, :2])
+    assert seen[0]["x0"].shape == x.shape and torch.equal(x, torch.tensor([[5, 6] + [2] * 6]))  # input kept
+    assert 1 <= nfe <= 3
 
 
 def test_ancestral_cache_skips_calls_when_nothing_changes(mdlm):

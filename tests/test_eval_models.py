@@ -130,7 +130,7 @@ def test_left_padding_changes_nothing_for_mdlm(mdlm):
 
 def test_padded_generation_rejects_a_mask_of_the_wrong_shape(ar, mdlm):
     from latentlm.baselines.autoregressive import generate as ar_generate
-    from latentlm.baselines.masked_diffusion import generate as mdlm_generate
+    from latentlm.baselines.mdlm_decoders import generate as mdlm_generate
 
     x = torch.ones(2, 3, dtype=torch.long)
     with pytest.raises(InputError, match="attention_mask"):

@@ -14,9 +14,8 @@ model's reverse process, which unmasks positions in a uniformly random order:
 p(x) = E_order prod_i p(x_order(i) | x_order(<i)). ``exact_nll_by_orders``
 computes that by enumeration for tiny cases (the test of the bound).
 
-Decoders (all sample categoricals in float64 and return the number of network
-evaluations, NFE): ancestral with the no-change cache; low-confidence top-k
-remasking (LLaDA); confidence threshold (Fast-dLLM); anchor revealing (AXON).
+The decoders (ancestral, LLaDA, Fast-dLLM threshold, AXON anchors) are in
+:mod:`latentlm.baselines.mdlm_decoders`.
 """
 
 from __future__ import annotations
@@ -33,8 +32,6 @@ from latentlm.errors import InputError
 from latentlm.layers import Transformer
 from latentlm.outputs import LossOutput
 
-DECODERS = ("ancestral", "llada", "threshold", "anchor")
-MAX_STEPS = 10_000  # documented limit on decoding steps (bounds the time of one call)
 T_EPS = 1e-3  # smallest masking level (the 1/t weight is unbounded at 0)
 
 
@@ -169,143 +166,3 @@ def exact_nll_by_orders(model: MaskedDiffusionLM, ids: torch.Tensor) -> tuple[fl
     lp = torch.tensor(logps, dtype=torch.float64)
     exact = -(torch.logsumexp(lp, 0) - math.log(len(logps)))
     return float(exact), float(-lp.mean())
-
-
-# ----------------------------------------------------------------------------- decoders
-
-
-def _sample(logp: torch.Tensor, generator: torch.Generator | None, temperature: float = 1.0):
-    """Sample from log-probs (..., V) in float64; returns ids and their probabilities."""
-    logits = logp.double()
-    probs = ((logits - logits.amax(-1, keepdim=True)) / max(temperature, 1e-6)).softmax(-1)  # no overflow
-    flat = probs.reshape(-1, probs.shape[-1])
-    if temperature == 0:
-        ids = flat.argmax(-1)
-    else:
-        ids = torch.multinomial(flat.cpu(), 1, generator=generator).squeeze(-1).to(flat.device)
-    conf = flat.gather(-1, ids[:, None]).squeeze(-1)
-    return ids.reshape(probs.shape[:-1]), conf.reshape(probs.shape[:-1])
-
-
-def _reveal_counts(n: int, steps: int) -> list[int]:
-    """How many tokens to reveal at each of ``steps`` steps (as even as possible, sum n)."""
-    base, extra = divmod(n, steps)
-    return [base + (1 if i < extra else 0) for i in range(steps)]
-
-
-@torch.no_grad()
-def generate(
-    model: MaskedDiffusionLM,
-    prompt_ids: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    decoder: str = "ancestral",
-    steps: int = 64,
-    threshold: float = 0.9,
-    anchor_weight: float = 1.0,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-    prompt_mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Fill ``max_new_tokens`` masked positions after a clamped prompt (b, p).
-
-    Prompts of different lengths are left-padded, with ``prompt_mask`` (b, p) 0 on
-    the padding: no position attends to it, and rotary attention depends only on
-    relative positions, so each row is filled as it would be alone.
-
-    Decoders:
-        ancestral: MDLM reverse process on ``steps`` uniform time steps; each masked
-            position is revealed with probability (t - s) / t; a row in which nothing
-            was revealed reuses its previous network output (no-change cache: no NFE;
-            the NFE returned is the largest of any row).
-        llada: ``steps`` steps, each samples every masked position and keeps the
-            most confident ones (an even share per step), remasking the rest.
-        threshold: Fast-dLLM: each step reveals every masked position whose sampled
-            token has probability above ``threshold`` (at least the even share, so NFE
-            <= steps).
-        anchor: AXON-style: among masked positions, prefer revealing confident ones that
-            the uncertain masked positions attend to most (last-layer attention):
-            score = confidence + anchor_weight * attention received from uncertain
-            positions (normalised to [0, 1]); reveals the even share per step.
-
-    Returns the new tokens (b, max_new_tokens) and the NFE.
-    """
-    if decoder not in DECODERS:
-        raise InputError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
-    if max_new_tokens <= 0:
-        raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if not 0 < steps <= MAX_STEPS:
-        raise InputError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
-    if not 0 < threshold <= 1:
-        raise InputError(f"threshold must be in (0, 1], got {threshold}")
-    b, p = prompt_ids.shape
-    if p + max_new_tokens > model.config.max_seq_len:
-        raise InputError(f"prompt ({p}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
-                         f"{model.config.max_seq_len} tokens")
-    if prompt_mask is not None and prompt_mask.shape != prompt_ids.shape:
-        raise InputError(f"prompt_mask {tuple(prompt_mask.shape)} must match prompt_ids {tuple(prompt_ids.shape)}")
-    mask_id = model.config.mask_token_id
-    x = torch.cat([prompt_ids, torch.full((b, max_new_tokens), mask_id, dtype=prompt_ids.dtype,
-                                          device=prompt_ids.device)], dim=1)
-    attn = None if prompt_mask is None else torch.cat(
-        [prompt_mask.to(x.device), torch.ones(b, max_new_tokens, dtype=prompt_mask.dtype, device=x.device)], dim=1)
-    if attn is not None:
-        x = torch.where(attn.bool(), x, torch.full_like(x, model.config.pad_token_id))  # padding is never masked
-    steps = min(steps, max_new_tokens) if decoder != "ancestral" else steps
-    nfe = 0
-    if decoder == "ancestral":
-        # no-change cache per row: only rows whose input changed at the last step are evaluated again,
-        # so batching prompts costs no more evaluations than running each alone
-        cached = None
-        stale = torch.ones(b, dtype=torch.bool, device=x.device)
-        evals = torch.zeros(b, dtype=torch.long, device=x.device)  # network evaluations of each row
-        for k in range(steps):
-            t, s = 1 - k / steps, 1 - (k + 1) / steps
-            masked = x == mask_id
-            if not masked.any():
-                break
-            if stale.any():
-                rows = stale.nonzero().squeeze(1)
-                out = model(x[rows], None if attn is None else attn[rows])
-                cached = out if cached is None else cached.index_copy_(0, rows, out)
-                evals += stale
-            reveal = masked & (torch.rand(x.shape, generator=generator).to(x.device) < (t - s) / t)
-            if reveal.any():  # in place: x is this function's own tensor, and x[rows] above copies
-                x[reveal] = _sample(cached[reveal], generator, temperature)[0]  # only where revealed
-            stale = reveal.any(1) & (x == mask_id).any(1)  # changed, and something left to fill
-        return x[:, p:], int(evals.max())
-
-    counts = _reveal_counts(max_new_tokens, steps)
-    for k in range(steps):
-        masked = x == mask_id
-        if not masked.any():
-            break
-        if decoder == "anchor":
-            logp, weights = model(x, attn, return_attention_layers=1)
-        else:
-            logp = model(x, attn)
-        nfe += 1
-        ids, conf = x.clone(), torch.full(x.shape, -1.0, dtype=torch.float64, device=x.device)
-        ids[masked], conf[masked] = _sample(logp[masked], generator, temperature)  # masked positions only
-        score = conf.clone()
-        if decoder == "anchor":
-            a = weights[-1].float().mean(1)  # (b, q, k) averaged over heads
-            uncertain = masked & (conf < threshold)
-            received = (a * uncertain[:, :, None]).sum(1)  # (b, k): attention from uncertain queries
-            received = received / received.amax(-1, keepdim=True).clamp_min(1e-12)
-            score = torch.where(masked, conf + anchor_weight * received.double(), score)
-        reveal = torch.zeros_like(masked)
-        for r in range(b):
-            n_masked = int(masked[r].sum())
-            if n_masked == 0:
-                continue
-            n = min(counts[k] if k < len(counts) else n_masked, n_masked)
-            if decoder == "threshold":
-                n = max(n, int(((conf[r] > threshold) & masked[r]).sum()))
-            if k == steps - 1:
-                n = n_masked
-            reveal[r, score[r].topk(n).indices] = True
-        x = torch.where(reveal & masked, ids, x)
-    return x[:, p:], nfe

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from latentlm.errors import DataError
@@ -113,11 +113,3 @@ def load_hf_dataset(
     if not docs:
         raise DataError(f"dataset {name_or_path!r} split {split!r} has no text")
     return docs
-
-
-def iter_texts(docs: Iterable[str]) -> Iterable[str]:
-    """Documents with surrounding whitespace removed and empty ones dropped."""
-    for d in docs:
-        d = d.strip()
-        if d:
-            yield d
