@@ -126,8 +126,9 @@ def semantic_alignment(
 ) -> dict:
     """Spearman correlation between latent cosine (mean over real latent slots) and
     sentence-transformer cosine, over random pairs of texts."""
+    # optional (the [eval] extra) and heavy: only for this measurement
     from scipy.stats import spearmanr
-    from sentence_transformers import SentenceTransformer  # heavy, and only for this measurement
+    from sentence_transformers import SentenceTransformer
 
     texts = list(texts)
     st = SentenceTransformer(resolve_semantic_model(sentence_model), device="cpu")

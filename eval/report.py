@@ -167,7 +167,7 @@ def write_report(results: dict, out: Path) -> Path:
 
 def _line_plot(path: Path, curves: dict[str, list[tuple]], xlabel: str, ylabel: str, log2_x: bool = False) -> None:
     """One PNG with a marked line per name (curves: name -> [(x, y), ...])."""
-    import matplotlib
+    import matplotlib  # optional: the [eval] extra, and only for plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

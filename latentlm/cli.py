@@ -26,7 +26,7 @@ from latentlm.eval.report import summary_table
 from latentlm.files import write_text_atomic
 from latentlm.loading import describe, load_model
 from latentlm.pipeline_latent_diffusion import SCHEDULERS
-from latentlm.quickstart import quickstart
+from latentlm.quickstart import N_PROMPTS, N_STORIES, quickstart
 from latentlm.recipes import run_training
 
 
@@ -106,12 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", required=True, help="report folder (report.md, results.json, plots, samples)")
     cmp.add_argument("--train", help="training texts: memorisation, name lexicon, sanity samplers")
     cmp.add_argument("--judge", help="AR judge model folder (`latentlm train judge`) for generation perplexity")
-    cmp.add_argument("--seeds", type=int, default=1, help="sampling seeds per model")
-    cmp.add_argument("--prompts", type=int, default=128, help="openings to continue")
-    cmp.add_argument("--max-new-tokens", type=int, default=128)
-    cmp.add_argument("--nll-texts", type=int, default=128, help="texts for the likelihood")
+    cmp.add_argument("--seeds", type=int, default=CompareConfig.seeds, help="sampling seeds per model")
+    cmp.add_argument("--prompts", type=int, default=CompareConfig.prompts, help="openings to continue")
+    cmp.add_argument("--max-new-tokens", type=int, default=CompareConfig.max_new_tokens)
+    cmp.add_argument("--nll-texts", type=int, default=CompareConfig.nll_texts, help="texts for the likelihood")
     cmp.add_argument("--no-mauve", action="store_true", help="skip MAUVE")
-    cmp.add_argument("--speed-lengths", type=int, nargs="+", default=[128, 256, 512, 1024])
+    cmp.add_argument("--speed-lengths", type=int, nargs="+", default=list(CompareConfig.speed_lengths))
     cmp.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     cmp.add_argument("--option", dest="options", action="append", default=[], metavar="NAME.KEY=VALUE",
                      help="a generation option of one model (repeatable), e.g. --option mdlm.decoder=llada "
@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     qs = sub.add_parser("quickstart", help="the main job: train every model on synthetic stories and compare")
     qs.add_argument("--out", default="runs/quickstart")
-    qs.add_argument("--n-stories", type=int, default=4000)
-    qs.add_argument("--n-prompts", type=int, default=64, help="held-out openings to continue")
+    qs.add_argument("--n-stories", type=int, default=N_STORIES, help="synthetic training stories")
+    qs.add_argument("--n-prompts", type=int, default=N_PROMPTS, help="held-out openings to continue")
     return parser
 
 

@@ -30,13 +30,16 @@ from latentlm.eval.report import summary_table
 from latentlm.recipes import run_training
 
 CPU_DENOISER_STEPS = 1550
+N_STORIES = 4000  # training stories
+N_PROMPTS = 64  # held-out openings continued by every model
 
 
 def _trained(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "model_index.json").is_file()
 
 
-def quickstart(out: Path, *, n_stories: int = 4000, seed: int = 0, n_prompts: int = 64) -> dict:
+def quickstart(out: Path, *, n_stories: int = N_STORIES, seed: int = 0, n_prompts: int = N_PROMPTS) -> dict:
+    """Run the main job into ``out`` (see the module docstring); returns compare's results."""
     t0 = time.perf_counter()
     device = resolve_device("auto")
     print(f"latentlm quickstart -> {out} (device: {device_name(device)}; training in {mixed_precision_reason()})")

@@ -98,7 +98,7 @@ def load_hf_dataset(
     Needs the optional ``datasets`` package (``pip install latentlm[hub]``).
     """
     try:
-        import datasets
+        import datasets  # optional: the [hub] extra
     except ImportError:
         raise DataError(
             "loading a Hugging Face dataset needs `datasets`: pip install 'latentlm[hub]'"
