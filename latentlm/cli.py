@@ -19,6 +19,7 @@ from latentlm.config import available_presets, parse_overrides
 from latentlm.data import load_tokenizer, read_documents, train_tokenizer
 from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE
+from latentlm.device import resolve_device
 from latentlm.errors import ConfigError, InputError, LatentLMError
 from latentlm.eval.compare import CompareConfig, compare
 from latentlm.eval.models import load_language_model
@@ -160,7 +161,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "generate":
         if args.num_samples < 1:
             raise InputError(f"--num-samples must be positive, got {args.num_samples}")
-        lm = load_language_model(args.model, device=args.device)
+        lm = load_language_model(args.model, device=resolve_device(args.device))
         options = {"ar": dict(temperature=args.temperature, top_p=args.top_p),
                    "mdlm": dict(decoder=args.decoder, steps=args.steps),
                    "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale,
@@ -190,7 +191,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         except ConfigError:
             raise InputError(f"--option takes NAME.KEY=VALUE (e.g. mdlm.decoder=llada), got {args.options}") from None
         results = compare(models, args.data, args.out, train=args.train, judge=args.judge, cfg=cfg,
-                          options=options, device=args.device)
+                          options=options, device=resolve_device(args.device))
         print(summary_table(results))
         print(f"report: {Path(args.out) / 'report.md'}")
     elif args.command == "quickstart":

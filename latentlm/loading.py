@@ -25,18 +25,23 @@ MODEL_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (CausalLM, TextAu
                                                                   LatentDenoiser)}
 
 
+def _read_json(file: Path, what: str) -> Any:
+    """The JSON content of ``file``, or CheckpointError saying the folder is not ``what``."""
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing: {file.parent} is not {what}")
+    try:
+        return json.loads(file.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from None
+
+
 def read_model_config(folder: str | Path) -> dict[str, Any]:
     """``config.json`` of a saved model, checked to name a latentlm class."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"model folder {folder} does not exist")
     cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{cfg_file} is missing: {folder} is not a saved latentlm model")
-    try:
-        cfg = json.loads(cfg_file.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {e}") from None
+    cfg = _read_json(cfg_file, "a saved latentlm model")
     if not isinstance(cfg, dict) or cfg.get("_class_name") not in MODEL_CLASSES:
         raise CheckpointError(
             f"{cfg_file} names class {cfg.get('_class_name') if isinstance(cfg, dict) else None!r}, "
@@ -81,13 +86,7 @@ def load_pipeline(folder: str | Path):
     """Load a :class:`~latentlm.LatentDiffusionPipeline` folder, checking every component
     first so that a missing or corrupt file gives an error naming it."""
     folder = Path(folder)
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise CheckpointError(f"{index} is missing: {folder} is not a saved latent diffusion pipeline")
-    try:
-        spec = json.loads(index.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{index} is not valid JSON: {e}") from None
+    spec = _read_json(folder / "model_index.json", "a saved latent diffusion pipeline")
     for name in ("tokenizer", "autoencoder", "denoiser", "scheduler"):
         if name not in spec or not (folder / name).is_dir():
             raise CheckpointError(f"pipeline component {name!r} is missing from {folder}")

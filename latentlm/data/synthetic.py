@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentlm.errors import InputError
+from latentlm.files import write_text_atomic
 
 NAMES = (
     "lily tom anna ben sara max mia leo emma jack zoe sam lucy finn ella noah ruby owen "
@@ -220,10 +221,8 @@ def write_jsonl(stories: list[SyntheticStory], path: str | Path) -> Path:
     """Write stories as ``{"id", "text"}`` lines (the format of every corpus here)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for s in stories:
-            f.write(json.dumps({"id": f"synthetic-{s.seed}", "text": s.text}) + "\n")
-    return path
+    return write_text_atomic(path, "".join(json.dumps({"id": f"synthetic-{s.seed}", "text": s.text}) + "\n"
+                                           for s in stories))
 
 
 # --------------------------------------------------------------------------- corruption
