@@ -117,8 +117,11 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         return_weights: bool = False,
+        update_cache: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (b, s, d) -> (b, s, d) and, if asked, attention weights (b, h, s, k)."""
+        """x (b, s, d) -> (b, s, d) and, if asked, attention weights (b, h, s, k). With ``kv_cache``
+        the queries also attend to the cached keys; ``update_cache=False`` leaves the cache as it was
+        (a denoising step that reads the clean context without adding its noisy queries to it)."""
         b, s, d = x.shape
         q, k, v = self.qkv(x).view(b, s, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if rotary is not None:
@@ -128,7 +131,8 @@ class Attention(nn.Module):
             if kv_cache.k is not None:
                 k = torch.cat([kv_cache.k, k], dim=2)
                 v = torch.cat([kv_cache.v, v], dim=2)
-            kv_cache.k, kv_cache.v = k, v
+            if update_cache:
+                kv_cache.k, kv_cache.v = k, v
         weights = None
         if return_weights:
             scores = (q @ k.transpose(-1, -2)) / self.head_dim**0.5  # (b, h, s, k)
@@ -174,9 +178,10 @@ class TransformerBlock(nn.Module):
             nn.init.zeros_(self.ada[1].weight)
             nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x, rotary=None, mask=None, cond=None, kv_cache=None, return_weights=False):
+    def forward(self, x, rotary=None, mask=None, cond=None, kv_cache=None, return_weights=False,
+                update_cache=True):
         if self.ada is None:
-            h, w = self.attn(self.norm1(x), rotary, mask, kv_cache, return_weights)
+            h, w = self.attn(self.norm1(x), rotary, mask, kv_cache, return_weights, update_cache)
             x = x + h
             return x + self.mlp(self.norm2(x)), w
         if cond is None:
@@ -185,7 +190,8 @@ class TransformerBlock(nn.Module):
         if mod.dim() == 2:
             mod = mod[:, None, :]  # (b, 1, 6d): same modulation at every position
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
-        h, w = self.attn(self.norm1(x) * (1 + scale1) + shift1, rotary, mask, kv_cache, return_weights)
+        h, w = self.attn(self.norm1(x) * (1 + scale1) + shift1, rotary, mask, kv_cache, return_weights,
+                         update_cache)
         x = x + gate1 * h
         return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2), w
 
@@ -212,22 +218,33 @@ class Transformer(nn.Module):
         cond: torch.Tensor | None = None,
         kv_caches: list[KVCache] | None = None,
         return_attention_layers: int = 0,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        update_cache: bool = True,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x (b, s, d) -> hidden (b, s, d), attention weights of the last
         ``return_attention_layers`` blocks (each (b, h, s, k)).
 
         ``attention_mask`` (b, k): 1 for real tokens, 0 for padding, over all
-        key positions (cached ones included).
+        key positions (cached ones included). ``positions`` (s,): rotary positions of the queries
+        (default: they follow the cached ones). ``mask`` (b or 1, 1, s, k), True = may attend: a
+        complete mask in place of ``attention_mask`` and ``causal`` (block-causal attention).
+        ``update_cache=False``: attend to ``kv_caches`` without adding these positions to them.
         """
         past = kv_caches[0].length if kv_caches else 0
         s = x.shape[1]
-        rotary = self.rotary(torch.arange(past, past + s, device=x.device))
-        mask = build_attention_mask(attention_mask, s, past + s, causal, x.device)
+        if positions is None:
+            positions = torch.arange(past, past + s, device=x.device)
+        rotary = self.rotary(positions)
+        if mask is None:
+            mask = build_attention_mask(attention_mask, s, past + s, causal, x.device)
+        elif attention_mask is not None or causal:
+            raise InputError("pass either mask or attention_mask / causal, not both")
         weights = []
         first_returned = len(self.blocks) - return_attention_layers
         for i, block in enumerate(self.blocks):
             cache = kv_caches[i] if kv_caches else None
-            x, w = block(x, rotary, mask, cond, cache, return_weights=i >= first_returned)
+            x, w = block(x, rotary, mask, cond, cache, return_weights=i >= first_returned, update_cache=update_cache)
             if w is not None:
                 weights.append(w)
         return self.norm(x), weights

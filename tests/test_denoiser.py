@@ -258,3 +258,136 @@ def test_rows_grouped_by_prompt_length_run_with_their_groups_padding_only():
     assert not torch.allclose(grouped[short], den(z_t, t, prompt, prompt_mask)[short], atol=1e-4)  # less padding
     with pytest.raises(ConfigError, match="prompt_groups"):
         DenoiserLossConfig(prompt_groups=0).validate()
+
+
+# ----------------------------------------------------------------------------- block-causal
+
+
+def _randomised(den):
+    for name, p in den.named_parameters():  # leave the zero init (adaLN-Zero): outputs depend on inputs
+        if name.startswith("out.") or ".ada." in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return den.eval()
+
+
+def test_block_size_none_reproduces_the_saved_outputs_bit_for_bit():
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    ref = load_file(Path(__file__).parent / "data" / "denoiser_reference.safetensors")
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=2, n_heads=4, max_latents=16).eval()
+    den.load_state_dict({k[len("weight."):]: v for k, v in ref.items() if k.startswith("weight.")})
+    with torch.no_grad():
+        out = den(ref["in.z_t"], ref["in.t"], ref["in.prompt"], ref["in.prompt_mask"], ref["in.self_cond"])
+        alone = den(ref["in.z_t"], ref["in.t"])
+    assert torch.equal(out, ref["out.with_prompt"]) and torch.equal(alone, ref["out.no_prompt"])
+    assert den.config.block_size is None
+
+
+@pytest.fixture
+def block_den():
+    torch.manual_seed(0)
+    return _randomised(LatentDenoiser(latent_dim=8, dim=32, depth=2, n_heads=4, max_latents=12, block_size=2))
+
+
+@pytest.mark.parametrize("with_clean", [False, True])
+def test_a_later_block_changes_nothing_in_an_earlier_one(block_den, with_clean):
+    g = torch.Generator().manual_seed(0)
+    z, prompt = torch.randn(2, 6, 8, generator=g), torch.randn(2, 3, 8, generator=g)
+    clean = torch.randn(2, 6, 8, generator=g) if with_clean else None
+    t = torch.tensor([[0.2, 0.5, 0.9], [0.7, 0.1, 0.4]])
+    with torch.no_grad():
+        a = block_den(z, t, prompt, torch.tensor([[1, 1, 1], [0, 1, 1]]), clean=clean)
+        z2 = z.clone()
+        z2[:, 4:] += 1.0  # the last block, noisy
+        t2 = t.clone()
+        t2[:, 2] = 0.05
+        c2 = None if clean is None else clean.clone()
+        if c2 is not None:
+            c2[:, 4:] -= 1.0
+        b = block_den(z2, t2, prompt, torch.tensor([[1, 1, 1], [0, 1, 1]]), clean=c2)
+    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6)  # blocks 0 and 1 untouched
+    assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-3)  # the changed block did change
+    with torch.no_grad():  # inside a block attention is bidirectional: its first latent sees its second
+        z3 = z.clone()
+        z3[:, 1] += 1.0
+        c = block_den(z3, t, prompt, torch.tensor([[1, 1, 1], [0, 1, 1]]), clean=clean)
+    assert not torch.allclose(a[:, 0], c[:, 0], atol=1e-4)
+
+
+def test_with_clean_blocks_a_noisy_block_sees_clean_history_not_noisy(block_den):
+    g = torch.Generator().manual_seed(1)
+    z, clean = torch.randn(1, 4, 8, generator=g), torch.randn(1, 4, 8, generator=g)
+    t = torch.tensor([[0.5, 0.5]])
+    with torch.no_grad():
+        a = block_den(z, t, clean=clean)
+        z2 = z.clone()
+        z2[:, :2] += 1.0  # the first block's noisy copy: the second block reads the clean copy instead
+        b = block_den(z2, t, clean=clean)
+        c2 = clean.clone()
+        c2[:, :2] += 1.0
+        c = block_den(z, t, clean=c2)
+    assert torch.allclose(a[:, 2:], b[:, 2:], atol=1e-6)
+    assert not torch.allclose(a[:, 2:], c[:, 2:], atol=1e-4)
+
+
+def test_kv_cache_step_equals_the_uncached_computation(block_den):
+    g = torch.Generator().manual_seed(2)
+    prompt, pm = torch.randn(2, 3, 8, generator=g), torch.tensor([[1, 1, 1], [0, 0, 1]])
+    committed, z = torch.randn(2, 4, 8, generator=g), torch.randn(2, 2, 8, generator=g)
+    t = torch.tensor([0.6, 0.3])
+    with torch.no_grad():
+        # uncached: the committed blocks are part of the prompt (they are clean context)
+        full = block_den(z, t, torch.cat([torch.nn.functional.pad(prompt, (0, 0, 1, 0)), committed], 1),
+                         torch.cat([torch.nn.functional.pad(pm, (1, 0)), torch.ones(2, 4, dtype=torch.long)], 1))
+        cache = block_den.start_cache(prompt, pm)
+        before = cache.length
+        block_den.extend_cache(cache, committed)
+        assert cache.length == before + 4
+        step = block_den(z, t, kv_cache=cache)
+        assert cache.length == before + 4  # a denoising step leaves the cache as it was
+        again = block_den(z, t, kv_cache=cache)
+    assert torch.allclose(step, full, atol=1e-5)
+    assert torch.equal(step, again)
+    with torch.no_grad():  # several noisy blocks against the cache: block-causal among themselves
+        two = block_den(torch.randn(2, 4, 8, generator=g), torch.tensor([[0.5, 0.9], [0.2, 0.4]]), kv_cache=cache)
+    assert two.shape == (2, 4, 8)
+
+
+def test_block_causal_save_load_and_determinism(block_den, tmp_path):
+    block_den.save_pretrained(tmp_path)
+    loaded = LatentDenoiser.from_pretrained(tmp_path).eval()
+    assert loaded.config.block_size == 2
+    g = torch.Generator().manual_seed(3)
+    z, t = torch.randn(1, 4, 8, generator=g), torch.tensor([[0.3, 0.7]])
+    with torch.no_grad():
+        assert torch.equal(block_den(z, t), loaded(z, t)) and torch.equal(block_den(z, t), block_den(z, t))
+    x0 = loaded.predict_x0(z, t)  # one time per block through the parameterisations too
+    assert x0.shape == (1, 4, 8)
+    v = _randomised(LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=12, block_size=2,
+                                   parameterisation="v"))
+    with torch.no_grad():
+        per_block = v.predict_x0(z, torch.tensor([[0.3, 0.3]]))
+        shared = v.predict_x0(z, torch.tensor([0.3]))
+    assert torch.allclose(per_block, shared, atol=1e-6)
+
+
+def test_block_causal_bad_input_is_a_typed_error(block_den):
+    with pytest.raises(ConfigError, match="must divide the window"):
+        LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=12, block_size=5)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigError, match="block_size must be a positive"):
+            LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=12, block_size=bad)
+    with pytest.raises(InputError, match="not whole blocks"):
+        block_den(torch.zeros(1, 3, 8), torch.zeros(1))
+    with pytest.raises(InputError, match="one time per block"):
+        block_den(torch.zeros(1, 4, 8), torch.zeros(1, 3))
+    plain = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=12)
+    with pytest.raises(InputError, match="block_size=None"):
+        plain(torch.zeros(1, 4, 8), torch.zeros(1), clean=torch.zeros(1, 4, 8))
+    with pytest.raises(InputError, match="needs a block-causal denoiser"):
+        plain.start_cache(batch=1)
+    cache = block_den.start_cache(batch=1)
+    with pytest.raises(InputError, match="pass neither prompt nor clean"):
+        block_den(torch.zeros(1, 2, 8), torch.zeros(1), torch.zeros(1, 2, 8), kv_cache=cache)
