@@ -150,6 +150,9 @@ def pipeline_nll_bound(
             raise InputError(f"prefix_len {prefix_len} leaves nothing to score in a text of {len(ids) - 1} tokens")
         prefix, rest = ids[:prefix_len], ids[prefix_len:]
         n = -(-len(rest) // k)  # latents of the scored continuation, as the pipeline would sample
+        block = den.config.block_size
+        if block is not None:
+            n = -(-n // block) * block  # whole blocks; the padding after the text is scored as well
         cont = torch.full((1, n * k), tok.pad_token_id, dtype=torch.long, device=device)
         cont[0, : len(rest)] = torch.tensor(rest, device=device)
         mask = (cont != tok.pad_token_id).long()

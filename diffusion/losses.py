@@ -142,6 +142,9 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     limit = autoencoder.config.max_seq_len
     n_max = min(s, limit) // k  # the continuation: at most what the autoencoder encodes in one row
     n = int(torch.randint(max(1, int(n_max * cfg.min_latents_fraction)), n_max + 1, ()).item())
+    block = model.config.block_size
+    if block is not None:  # a block-causal denoiser takes whole blocks (the window is a multiple of them)
+        n = max(block, n // block * block)
     pad = autoencoder.config.pad_token_id
     # the continuation: tokens split .. split + n k - 1 of each row, pads past the text; one gather,
     # since per-row slices with device indices cost a GPU sync each (input-bound at large batches)

@@ -250,7 +250,11 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ helpers
     def _n_latents(self, max_new_tokens: int) -> int:
-        return -(-max_new_tokens // self.autoencoder.config.tokens_per_latent)
+        """Latents sampled for ``max_new_tokens``: whole latents, and whole blocks for a block-causal
+        denoiser (the decoded tokens are cut to ``max_new_tokens``)."""
+        n = -(-max_new_tokens // self.autoencoder.config.tokens_per_latent)
+        block = self.denoiser.config.block_size
+        return n if block is None else -(-n // block) * block
 
     def _normalise_prompts(self, prompt) -> list[str]:
         if prompt is None:

@@ -391,3 +391,25 @@ def test_block_causal_bad_input_is_a_typed_error(block_den):
     cache = block_den.start_cache(batch=1)
     with pytest.raises(InputError, match="pass neither prompt nor clean"):
         block_den(torch.zeros(1, 2, 8), torch.zeros(1), torch.zeros(1, 2, 8), kv_cache=cache)
+
+
+def test_a_block_causal_denoiser_trains_samples_and_bounds_in_whole_blocks(ae, tiny_tokenizer):
+    from latentlm.diffusion.likelihood import pipeline_nll_bound
+    from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline, make_scheduler
+
+    torch.manual_seed(0)
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=ae.n_latents, block_size=4)
+    b = batch(tiny_tokenizer, ["lily had a red kite. she ran to the park.", "tom saw a big dog near the farm."] * 2)
+    seen = []
+    real_forward = den.forward
+    den.forward = lambda z, *a, **k: seen.append(z.shape[1]) or real_forward(z, *a, **k)
+    for seed in range(6):  # the continuation length is drawn per batch: always whole blocks
+        torch.manual_seed(seed)
+        assert torch.isfinite(denoiser_loss(den, b, autoencoder=ae, cfg=DenoiserLossConfig()).loss)
+    del den.forward
+    assert seen and all(n % 4 == 0 for n in seen)
+    pipe = LatentDiffusionPipeline(tiny_tokenizer, ae, den.eval(), make_scheduler("ddpm", den))
+    out = pipe("lily had", max_new_tokens=10, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert out.latents.shape == (1, 4, 8) and out.sequences.shape == (1, 10)  # 3 latents rounded up to a block
+    nats, ses, counts = pipeline_nll_bound(pipe, ["lily had a red kite."], n_samples=4)
+    assert nats[0] > 0 and counts[0] > 0
