@@ -19,6 +19,11 @@ frozen autoencoder, exactly as the pipeline will encode them:
         (over the latents of known text: past the row's cut of a longer document, none)
          + w_ce * CE(decode(x0_hat), continuation)   # frozen decoder (Diffusion-LM's rounding term)
 
+A block-causal denoiser (``block_size``) takes whole blocks and ``loss.block_regime`` noises them: one
+time per row, one per block with each block seeing the noisy blocks before it (Diffusion Forcing,
+arXiv:2407.01392), one per block in the [clean ; noisy] layout with each block seeing the clean blocks
+before it (BD3-LM, arXiv:2503.09573), or the last two on alternate batches at random ("mix").
+
 The cross-entropy term sends the decoder's token loss through the frozen
 decoder into the clean-latent estimate: the MSE alone treats every latent
 direction alike, the decoder knows which ones change tokens.
@@ -33,10 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
-from latentlm.errors import ConfigError
+from latentlm.errors import ConfigError, check_choice
 from latentlm.outputs import LossOutput
 
 TIME_SAMPLING = ("uniform", "logit_normal")
+# how a block-causal denoiser's rows are noised: one time per row; one per block, each block seeing the
+# noisy blocks before it (Diffusion Forcing); one per block in the [clean ; noisy] layout, each block seeing
+# the clean blocks before it (BD3-LM); or either of the last two, half of the batches each
+BLOCK_REGIMES = ("row", "independent", "clean_prefix", "mix")
 
 
 @dataclass
@@ -62,6 +71,7 @@ class DenoiserLossConfig:
     # rows sorted by prompt length and run in this many groups, each padded to its own longest prompt:
     # a third of a batch's positions are prompt padding in one group, a tenth in four (CPU time)
     prompt_groups: int = 1
+    block_regime: str = "mix"  # a block-causal denoiser only: one of BLOCK_REGIMES
 
     def validate(self) -> None:
         for name in ("p_unconditional", "p_prompt_drop", "p_self_cond", "p_sentence_split"):
@@ -71,6 +81,7 @@ class DenoiserLossConfig:
             raise ConfigError(f"loss.decoder_ce must be >= 0, got {self.decoder_ce}")
         if not 0 <= self.pad_weight <= 1:
             raise ConfigError(f"loss.pad_weight must be in [0, 1], got {self.pad_weight}")
+        check_choice("loss.block_regime", self.block_regime, BLOCK_REGIMES)
         if self.time_sampling not in TIME_SAMPLING:
             raise ConfigError(f"loss.time_sampling must be one of {', '.join(TIME_SAMPLING)}, got {self.time_sampling!r}")
         if not math.isfinite(self.time_mean):
@@ -94,20 +105,37 @@ def sample_times(b: int, cfg: DenoiserLossConfig, device) -> torch.Tensor:
     return torch.sigmoid(cfg.time_mean + cfg.time_std * n).float()
 
 
-def by_prompt_length(call, groups: int, z_t, t, prompt, prompt_mask, self_cond=None) -> torch.Tensor:
-    """``call(z_t, t, prompt, prompt_mask, self_cond)`` (the denoiser or its ``predict_x0``) on ``groups``
-    groups of rows of similar prompt length, each group's left-padded prompts cut to its longest one:
-    fewer padding positions than one call, the rows back in their order."""
+def by_prompt_length(call, groups: int, z_t, t, prompt, prompt_mask, self_cond=None, **rows) -> torch.Tensor:
+    """``call(z_t, t, prompt, prompt_mask, self_cond, **rows)`` (the denoiser or its ``predict_x0``; ``rows``:
+    more per-row tensors, such as ``clean=``) on ``groups`` groups of rows of similar prompt length, each
+    group's left-padded prompts cut to its longest one: fewer padding positions than one call, the rows
+    back in their order."""
     if groups <= 1 or prompt is None or len(z_t) < 2 * groups:
-        return call(z_t, t, prompt, prompt_mask, self_cond)
+        return call(z_t, t, prompt, prompt_mask, self_cond, **rows)
     lengths = prompt_mask.sum(1)
     order = lengths.argsort()
     outs = []
     for idx in order.chunk(groups):
         keep = int(lengths[idx].max())  # left padding: the real slots are the last ones
         p, m = (prompt[idx, prompt.shape[1] - keep :], prompt_mask[idx, prompt.shape[1] - keep :]) if keep else (None, None)
-        outs.append(call(z_t[idx], t[idx], p, m, None if self_cond is None else self_cond[idx]))
+        outs.append(call(z_t[idx], t[idx], p, m, None if self_cond is None else self_cond[idx],
+                         **{k: v[idx] for k, v in rows.items()}))
     return torch.cat(outs)[order.argsort()]
+
+
+def block_times(b: int, n_blocks: int, cfg: DenoiserLossConfig, time_cfg: DenoiserLossConfig, z0: torch.Tensor,
+                device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Training times of a block-causal denoiser under ``cfg.block_regime``: (b,) for "row", else one per
+    block (b, n_blocks), stratified over all the batch's blocks and shuffled; and the extra denoiser inputs
+    (``clean=z0`` for the [clean ; noisy] layout). ``time_cfg`` says how times are drawn."""
+    regime = cfg.block_regime
+    if regime == "mix":
+        regime = "clean_prefix" if torch.rand(()) < 0.5 else "independent"
+    if regime == "row":
+        return sample_times(b, time_cfg, device), {}
+    t = sample_times(b * n_blocks, time_cfg, device)
+    t = t[torch.randperm(b * n_blocks, device=device)].reshape(b, n_blocks)
+    return t, ({"clean": z0} if regime == "clean_prefix" else {})
 
 
 def split_points(ids: torch.Tensor, lengths: torch.Tensor, cfg: DenoiserLossConfig,
@@ -163,15 +191,24 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
             prompt_mask = prompt_mask * keep
     schedule = model.schedule
     # validation (model.eval()) always at uniform times: its loss stays comparable across time densities
-    t = sample_times(b, cfg if model.training else DenoiserLossConfig(), device)
-    alpha, sigma = (v.float()[:, None, None] for v in schedule.alpha_sigma(t))
+    time_cfg = cfg if model.training else DenoiserLossConfig()
+    block_inputs = {}
+    if block is None:
+        t = sample_times(b, time_cfg, device)
+        alpha, sigma = (v.float()[:, None, None] for v in schedule.alpha_sigma(t))
+    else:
+        t, block_inputs = block_times(b, n // block, cfg, time_cfg, z0, device)
+        t_pos = t if t.dim() == 1 else t.repeat_interleave(block, dim=1)  # (b,) or (b, n)
+        alpha, sigma = (v.float()[:, None, None] if t.dim() == 1 else v.float()[..., None]
+                        for v in schedule.alpha_sigma(t_pos))
     eps = torch.randn_like(z0)
     z_t = alpha * z0 + sigma * eps
     self_cond = None
     if model.config.self_conditioning and torch.rand(()) < cfg.p_self_cond:
         with torch.no_grad():
-            self_cond = by_prompt_length(model.predict_x0, cfg.prompt_groups, z_t, t, prompt, prompt_mask).detach()
-    f = by_prompt_length(model, cfg.prompt_groups, z_t, t, prompt, prompt_mask, self_cond).float()
+            self_cond = by_prompt_length(model.predict_x0, cfg.prompt_groups, z_t, t, prompt, prompt_mask,
+                                         **block_inputs).detach()
+    f = by_prompt_length(model, cfg.prompt_groups, z_t, t, prompt, prompt_mask, self_cond, **block_inputs).float()
     p = model.config.parameterisation
     target = {"x0": z0, "eps": eps, "v": alpha * eps - sigma * z0}[p]
     # a document cut by the row length (no end-of-text) continues past the row: its latents there are

@@ -413,3 +413,31 @@ def test_a_block_causal_denoiser_trains_samples_and_bounds_in_whole_blocks(ae, t
     assert out.latents.shape == (1, 4, 8) and out.sequences.shape == (1, 10)  # 3 latents rounded up to a block
     nats, ses, counts = pipeline_nll_bound(pipe, ["lily had a red kite."], n_samples=4)
     assert nats[0] > 0 and counts[0] > 0
+
+
+@pytest.mark.parametrize("regime", ["row", "independent", "clean_prefix", "mix"])
+def test_block_regimes_give_the_denoiser_the_inputs_they_name(ae, tiny_tokenizer, regime):
+    torch.manual_seed(0)
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=ae.n_latents, block_size=2,
+                         self_conditioning=False)
+    b = batch(tiny_tokenizer, ["lily had a red kite. she ran to the park.", "tom saw a big dog near the farm."] * 2)
+    calls = []
+    real_forward = den.forward
+    den.forward = lambda z, t, *a, **k: calls.append((z.shape, t.shape, "clean" in k)) or real_forward(z, t, *a, **k)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        out = denoiser_loss(den, b, autoencoder=ae, cfg=DenoiserLossConfig(block_regime=regime, p_self_cond=0.0))
+        out.loss.backward()
+        assert torch.isfinite(out.loss)
+    del den.forward
+    for z_shape, t_shape, clean in calls:
+        n_blocks = z_shape[1] // 2
+        assert t_shape == ((z_shape[0],) if regime == "row" else (z_shape[0], n_blocks))
+        if regime in ("row", "independent"):
+            assert not clean
+        if regime == "clean_prefix":
+            assert clean
+    if regime == "mix":
+        assert {c for _, _, c in calls} == {True, False}  # both layouts over the four batches
+    with pytest.raises(ConfigError, match="block_regime"):
+        DenoiserLossConfig(block_regime="diagonal").validate()
