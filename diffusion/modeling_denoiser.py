@@ -64,6 +64,18 @@ class BlockCache:
     def length(self) -> int:
         return self.layers[0].length
 
+    def trim(self, keep: int) -> BlockCache:
+        """Keep the null token and the last ``keep`` cached latents (a rolling window of clean context
+        for generation past the trained window); in place."""
+        if self.length <= keep + 1:
+            return self
+        idx = torch.cat([torch.zeros(1, dtype=torch.long, device=self.blocks.device),
+                         torch.arange(self.length - keep, self.length, device=self.blocks.device)])
+        for layer in self.layers:
+            layer.k, layer.v = layer.k[:, :, idx], layer.v[:, :, idx]
+        self.valid, self.blocks = self.valid[:, idx], self.blocks[idx]
+        return self
+
 
 def block_mask(q_blocks: torch.Tensor, q_clean: torch.Tensor, k_blocks: torch.Tensor, k_clean: torch.Tensor,
                k_valid: torch.Tensor, noisy_sees_noisy_past: bool) -> torch.Tensor:

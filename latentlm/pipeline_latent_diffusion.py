@@ -53,6 +53,9 @@ SCHEDULERS = {
     "flow-euler": FlowMatchEulerDiscreteScheduler,
 }
 OUTPUT_TYPES = ("text", "latent", "ids")
+# parallel: every latent of the continuation at once; block-ar: one block at a time against a KV cache of
+# the committed, re-encoded blocks (a block-causal denoiser), any length
+MODES = ("parallel", "block-ar")
 MAX_BATCH = 4096  # documented limit on prompts x samples per call (memory stays bounded)
 DECODE_CHUNK = 64  # samples decoded to token logits at once
 
@@ -139,11 +142,13 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def predict_x0(self, z_t: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor | None = None,
-                   prompt_mask: torch.Tensor | None = None, self_cond: torch.Tensor | None = None) -> torch.Tensor:
+                   prompt_mask: torch.Tensor | None = None, self_cond: torch.Tensor | None = None,
+                   **block_inputs) -> torch.Tensor:
         """Clean-latent estimate (b, n, d) of each row by the denoiser in charge of its time t (b,):
-        ``denoiser_2`` below ``boundary``, ``denoiser`` elsewhere."""
+        ``denoiser_2`` below ``boundary``, ``denoiser`` elsewhere (``block_inputs``: ``kv_cache=`` of a
+        block-causal denoiser, which has no second expert)."""
         if self.denoiser_2 is None:
-            return self.denoiser.predict_x0(z_t, t, prompt, prompt_mask, self_cond)
+            return self.denoiser.predict_x0(z_t, t, prompt, prompt_mask, self_cond, **block_inputs)
         low = t < self.config.boundary
         if not low.any() or low.all():  # a sampling step: one time for the whole batch
             den = self.denoiser_2 if low.all() else self.denoiser
@@ -174,9 +179,19 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     def check_inputs(self, prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                      num_samples_per_prompt, corrector_steps, output_type, latents,
-                     callback_on_step_end_tensor_inputs) -> list[str]:
+                     callback_on_step_end_tensor_inputs, mode: str = "parallel") -> list[str]:
         """Validate the arguments of ``__call__`` (InputError naming the bad one); returns the prompts."""
         prompts = self._normalise_prompts(prompt)
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "block-ar":
+            if self.denoiser.config.block_size is None:
+                raise InputError("mode='block-ar' needs a block-causal denoiser (trained with model.block_size); "
+                                 "this one sees every position at once: use mode='parallel'")
+            unsupported = {"corrector_steps": corrector_steps, "latents": latents, "denoiser_2": self.denoiser_2}
+            bad = [k for k, v in unsupported.items() if v]
+            if bad:
+                raise InputError(f"mode='block-ar' does not take {', '.join(bad)} (parallel mode does)")
         max_steps = int(getattr(self.scheduler.config, "num_train_timesteps", 1000))
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= max_steps:
             raise InputError(f"num_inference_steps must be an integer in [1, {max_steps}] (the scheduler's "
@@ -200,8 +215,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         limit = self.autoencoder.config.max_seq_len
-        if max_new_tokens > limit:
-            raise InputError(f"max_new_tokens {max_new_tokens} exceeds the autoencoder's maximum of {limit} tokens")
+        if max_new_tokens > limit and mode == "parallel":
+            raise InputError(f"max_new_tokens {max_new_tokens} exceeds the autoencoder's maximum of {limit} tokens "
+                             "in parallel mode (a block-causal denoiser generates any length with mode='block-ar')")
         batch = len(prompts) * num_samples_per_prompt
         if batch > MAX_BATCH:
             raise InputError(f"{batch} samples in one call exceed the limit of {MAX_BATCH}; split the call")
@@ -265,20 +281,23 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             return [check_text(p) for p in prompt]
         raise InputError("prompt must be None, a string or a non-empty list of strings")
 
-    def _x0_fn(self, prompt, prompt_mask, guidance_scale: float, interval: tuple[float, float] = (0.0, 1.0)):
+    def _x0_fn(self, prompt, prompt_mask, guidance_scale: float, interval: tuple[float, float] = (0.0, 1.0),
+               cond_inputs: dict | None = None, uncond_inputs: dict | None = None, state: dict | None = None):
         """x0_hat(x, t) with classifier-free guidance (at times t in ``interval``) and self-conditioning;
-        counts NFE in the returned state."""
-        state = {"nfe": 0, "prev": None}
+        counts NFE in the returned state (continued when given). ``cond_inputs`` / ``uncond_inputs``: more
+        denoiser inputs of the conditional and unconditional estimates (the block caches)."""
+        state = {"nfe": 0, "prev": None} if state is None else {**state, "prev": None}
+        cond_inputs, uncond_inputs = cond_inputs or {}, uncond_inputs or {}
         den = self.denoiser
-        use_cfg = prompt is not None and guidance_scale != 1.0
+        use_cfg = (prompt is not None or bool(uncond_inputs)) and guidance_scale != 1.0
 
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             sc = state["prev"] if den.config.self_conditioning else None
             xin = x.to(den.dtype)
-            x0 = self.predict_x0(xin, t, prompt, prompt_mask, sc)
+            x0 = self.predict_x0(xin, t, prompt, prompt_mask, sc, **cond_inputs)
             state["nfe"] += 1
             if use_cfg and interval[0] <= float(t[0]) <= interval[1]:  # one time per step for the batch
-                uncond = self.predict_x0(xin, t, None, None, sc)
+                uncond = self.predict_x0(xin, t, None, None, sc, **uncond_inputs)
                 state["nfe"] += 1
                 x0 = uncond + guidance_scale * (x0 - uncond)
             state["prev"] = x0.to(den.dtype)
@@ -335,6 +354,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         progress: bool = False,
+        mode: str = "parallel",
     ) -> LatentDiffusionPipelineOutput:
         """Sample continuations of ``prompt``.
 
@@ -361,17 +381,28 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs: names among ``_callback_tensor_inputs`` (default
                 ``["latents"]``).
             progress: show a progress bar over the steps.
+            mode: "parallel" (every latent at once) or "block-ar" (a block-causal denoiser: each block
+                denoised in ``num_inference_steps`` against a KV cache of the blocks before it, decoded,
+                re-encoded and appended to the cache; stops when every row has ended; any length, the
+                cache rolling over the trained window). ``callback_on_step_end`` then sees the block
+                being denoised.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
         # 1. check inputs
         prompts = self.check_inputs(prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
-                                    num_samples_per_prompt, corrector_steps, output_type, latents, tensor_inputs)
+                                    num_samples_per_prompt, corrector_steps, output_type, latents, tensor_inputs,
+                                    mode)
         self._guidance_scale, self._interrupt = float(guidance_scale), False
         device = self._execution_device
         # 2. encode the prompt into clean context latents
         rows, prompt_latents, prompt_mask = self.encode_prompt(prompts, num_samples_per_prompt, device)
+        if mode == "block-ar":
+            latents, seq, nfe = self._sample_block_ar(
+                len(rows), prompt_latents, prompt_mask, max_new_tokens, num_inference_steps,
+                tuple(map(float, guidance_interval)), generator, device, callback_on_step_end, tensor_inputs)
+            return self._output(rows, latents, seq, nfe, output_type)
         # 3. timesteps and how each one meets the denoiser
         sched = self.scheduler
         sched.set_timesteps(num_inference_steps, device=device)
@@ -399,13 +430,64 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 returned = callback_on_step_end(self, i, ts, {k: scope[k] for k in tensor_inputs}) or {}
                 x = returned.pop("latents", x)
         latents = x.float()
-        nfe = state["nfe"]
-        # 6. decode
+        return self._output(rows, latents, None, state["nfe"], output_type, max_new_tokens)
+
+    def _output(self, rows: list[str], latents: torch.Tensor, seq: torch.Tensor | None, nfe: int, output_type: str,
+                max_new_tokens: int | None = None) -> LatentDiffusionPipelineOutput:
+        """6. decode (unless ``seq``, the tokens, is known) and assemble the output."""
         if output_type == "latent":
             return LatentDiffusionPipelineOutput(None, None, latents, nfe)
-        seq = self.decode(latents, max_new_tokens)
+        if seq is None:
+            seq = self.decode(latents, max_new_tokens)
         texts = None
         if output_type == "text":
             pad = self.tokenizer.pad_token_id
             texts = [p + self.tokenizer.decode([t for t in row if t != pad]) for p, row in zip(rows, seq.tolist())]
         return LatentDiffusionPipelineOutput(texts, seq, latents, nfe)
+
+    def _sample_block_ar(self, batch: int, prompt_latents, prompt_mask, max_new_tokens: int, num_inference_steps: int,
+                         guidance_interval: tuple[float, float], generator, device, callback_on_step_end,
+                         tensor_inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Block-by-block sampling with a KV cache of clean blocks (see ``mode`` in ``__call__``): returns the
+        sampled latents (b, n, d), the tokens (b, max_new_tokens) cut at end-of-text, and the NFE."""
+        den, ae, sched = self.denoiser, self.autoencoder, self.scheduler
+        block, window = den.config.block_size, den.config.max_latents
+        eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        caches = {"cond": den.start_cache(prompt_latents, prompt_mask, batch=batch).trim(window)}
+        if prompt_latents is not None and self.do_classifier_free_guidance:
+            caches["uncond"] = den.start_cache(batch=batch)
+        blocks, tokens, state = [], [], None
+        ended = torch.zeros(batch, dtype=torch.bool)
+        n_blocks = self._n_latents(max_new_tokens) // block
+        for j in range(n_blocks):
+            sched.set_timesteps(num_inference_steps, device=device)  # a fresh scheduler state per block
+            timesteps = sched.timesteps
+            self._num_timesteps = len(timesteps)
+            to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)
+            x0_fn, state = self._x0_fn(None, None, self._guidance_scale, guidance_interval,
+                                       {"kv_cache": caches["cond"]},
+                                       {"kv_cache": caches["uncond"]} if "uncond" in caches else None, state)
+            x = self.prepare_latents(batch, block, device, generator)
+            for i, ts in enumerate(timesteps):
+                z_t, t = to_denoiser(x, i, ts)
+                x0 = x0_fn(z_t, t)
+                x = sched.step(to_scheduler(x0, x, i), ts, x, generator=generator).prev_sample
+                if callback_on_step_end is not None:
+                    scope = {"latents": x, "x0": x0}
+                    returned = callback_on_step_end(self, j * len(timesteps) + i, ts,
+                                                    {k: scope[k] for k in tensor_inputs}) or {}
+                    x = returned.pop("latents", x)
+            ids = ae.decode(x.to(ae.dtype)).argmax(-1)  # (b, block k) the committed tokens
+            blocks.append(x.float())
+            tokens.append(ids.cpu())
+            ended |= (ids == eot).any(1).cpu()
+            if ended.all() or j == n_blocks - 1:
+                break
+            # re-encode the committed tokens (exact for a chunk-local encoder) and append them as clean context
+            clean = ae.encode(ids, (ids != pad).long()).to(den.dtype)
+            for cache in caches.values():
+                den.extend_cache(cache, clean).trim(window)
+        seq = torch.cat(tokens, 1)[:, :max_new_tokens]
+        seq = torch.nn.functional.pad(seq, (0, max_new_tokens - seq.shape[1]), value=pad)
+        seq = seq.masked_fill((seq == eot).int().cumsum(1) > 0, pad)
+        return torch.cat(blocks, 1), seq, state["nfe"]

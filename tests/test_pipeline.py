@@ -271,3 +271,58 @@ def test_bad_time_experts(pipe, change, message):
     with pytest.raises(CheckpointError, match=message):
         LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser, pipe.scheduler,
                                 denoiser_2=LatentDenoiser(**cfg), boundary=change.get("boundary", 0.5))
+
+
+@pytest.fixture
+def block_pipe(tiny_tokenizer):
+    torch.manual_seed(0)
+    ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=8, dim=32, encoder_depth=1,
+                         decoder_depth=1, encoder_context="chunk").eval()
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8, block_size=2).eval()
+    for name, param in den.named_parameters():
+        if name.startswith("out.") or ".ada." in name:
+            torch.nn.init.normal_(param, std=0.1)
+    with torch.no_grad():  # no end-of-text: generation runs to max_new_tokens
+        ae.head.bias[tiny_tokenizer.eos_token_id] = -1e4
+    return LatentDiffusionPipeline(tiny_tokenizer, ae, den, make_scheduler("ddpm", den))
+
+
+def test_block_ar_with_one_block_equals_parallel(block_pipe):
+    kw = dict(max_new_tokens=8, num_inference_steps=4)  # 2 latents: one block
+    par = block_pipe(["lily had", "tom"], generator=gen(5), **kw)
+    bar = block_pipe(["lily had", "tom"], generator=gen(5), mode="block-ar", **kw)
+    assert torch.allclose(par.latents, bar.latents, atol=1e-5)
+    assert torch.equal(par.sequences, bar.sequences) and par.texts == bar.texts and par.nfe == bar.nfe == 4
+
+
+def test_block_ar_rolls_past_the_window_and_is_deterministic(block_pipe):
+    out = block_pipe("lily had a red kite.", max_new_tokens=1024, num_inference_steps=2, mode="block-ar",
+                     generator=gen(1))
+    assert out.sequences.shape == (1, 1024) and (out.sequences != block_pipe.tokenizer.pad_token_id).all()
+    assert out.latents.shape == (1, 256, 8) and out.nfe == 128 * 2  # 128 blocks of 2 latents, 2 steps each
+    again = block_pipe("lily had a red kite.", max_new_tokens=1024, num_inference_steps=2, mode="block-ar",
+                       generator=gen(1))
+    assert torch.equal(out.latents, again.latents) and out.texts == again.texts
+    guided = block_pipe("lily", max_new_tokens=16, num_inference_steps=2, mode="block-ar", guidance_scale=2.0,
+                        generator=gen(1))
+    assert guided.nfe == 2 * 2 * 2  # 16 tokens = 4 latents = 2 blocks, 2 steps, conditional + unconditional
+
+
+def test_block_ar_stops_when_every_row_has_ended(block_pipe):
+    eot = block_pipe.tokenizer.eos_token_id
+    with torch.no_grad():
+        block_pipe.autoencoder.head.bias[eot] = 1e4  # every token is end-of-text
+    out = block_pipe(["a", "b"], max_new_tokens=32, num_inference_steps=3, mode="block-ar", generator=gen())
+    assert out.nfe == 3 and out.latents.shape == (2, 2, 8)  # one block, then both rows had ended
+    assert out.sequences.shape == (2, 32) and (out.sequences == block_pipe.tokenizer.pad_token_id).all()
+
+
+def test_block_ar_bad_input(block_pipe, pipe):
+    with pytest.raises(InputError, match="needs a block-causal denoiser"):
+        pipe("x", max_new_tokens=8, mode="block-ar")
+    with pytest.raises(InputError, match="mode must be one of"):
+        block_pipe("x", max_new_tokens=8, mode="staggered")
+    with pytest.raises(InputError, match="does not take corrector_steps"):
+        block_pipe("x", max_new_tokens=8, mode="block-ar", corrector_steps=1)
+    with pytest.raises(InputError, match="in parallel mode"):
+        block_pipe("x", max_new_tokens=64)
