@@ -202,9 +202,17 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
             raise InputError(f"t must be (batch,) or one time per block (batch, {n_blocks}), got {tuple(t.shape)}")
         return t
 
+    def _check_latents(self, x: torch.Tensor, what: str) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.config.latent_dim:
+            raise InputError(f"{what} must be (batch, latents, {self.config.latent_dim}), got {tuple(x.shape)}")
+
     def _context(self, prompt: torch.Tensor | None, prompt_mask: torch.Tensor | None, b: int, device):
         """Null token + the prompt left-padded to whole blocks: states (b, c, dim), valid (b, c), block ids (c,)."""
         B, dtype = self.config.block_size, self.in_proj.weight.dtype
+        if prompt is not None:
+            self._check_latents(prompt, "prompt")
+            if prompt_mask is not None and prompt_mask.shape != prompt.shape[:2]:
+                raise InputError(f"prompt_mask must be {tuple(prompt.shape[:2])}, got {tuple(prompt_mask.shape)}")
         parts = [self.type_embed.weight[0].expand(b, 1, -1)]
         valid = [torch.ones(b, 1, dtype=torch.bool, device=device)]
         p = 0 if prompt is None else prompt.shape[1]
@@ -255,25 +263,17 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         first = int(ctx_blocks[-1]) + 1 if c > 1 else 0  # block id of the first target block
         tgt_blocks = first + torch.arange(n, device=device) // B
         tgt_positions = c + torch.arange(n, device=device)
-        parts, blocks, is_clean, valid, positions = [ctx], [ctx_blocks], [torch.ones(c, dtype=torch.bool,
-                                                                                   device=device)], [ctx_valid], \
-            [torch.arange(c, device=device)]
-        conds = [zero.expand(b, c, -1)]
+        # segments of the sequence: (states, block ids, clean?, valid (b, len), positions, time conditioning)
+        segments = [(ctx, ctx_blocks, True, ctx_valid, torch.arange(c, device=device), zero.expand(b, c, -1))]
+        all_valid = torch.ones(b, n, dtype=torch.bool, device=device)
         if clean is not None:
             if clean.shape != z_t.shape:
                 raise InputError(f"clean must have the shape of z_t {tuple(z_t.shape)}, got {tuple(clean.shape)}")
-            parts.append(self.ctx_proj(clean.to(dtype)) + self.type_embed.weight[1])
-            blocks.append(tgt_blocks)
-            is_clean.append(torch.ones(n, dtype=torch.bool, device=device))
-            valid.append(torch.ones(b, n, dtype=torch.bool, device=device))
-            positions.append(tgt_positions)
-            conds.append(zero.expand(b, n, -1))
-        parts.append(noisy)
-        blocks.append(tgt_blocks)
-        is_clean.append(torch.zeros(n, dtype=torch.bool, device=device))
-        valid.append(torch.ones(b, n, dtype=torch.bool, device=device))
-        positions.append(tgt_positions)
-        conds.append(noisy_cond)
+            segments.append((self.ctx_proj(clean.to(dtype)) + self.type_embed.weight[1], tgt_blocks, True,
+                             all_valid, tgt_positions, zero.expand(b, n, -1)))
+        segments.append((noisy, tgt_blocks, False, all_valid, tgt_positions, noisy_cond))
+        parts, blocks, is_clean, valid, positions, conds = zip(*segments)
+        is_clean = [torch.full((len(bl),), flag, dtype=torch.bool, device=device) for bl, flag in zip(blocks, is_clean)]
         blocks_all, clean_all = torch.cat(blocks), torch.cat(is_clean)
         mask = block_mask(blocks_all, clean_all, blocks_all, clean_all, torch.cat(valid, 1),
                           noisy_sees_noisy_past=clean is None)
@@ -307,8 +307,11 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def extend_cache(self, cache: BlockCache, clean: torch.Tensor) -> BlockCache:
         """Append committed clean blocks (b, m, d), m a multiple of block_size, to ``cache`` (in place)."""
+        self._check_latents(clean, "clean")
         b, m, _ = clean.shape
         B, device = self.config.block_size, clean.device
+        if b != cache.valid.shape[0]:
+            raise InputError(f"the cache holds {cache.valid.shape[0]} rows, the clean blocks {b}")
         if m % B:
             raise InputError(f"{m} clean latents are not whole blocks of {B}")
         q_blocks = cache.next_block + torch.arange(m, device=device) // B

@@ -57,6 +57,7 @@ OUTPUT_TYPES = ("text", "latent", "ids")
 # the committed, re-encoded blocks (a block-causal denoiser), any length
 MODES = ("parallel", "block-ar")
 MAX_BATCH = 4096  # documented limit on prompts x samples per call (memory stays bounded)
+MAX_NEW_TOKENS_BLOCK_AR = 16_384  # documented limit on one block-ar call (bounds its time)
 DECODE_CHUNK = 64  # samples decoded to token logits at once
 
 
@@ -192,6 +193,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             bad = [k for k, v in unsupported.items() if v]
             if bad:
                 raise InputError(f"mode='block-ar' does not take {', '.join(bad)} (parallel mode does)")
+            if isinstance(max_new_tokens, int) and max_new_tokens > MAX_NEW_TOKENS_BLOCK_AR:
+                raise InputError(f"max_new_tokens {max_new_tokens} exceeds the block-ar limit of "
+                                 f"{MAX_NEW_TOKENS_BLOCK_AR} tokens per call; continue from the output in a new call")
         max_steps = int(getattr(self.scheduler.config, "num_train_timesteps", 1000))
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= max_steps:
             raise InputError(f"num_inference_steps must be an integer in [1, {max_steps}] (the scheduler's "

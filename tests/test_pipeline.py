@@ -326,3 +326,13 @@ def test_block_ar_bad_input(block_pipe, pipe):
         block_pipe("x", max_new_tokens=8, mode="block-ar", corrector_steps=1)
     with pytest.raises(InputError, match="in parallel mode"):
         block_pipe("x", max_new_tokens=64)
+    with pytest.raises(InputError, match="block-ar limit"):
+        block_pipe("x", max_new_tokens=10**6, mode="block-ar")
+    den = block_pipe.denoiser
+    with pytest.raises(InputError, match="prompt must be"):
+        den.start_cache(torch.zeros(1, 3, 5))
+    cache = den.start_cache(batch=2)
+    with pytest.raises(InputError, match="clean must be"):
+        den.extend_cache(cache, torch.zeros(2, 2))
+    with pytest.raises(InputError, match="holds 2 rows"):
+        den.extend_cache(cache, torch.zeros(3, 2, 8))
