@@ -25,6 +25,7 @@ unchanged in front of the continuation.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable
@@ -54,8 +55,10 @@ SCHEDULERS = {
 }
 OUTPUT_TYPES = ("text", "latent", "ids")
 # parallel: every latent of the continuation at once; block-ar: one block at a time against a KV cache of
-# the committed, re-encoded blocks (a block-causal denoiser), any length
-MODES = ("parallel", "block-ar")
+# the committed, re-encoded blocks (a block-causal denoiser), any length; staggered: a sliding window of
+# blocks at increasing noise levels, one network call advancing them all, any length
+MODES = ("parallel", "block-ar", "staggered")
+BLOCK_MODES = ("block-ar", "staggered")
 MAX_BATCH = 4096  # documented limit on prompts x samples per call (memory stays bounded)
 MAX_NEW_TOKENS_BLOCK_AR = 16_384  # documented limit on one block-ar call (bounds its time)
 DECODE_CHUNK = 64  # samples decoded to token logits at once
@@ -180,22 +183,25 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     def check_inputs(self, prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                      num_samples_per_prompt, corrector_steps, output_type, latents,
-                     callback_on_step_end_tensor_inputs, mode: str = "parallel") -> list[str]:
+                     callback_on_step_end_tensor_inputs, mode: str = "parallel", window_blocks: int = 4) -> list[str]:
         """Validate the arguments of ``__call__`` (InputError naming the bad one); returns the prompts."""
         prompts = self._normalise_prompts(prompt)
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode == "block-ar":
+        if mode in BLOCK_MODES:
             if self.denoiser.config.block_size is None:
-                raise InputError("mode='block-ar' needs a block-causal denoiser (trained with model.block_size); "
+                raise InputError(f"mode={mode!r} needs a block-causal denoiser (trained with model.block_size); "
                                  "this one sees every position at once: use mode='parallel'")
             unsupported = {"corrector_steps": corrector_steps, "latents": latents, "denoiser_2": self.denoiser_2}
             bad = [k for k, v in unsupported.items() if v]
             if bad:
-                raise InputError(f"mode='block-ar' does not take {', '.join(bad)} (parallel mode does)")
+                raise InputError(f"mode={mode!r} does not take {', '.join(bad)} (parallel mode does)")
             if isinstance(max_new_tokens, int) and max_new_tokens > MAX_NEW_TOKENS_BLOCK_AR:
-                raise InputError(f"max_new_tokens {max_new_tokens} exceeds the block-ar limit of "
+                raise InputError(f"max_new_tokens {max_new_tokens} exceeds the {mode} limit of "
                                  f"{MAX_NEW_TOKENS_BLOCK_AR} tokens per call; continue from the output in a new call")
+            if isinstance(window_blocks, bool) or not isinstance(window_blocks, int) or window_blocks < 1:
+                raise InputError(f"window_blocks must be a positive integer (blocks denoised at once in staggered "
+                                 f"mode), got {window_blocks!r}")
         max_steps = int(getattr(self.scheduler.config, "num_train_timesteps", 1000))
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= max_steps:
             raise InputError(f"num_inference_steps must be an integer in [1, {max_steps}] (the scheduler's "
@@ -221,7 +227,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         limit = self.autoencoder.config.max_seq_len
         if max_new_tokens > limit and mode == "parallel":
             raise InputError(f"max_new_tokens {max_new_tokens} exceeds the autoencoder's maximum of {limit} tokens "
-                             "in parallel mode (a block-causal denoiser generates any length with mode='block-ar')")
+                             "in parallel mode (a block-causal denoiser generates any length with mode='block-ar' "
+                             "or 'staggered')")
         batch = len(prompts) * num_samples_per_prompt
         if batch > MAX_BATCH:
             raise InputError(f"{batch} samples in one call exceed the limit of {MAX_BATCH}; split the call")
@@ -300,10 +307,12 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             xin = x.to(den.dtype)
             x0 = self.predict_x0(xin, t, prompt, prompt_mask, sc, **cond_inputs)
             state["nfe"] += 1
-            if use_cfg and interval[0] <= float(t[0]) <= interval[1]:  # one time per step for the batch
+            inside = (t >= interval[0]) & (t <= interval[1])  # (b,) or one per block (b, blocks)
+            if use_cfg and bool(inside.any()):
                 uncond = self.predict_x0(xin, t, None, None, sc, **uncond_inputs)
                 state["nfe"] += 1
-                x0 = uncond + guidance_scale * (x0 - uncond)
+                inside = inside[:, None] if t.dim() == 1 else inside.repeat_interleave(x.shape[1] // t.shape[1], 1)
+                x0 = torch.where(inside[..., None], uncond + guidance_scale * (x0 - uncond), x0)
             state["prev"] = x0.to(den.dtype)
             return x0.to(x.dtype)
 
@@ -359,6 +368,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         progress: bool = False,
         mode: str = "parallel",
+        window_blocks: int = 4,
     ) -> LatentDiffusionPipelineOutput:
         """Sample continuations of ``prompt``.
 
@@ -385,11 +395,14 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs: names among ``_callback_tensor_inputs`` (default
                 ``["latents"]``).
             progress: show a progress bar over the steps.
-            mode: "parallel" (every latent at once) or "block-ar" (a block-causal denoiser: each block
-                denoised in ``num_inference_steps`` against a KV cache of the blocks before it, decoded,
-                re-encoded and appended to the cache; stops when every row has ended; any length, the
-                cache rolling over the trained window). ``callback_on_step_end`` then sees the block
-                being denoised.
+            mode: "parallel" (every latent at once), or for a block-causal denoiser "block-ar" (each
+                block denoised in ``num_inference_steps`` against a KV cache of the blocks before it,
+                decoded, re-encoded and appended to the cache; stops when every row has ended; any
+                length, the cache rolling over the trained window) or "staggered" (as block-ar with
+                ``window_blocks`` blocks in flight at increasing noise levels, a new one entering every
+                ceil(num_inference_steps / window_blocks) steps; one network call advances them all).
+                ``callback_on_step_end`` then sees the blocks in flight.
+            window_blocks: blocks in flight at once in staggered mode (1 is block-ar).
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -397,15 +410,16 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         # 1. check inputs
         prompts = self.check_inputs(prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                                     num_samples_per_prompt, corrector_steps, output_type, latents, tensor_inputs,
-                                    mode)
+                                    mode, window_blocks)
         self._guidance_scale, self._interrupt = float(guidance_scale), False
         device = self._execution_device
         # 2. encode the prompt into clean context latents
         rows, prompt_latents, prompt_mask = self.encode_prompt(prompts, num_samples_per_prompt, device)
-        if mode == "block-ar":
-            latents, seq, nfe = self._sample_block_ar(
+        if mode in BLOCK_MODES:
+            latents, seq, nfe = self._sample_blocks(
                 len(rows), prompt_latents, prompt_mask, max_new_tokens, num_inference_steps,
-                tuple(map(float, guidance_interval)), generator, device, callback_on_step_end, tensor_inputs)
+                1 if mode == "block-ar" else window_blocks, tuple(map(float, guidance_interval)), generator,
+                device, callback_on_step_end, tensor_inputs)
             return self._output(rows, latents, seq, nfe, output_type)
         # 3. timesteps and how each one meets the denoiser
         sched = self.scheduler
@@ -449,43 +463,64 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             texts = [p + self.tokenizer.decode([t for t in row if t != pad]) for p, row in zip(rows, seq.tolist())]
         return LatentDiffusionPipelineOutput(texts, seq, latents, nfe)
 
-    def _sample_block_ar(self, batch: int, prompt_latents, prompt_mask, max_new_tokens: int, num_inference_steps: int,
-                         guidance_interval: tuple[float, float], generator, device, callback_on_step_end,
-                         tensor_inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Block-by-block sampling with a KV cache of clean blocks (see ``mode`` in ``__call__``): returns the
-        sampled latents (b, n, d), the tokens (b, max_new_tokens) cut at end-of-text, and the NFE."""
-        den, ae, sched = self.denoiser, self.autoencoder, self.scheduler
+    def _sample_blocks(self, batch: int, prompt_latents, prompt_mask, max_new_tokens: int, num_inference_steps: int,
+                       window_blocks: int, guidance_interval: tuple[float, float], generator, device,
+                       callback_on_step_end, tensor_inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Block-causal sampling against a KV cache of clean blocks (``mode`` "block-ar" or "staggered" in
+        ``__call__``): up to ``window_blocks`` blocks in flight, block j entering at step j * d,
+        d = ceil(num_inference_steps / window_blocks), each with its own copy of the scheduler; every
+        network call advances all blocks in flight; the front block, once through its
+        ``num_inference_steps``, is decoded, re-encoded and appended to the cache. ``window_blocks=1`` is
+        block-AR. Returns the sampled latents (b, n, d), the tokens (b, max_new_tokens) cut at
+        end-of-text, and the NFE."""
+        den, ae = self.denoiser, self.autoencoder
         block, window = den.config.block_size, den.config.max_latents
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         caches = {"cond": den.start_cache(prompt_latents, prompt_mask, batch=batch).trim(window)}
         if prompt_latents is not None and self.do_classifier_free_guidance:
             caches["uncond"] = den.start_cache(batch=batch)
-        blocks, tokens, state = [], [], None
-        ended = torch.zeros(batch, dtype=torch.bool)
+        x0_fn, state = self._x0_fn(None, None, self._guidance_scale, guidance_interval, {"kv_cache": caches["cond"]},
+                                   {"kv_cache": caches["uncond"]} if "uncond" in caches else None)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)
+        steps, delay = len(timesteps), -(-len(timesteps) // window_blocks)
         n_blocks = self._n_latents(max_new_tokens) // block
-        for j in range(n_blocks):
-            sched.set_timesteps(num_inference_steps, device=device)  # a fresh scheduler state per block
-            timesteps = sched.timesteps
-            self._num_timesteps = len(timesteps)
-            to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)
-            x0_fn, state = self._x0_fn(None, None, self._guidance_scale, guidance_interval,
-                                       {"kv_cache": caches["cond"]},
-                                       {"kv_cache": caches["uncond"]} if "uncond" in caches else None, state)
-            x = self.prepare_latents(batch, block, device, generator)
-            for i, ts in enumerate(timesteps):
-                z_t, t = to_denoiser(x, i, ts)
-                x0 = x0_fn(z_t, t)
-                x = sched.step(to_scheduler(x0, x, i), ts, x, generator=generator).prev_sample
-                if callback_on_step_end is not None:
-                    scope = {"latents": x, "x0": x0}
-                    returned = callback_on_step_end(self, j * len(timesteps) + i, ts,
-                                                    {k: scope[k] for k in tensor_inputs}) or {}
-                    x = returned.pop("latents", x)
+        flight: list[dict] = []  # blocks being denoised, oldest (least noisy) first
+        blocks, tokens, started, g = [], [], 0, 0
+        ended = torch.zeros(batch, dtype=torch.bool)
+        zeros = torch.zeros(batch, block, ae.config.latent_dim, device=device, dtype=den.dtype)
+        while len(blocks) < n_blocks:
+            if started < n_blocks and started * delay <= g:  # a new block of pure noise enters the window
+                flight.append({"x": self.prepare_latents(batch, block, device, generator), "i": 0, "prev": zeros,
+                               "sched": copy.deepcopy(self.scheduler)})
+                started += 1
+            inputs = [to_denoiser(f["x"], f["i"], timesteps[f["i"]]) for f in flight]
+            z_t = torch.cat([z for z, _ in inputs], 1)
+            t = torch.stack([tt for _, tt in inputs], 1)  # (b, blocks in flight)
+            state["prev"] = torch.cat([f["prev"] for f in flight], 1) if den.config.self_conditioning else None
+            x0 = x0_fn(z_t, t)
+            for f, x0_f in zip(flight, x0.split(block, 1)):
+                f["x"] = f["sched"].step(to_scheduler(x0_f, f["x"], f["i"]), timesteps[f["i"]], f["x"],
+                                         generator=generator).prev_sample
+                f["prev"], f["i"] = x0_f.to(den.dtype), f["i"] + 1
+            if callback_on_step_end is not None:
+                scope = {"latents": torch.cat([f["x"] for f in flight], 1), "x0": x0}
+                returned = callback_on_step_end(self, g, timesteps[flight[-1]["i"] - 1],
+                                                {k: scope[k] for k in tensor_inputs}) or {}
+                if "latents" in returned:
+                    for f, x in zip(flight, returned["latents"].split(block, 1)):
+                        f["x"] = x
+            g += 1
+            if flight[0]["i"] < steps:
+                continue
+            x = flight.pop(0)["x"]
             ids = ae.decode(x.to(ae.dtype)).argmax(-1)  # (b, block k) the committed tokens
             blocks.append(x.float())
             tokens.append(ids.cpu())
             ended |= (ids == eot).any(1).cpu()
-            if ended.all() or j == n_blocks - 1:
+            if ended.all() or self.interrupt or len(blocks) == n_blocks:
                 break
             # re-encode the committed tokens (exact for a chunk-local encoder) and append them as clean context
             clean = ae.encode(ids, (ids != pad).long()).to(den.dtype)

@@ -308,6 +308,39 @@ def test_block_ar_rolls_past_the_window_and_is_deterministic(block_pipe):
     assert guided.nfe == 2 * 2 * 2  # 16 tokens = 4 latents = 2 blocks, 2 steps, conditional + unconditional
 
 
+def test_staggered_with_one_block_in_flight_is_block_ar(block_pipe):
+    kw = dict(max_new_tokens=40, num_inference_steps=3, generator=None)
+    bar = block_pipe(["lily had", "tom"], mode="block-ar", **{**kw, "generator": gen(2)})
+    stag = block_pipe(["lily had", "tom"], mode="staggered", window_blocks=1, **{**kw, "generator": gen(2)})
+    assert torch.equal(bar.latents, stag.latents) and bar.texts == stag.texts and bar.nfe == stag.nfe == 5 * 3
+
+
+def test_staggered_advances_every_block_in_flight_with_one_call(block_pipe):
+    seen = []
+
+    def record(pipe, i, t, tensors):
+        seen.append(tensors["latents"].shape[1])
+        return {}
+
+    # 32 tokens = 8 latents = 4 blocks; 4 steps, 2 blocks in flight: a new block every 2 steps
+    out = block_pipe("lily had", max_new_tokens=32, num_inference_steps=4, mode="staggered", window_blocks=2,
+                     generator=gen(4), callback_on_step_end=record)
+    assert out.nfe == 3 * 2 + 4 and len(seen) == 10  # last block enters at step 6, done after 4 more
+    assert seen == [2, 2, 4, 4, 4, 4, 4, 4, 2, 2]  # latents in flight per call: one block, then two
+    assert out.latents.shape == (1, 8, 8) and out.sequences.shape == (1, 32)
+    again = block_pipe("lily had", max_new_tokens=32, num_inference_steps=4, mode="staggered", window_blocks=2,
+                       generator=gen(4))
+    assert torch.equal(out.latents, again.latents)
+    bar = block_pipe("lily had", max_new_tokens=32, num_inference_steps=4, mode="block-ar", generator=gen(4))
+    assert not torch.allclose(out.latents[:, 2:], bar.latents[:, 2:])  # later blocks saw noisy predecessors
+    long = block_pipe("lily", max_new_tokens=1024, num_inference_steps=2, mode="staggered", window_blocks=2,
+                      generator=gen(1))
+    assert long.sequences.shape == (1, 1024) and long.nfe == 127 + 2  # 128 blocks, one entering per step
+    guided = block_pipe("lily", max_new_tokens=32, num_inference_steps=4, mode="staggered", window_blocks=2,
+                        guidance_scale=2.0, guidance_interval=(0.0, 0.5), generator=gen(1))
+    assert 10 < guided.nfe < 20  # unconditional calls only while some block in flight is at t <= 0.5
+
+
 def test_block_ar_stops_when_every_row_has_ended(block_pipe):
     eot = block_pipe.tokenizer.eos_token_id
     with torch.no_grad():
@@ -321,7 +354,12 @@ def test_block_ar_bad_input(block_pipe, pipe):
     with pytest.raises(InputError, match="needs a block-causal denoiser"):
         pipe("x", max_new_tokens=8, mode="block-ar")
     with pytest.raises(InputError, match="mode must be one of"):
-        block_pipe("x", max_new_tokens=8, mode="staggered")
+        block_pipe("x", max_new_tokens=8, mode="sideways")
+    with pytest.raises(InputError, match="needs a block-causal denoiser"):
+        pipe("x", max_new_tokens=8, mode="staggered")
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError, match="window_blocks must be a positive integer"):
+            block_pipe("x", max_new_tokens=8, mode="staggered", window_blocks=bad)
     with pytest.raises(InputError, match="does not take corrector_steps"):
         block_pipe("x", max_new_tokens=8, mode="block-ar", corrector_steps=1)
     with pytest.raises(InputError, match="in parallel mode"):
