@@ -22,7 +22,15 @@ The integral is estimated by Monte Carlo in log-SNR (dlambda = lambda'(t) dt):
 with stratified lambda ~ U(lambda(1), lambda(t0)) and fresh noise; the integrand
 is nearly flat in lambda (a good denoiser's error falls like exp(-lambda)), so
 the estimate has a far lower variance than sampling t uniformly. It returns the
-mean and its standard error. Conditional on a
+mean and its standard error.
+
+A block-causal denoiser (blocks of B latents) is scored by the chain rule over blocks,
+
+    -log p(x) = sum_j -log p(x_j | x_<j)  <=  sum_j bound(block j | clean blocks z0_<j),
+
+each block's three terms as above with its own noise level, the clean predecessors as context
+(the [clean ; noisy] layout computes every block's term in one call) and its own decoder pass,
+as the sampler commits it. Conditional on a
 prefix, the prompt latents are the denoiser's context and the continuation is
 encoded alone, exactly as in training and sampling.
 """
@@ -64,21 +72,28 @@ def latent_bound(
     t0: float,
     n_samples: int = 32,
     generator: torch.Generator | None = None,
+    block_size: int | None = None,
 ) -> BoundTerms:
     """The bound for clean latents z0 (b, n, d).
 
     Args:
         decoder_nll: z (b, n, d) at noise level t0, *divided by alpha_{t0}* ->
             -log p_dec(x | z) per row (b,).
-        x0_fn: (z_t, t) -> x0_hat, the denoiser's clean-latent estimate.
+        x0_fn: (z_t, t) -> x0_hat, the denoiser's clean-latent estimate; t (b,), or one time per
+            block (b, n / block_size) with ``block_size``.
         t0: the smallest noise level (the decoder's step).
         n_samples: Monte Carlo draws, for the reconstruction and the diffusion terms each.
+        block_size: the chain rule over blocks of this many latents: each block's diffusion term at its
+            own stratified noise level (``x0_fn`` must condition block j on the clean blocks before it).
     """
     if n_samples < 2:
         raise InputError(f"n_samples must be at least 2 for a standard error, got {n_samples}")
     if not 0 < t0 < 1:
         raise InputError(f"t0 must be in (0, 1), got {t0}")
-    b = z0.shape[0]
+    b, n = z0.shape[:2]
+    if block_size is not None and n % block_size:
+        raise InputError(f"{n} latents are not whole blocks of {block_size}")
+    n_blocks = 1 if block_size is None else n // block_size
     z0 = z0.double()
 
     def noise():
@@ -86,18 +101,22 @@ def latent_bound(
 
     a0, s0 = schedule.alpha_sigma(torch.tensor(t0))
     rec = torch.stack([decoder_nll((a0 * z0 + s0 * noise()) / a0).double() for _ in range(n_samples)])
-    offset = float(torch.rand((), generator=generator))
+    # one stratification offset per block (one for the row without blocks)
+    offset = (torch.rand((), generator=generator) if block_size is None
+              else torch.rand(n_blocks, generator=generator)).double()
     lam_hi = float(schedule.log_snr(torch.tensor(t0)))
     lam_lo = float(schedule.log_snr(torch.tensor(1.0)))
     diff = []
     for k in range(n_samples):
         u = ((k + offset) / n_samples) % 1
-        lam = torch.full((b,), lam_lo + (lam_hi - lam_lo) * u, dtype=torch.float64)
+        lam = (lam_lo + (lam_hi - lam_lo) * u).expand(b, n_blocks).to(z0.device)  # (b, blocks)
         t = schedule.t_of_log_snr(lam)
-        a, s = (v.to(z0.device)[:, None, None] for v in schedule.alpha_sigma(t))
+        a, s = (v.repeat_interleave(n // n_blocks, 1)[..., None] for v in schedule.alpha_sigma(t))
         z_t = a * z0 + s * noise()
-        err = ((z0 - x0_fn(z_t.float(), t.float().to(z0.device)).double()) ** 2).flatten(1).sum(1)
-        diff.append(0.5 * (lam_hi - lam_lo) * lam.exp().to(z0.device) * err)
+        t_in = t[:, 0] if block_size is None else t
+        err = ((z0 - x0_fn(z_t.float(), t_in.float()).double()) ** 2).sum(-1)  # (b, n)
+        err = err.reshape(b, n_blocks, -1).sum(-1)
+        diff.append((0.5 * (lam_hi - lam_lo) * lam.exp() * err).sum(1))
     diff_t = torch.stack(diff)
     a1, s1 = schedule.alpha_sigma(torch.tensor(1.0))
     d = z0[0].numel()
@@ -160,14 +179,21 @@ def pipeline_nll_bound(
         z0 = ae.encode(cont, mask).float()
         ctx, ctx_mask = encode_prompts(ae, [prefix], tok.pad_token_id, device)
 
-        def decoder_nll(z: torch.Tensor, cont: torch.Tensor = cont) -> torch.Tensor:
-            logits = ae.decode(z.to(ae.dtype)).float()
-            return torch.nn.functional.cross_entropy(logits.transpose(1, 2), cont, reduction="none").sum(1)
+        # a block model decodes each block alone and reads the clean blocks before it, as its sampler
+        per = n * k if block is None else block * k
 
-        def x0_fn(z_t: torch.Tensor, t: torch.Tensor, ctx=ctx, ctx_mask=ctx_mask) -> torch.Tensor:
-            return pipe.predict_x0(z_t.to(den.dtype), t, ctx, ctx_mask)  # the time expert of each row
+        def decoder_nll(z: torch.Tensor, cont: torch.Tensor = cont, per: int = per) -> torch.Tensor:
+            logits = ae.decode(z.reshape(-1, per // k, z.shape[-1]).to(ae.dtype)).float()
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), cont.reshape(-1, per), reduction="none")
+            return ce.reshape(len(z), -1).sum(1)
 
-        terms = latent_bound(z0, decoder_nll, x0_fn, schedule, t0=t0, n_samples=n_samples, generator=gen)
+        extra = {} if block is None else {"clean": z0.to(den.dtype)}
+
+        def x0_fn(z_t: torch.Tensor, t: torch.Tensor, ctx=ctx, ctx_mask=ctx_mask, extra=extra) -> torch.Tensor:
+            return pipe.predict_x0(z_t.to(den.dtype), t, ctx, ctx_mask, **extra)  # the time expert of each row
+
+        terms = latent_bound(z0, decoder_nll, x0_fn, schedule, t0=t0, n_samples=n_samples, generator=gen,
+                             block_size=block)
         nats.append(float(terms.total[0]))
         ses.append(float(terms.stderr[0]))
         counts.append(len(rest))

@@ -411,8 +411,15 @@ def test_a_block_causal_denoiser_trains_samples_and_bounds_in_whole_blocks(ae, t
     pipe = LatentDiffusionPipeline(tiny_tokenizer, ae, den.eval(), make_scheduler("ddpm", den))
     out = pipe("lily had", max_new_tokens=10, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
     assert out.latents.shape == (1, 4, 8) and out.sequences.shape == (1, 10)  # 3 latents rounded up to a block
-    nats, ses, counts = pipeline_nll_bound(pipe, ["lily had a red kite."], n_samples=4)
+    calls = []
+    den.forward = lambda z, t, *a, **k: calls.append((tuple(t.shape), k.get("clean") is not None)) or real_forward(
+        z, t, *a, **k)
+    nats, ses, counts = pipeline_nll_bound(pipe, ["lily had a red kite. she ran to the park. tom saw a big dog."], n_samples=4)
+    del den.forward
     assert nats[0] > 0 and counts[0] > 0
+    # the chain rule over blocks: one time per block, each block reading the clean blocks before it
+    n_latents = -(-counts[0] // ae.config.tokens_per_latent)
+    assert calls and all(shape == (1, -(-n_latents // 4)) and clean for shape, clean in calls)
 
 
 @pytest.mark.parametrize("regime", ["row", "independent", "clean_prefix", "mix"])

@@ -85,3 +85,53 @@ def test_schedule_identities():
     a2 = torch.cumprod(1 - betas, 0)
     a, _ = NoiseSchedule("cosine").alpha_sigma(torch.arange(1, 1001, dtype=torch.float64) / 1000)
     assert torch.allclose(a2, a**2, rtol=1e-3, atol=1e-6)
+
+
+def two_point(schedule: NoiseSchedule, m: float, bias=0.0):
+    """Bayes-optimal x0_hat for z0 in {+m, -m} with prior log-odds ``bias`` for +m (per latent)."""
+
+    def x0(z_t, t):
+        a, s = schedule.alpha_sigma(t)
+        return m * torch.tanh(a * m * z_t / s**2 + bias / 2)
+
+    return x0
+
+
+@pytest.mark.parametrize("q", [0.5, 0.8])
+def test_bound_chained_over_blocks_never_below_exact_and_tightens(q):
+    """Two one-latent blocks: block 1 is +-m at 1/2 each; block 2 repeats the sign of block 1 with
+    probability q (its denoiser reads the clean block 1). Text (A, A) = (+m, +m); each block decoded alone
+    by p(A | z) = sigmoid(gamma z). The exact -log p = -log p(A) - log p(A | A) in closed form."""
+    schedule, t0, m, gamma = NoiseSchedule("cosine"), 0.05, 1.0, 3.0
+    bias = math.log(q / (1 - q))
+    x0_1, dec, exact_1 = toy(m, gamma, schedule, t0)
+    x0_2 = two_point(schedule, m, bias)  # block 2 given a clean block 1 of sign +
+
+    a0, s0 = (float(v) for v in schedule.alpha_sigma(torch.tensor(t0)))
+    z = torch.linspace(-12, 12, 200001, dtype=torch.float64)
+    dens = q * torch.exp(-((z - a0 * m) ** 2) / (2 * s0**2)) + (1 - q) * torch.exp(-((z + a0 * m) ** 2) / (2 * s0**2))
+    dens = dens / (s0 * math.sqrt(2 * math.pi))
+    exact = exact_1 - math.log(float((torch.sigmoid(gamma * z / a0) * dens).sum() * (z[1] - z[0])))
+    quad = quadrature_bound(m, gamma, schedule, t0, x0_1, dec) + quadrature_bound(
+        m, gamma, schedule, t0, lambda z_t, t: x0_2(z_t, t[:, None, None]), dec)
+    assert exact <= quad < exact + 2.0, (quad, exact)
+
+    z0 = torch.full((1, 2, 1), m)
+
+    def x0_fn(z_t, t):  # t: one time per block (b, 2); block 2 conditioned on the clean block 1 (+m)
+        assert t.shape == (1, 2)
+        b1 = two_point(schedule, m)(z_t[:, :1].double(), t[:, :1, None].double())
+        b2 = x0_2(z_t[:, 1:].double(), t[:, 1:, None].double())
+        return torch.cat([b1, b2], 1).float()
+
+    ses = []
+    for n in (64, 1024, 4096):
+        terms = latent_bound(z0, dec, x0_fn, schedule, t0=t0, n_samples=n, block_size=1,
+                             generator=torch.Generator().manual_seed(n))
+        ses.append(float(terms.stderr[0]))
+        assert abs(float(terms.total[0]) - quad) < 4 * ses[-1], (n, float(terms.total[0]), quad)
+        assert float(terms.total[0]) + 4 * ses[-1] >= exact
+    assert ses[0] > ses[1] > ses[2]
+    # the context matters: block 2 scored without block 1 (a q = 1/2 denoiser) gets a looser bound
+    if q != 0.5:
+        assert 2 * quadrature_bound(m, gamma, schedule, t0, x0_1, dec) > quad + 0.1
