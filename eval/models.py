@@ -252,13 +252,15 @@ class LatentAdapter(LanguageModelAdapter):
 
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, steps: int = 32,
                  guidance_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
-                 corrector_steps: int = 0, scheduler: str | None = None) -> GenerationOutput:
+                 corrector_steps: int = 0, scheduler: str | None = None, mode: str = "parallel",
+                 window_blocks: int = 4) -> GenerationOutput:
         prompts = _check_prompts(prompts)
         if scheduler is not None:
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.denoiser)
         out = self.pipe(prompts, max_new_tokens=max_new_tokens, num_inference_steps=steps,
                         guidance_scale=guidance_scale, guidance_interval=guidance_interval,
-                        corrector_steps=corrector_steps, generator=generator)
+                        corrector_steps=corrector_steps, generator=generator, mode=mode,
+                        window_blocks=window_blocks)
         conts = [t[len(p):] for t, p in zip(out.texts, prompts)]
         return GenerationOutput(out.texts, conts, out.nfe)
 
