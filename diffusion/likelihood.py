@@ -141,7 +141,7 @@ def default_t0(schedule: NoiseSchedule, noise_to_signal: float = DEFAULT_NOISE_T
 @torch.no_grad()
 def pipeline_nll_bound(
     pipe, texts: list[str] | list[list[int]], *, prefix_len: int = 0, n_samples: int = 32, seed: int = 0,
-    t0: float | None = None,
+    t0: float | None = None, min_latents: int = 0,
 ) -> tuple[list[float], list[float], list[int]]:
     """Bound of each text under a LatentDiffusionPipeline: (nats, standard error, scored tokens).
 
@@ -149,7 +149,9 @@ def pipeline_nll_bound(
     end-of-text. Texts longer than the autoencoder's maximum are truncated to
     ``max_seq_len - 1`` tokens (the autoencoder's policy). A text given as a list
     of token ids is scored as it is (end-of-text included if it has one): how the
-    comparison scores every model on the same tokens.
+    comparison scores every model on the same tokens. ``min_latents``: score every continuation in a
+    window of at least this many latents (text, end-of-text, then padding; at most the denoiser's
+    ``max_latents``), the same window for texts of different lengths.
     """
 
     ae, den, tok = pipe.autoencoder, pipe.denoiser, pipe.tokenizer
@@ -168,7 +170,9 @@ def pipeline_nll_bound(
         if prefix_len >= len(ids):
             raise InputError(f"prefix_len {prefix_len} leaves nothing to score in a text of {len(ids) - 1} tokens")
         prefix, rest = ids[:prefix_len], ids[prefix_len:]
-        n = -(-len(rest) // k)  # latents of the scored continuation, as the pipeline would sample
+        # latents of the scored continuation, as the pipeline would sample; at least min_latents (then
+        # text, end-of-text and padding fill a window of the same size for every text)
+        n = min(max(-(-len(rest) // k), min_latents), den.config.max_latents)
         block = den.config.block_size
         if block is not None:
             n = -(-n // block) * block  # whole blocks; the padding after the text is scored as well
