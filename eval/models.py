@@ -252,8 +252,9 @@ class LatentAdapter(LanguageModelAdapter):
 
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, steps: int = 32,
                  guidance_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
-                 corrector_steps: int = 0, scheduler: str | None = None, mode: str = "parallel",
-                 window_blocks: int = 4) -> GenerationOutput:
+                 corrector_steps: int = 0, scheduler: str | None = None, mode: str | None = None,
+                 window_blocks: int | None = None) -> GenerationOutput:
+        """``mode`` and ``window_blocks``: None for the pipeline's own (its preset's ``sampling_mode``)."""
         prompts = _check_prompts(prompts)
         if scheduler is not None:
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.denoiser)

@@ -26,7 +26,7 @@ from latentlm.eval.models import load_language_model
 from latentlm.eval.report import summary_table
 from latentlm.files import write_text_atomic
 from latentlm.loading import describe, load_model
-from latentlm.pipeline_latent_diffusion import SCHEDULERS
+from latentlm.pipeline_latent_diffusion import MODES, SCHEDULERS
 from latentlm.quickstart import N_PROMPTS, N_STORIES, quickstart
 from latentlm.recipes import run_training
 
@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("T_LO", "T_HI"),
                      help="guide only at diffusion times in [T_LO, T_HI] (latent; default every step)")
     gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (latent; default: the pipeline's own)")
+    gen.add_argument("--mode", choices=list(MODES),
+                     help="sampling mode (latent; block-ar and staggered need a block-causal denoiser; "
+                          "default: the pipeline's own)")
+    gen.add_argument("--window-blocks", type=int, help="blocks in flight in staggered mode (latent; default: "
+                                                         "the pipeline's own)")
     gen.add_argument("--decoder", choices=list(DECODERS), default="ancestral",
                      help="decoder (mdlm)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar)")
@@ -165,7 +170,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         options = {"ar": dict(temperature=args.temperature, top_p=args.top_p),
                    "mdlm": dict(decoder=args.decoder, steps=args.steps),
                    "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale,
-                                  guidance_interval=tuple(args.guidance_interval), scheduler=args.scheduler)}
+                                  guidance_interval=tuple(args.guidance_interval), scheduler=args.scheduler,
+                                  mode=args.mode, window_blocks=args.window_blocks)}
         out = lm.generate([args.prompt] * args.num_samples, args.max_new_tokens,
                           generator=torch.Generator().manual_seed(args.seed), **options[lm.kind])
         for text in out.texts:

@@ -105,7 +105,9 @@ def load_pipeline(folder: str | Path):
     except (OSError, json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{sched_file} is missing or malformed: {e}") from None
     return LatentDiffusionPipeline(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
-                                   scheduler=scheduler, denoiser_2=denoiser_2, boundary=spec.get("boundary"))
+                                   scheduler=scheduler, denoiser_2=denoiser_2, boundary=spec.get("boundary"),
+                                   sampling_mode=spec.get("sampling_mode", "parallel"),  # saved before modes: parallel
+                                   window_blocks=spec.get("window_blocks", 4))
 
 
 def count_parameters(model) -> int:
@@ -124,6 +126,7 @@ def describe(folder: str | Path) -> dict[str, Any]:
                 "autoencoder": {k: v for k, v in pipe.autoencoder.config.items()
                                 if not k.startswith("_") and k != "token_texts"},
                 "denoiser": {k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")},
+                "sampling_mode": pipe.config.sampling_mode,
                 **({"boundary": pipe.config.boundary} if pipe.denoiser_2 is not None else {})}
     cfg = read_model_config(folder)
     model = load_model(folder)

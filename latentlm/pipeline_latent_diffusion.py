@@ -45,7 +45,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.diffusion.sampling import langevin_correct
-from latentlm.errors import CheckpointError, InputError, check_choice, check_text
+from latentlm.errors import CheckpointError, ConfigError, InputError, check_choice, check_text
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,
@@ -62,6 +62,18 @@ BLOCK_MODES = ("block-ar", "staggered")
 MAX_BATCH = 4096  # documented limit on prompts x samples per call (memory stays bounded)
 MAX_NEW_TOKENS_BLOCK_AR = 16_384  # documented limit on one block-ar call (bounds its time)
 DECODE_CHUNK = 64  # samples decoded to token logits at once
+
+
+def check_sampling_mode(mode: str, window_blocks: int, block_size: int | None) -> None:
+    """Raise ConfigError unless ``mode`` is one of MODES that a denoiser with ``block_size`` can sample
+    (the block modes need a block-causal one) and ``window_blocks`` a positive integer."""
+    check_choice("sampling_mode", mode, MODES)
+    if mode in BLOCK_MODES and block_size is None:
+        raise ConfigError(f"sampling_mode {mode!r} needs a block-causal denoiser (model.block_size set); this one "
+                    "sees every position at once: use 'parallel'")
+    if isinstance(window_blocks, bool) or not isinstance(window_blocks, int) or window_blocks < 1:
+        raise ConfigError(f"window_blocks must be a positive integer (blocks in flight in staggered mode), "
+                    f"got {window_blocks!r}")
 
 
 def make_scheduler(name: str, denoiser) -> object:
@@ -128,8 +140,11 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "x0"]  # x0: the step's clean-latent estimate
 
     def __init__(self, tokenizer, autoencoder, denoiser, scheduler, denoiser_2=None,
-                 boundary: float | None = None) -> None:
+                 boundary: float | None = None, sampling_mode: str = "parallel", window_blocks: int = 4) -> None:
+        """``sampling_mode`` and ``window_blocks``: the defaults of ``__call__``'s ``mode`` and
+        ``window_blocks``, saved with the pipeline (the preset's ``model.sampling_mode``)."""
         super().__init__()
+        check_sampling_mode(sampling_mode, window_blocks, denoiser.config.block_size)
         for den in (denoiser, denoiser_2):
             if den is not None and autoencoder.config.latent_dim != den.config.latent_dim:
                 raise CheckpointError(
@@ -142,7 +157,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 f"{autoencoder.config.vocab_size}: the tokenizer folder belongs to another model")
         self.register_modules(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
                               scheduler=scheduler, denoiser_2=denoiser_2)
-        self.register_to_config(boundary=boundary)
+        self.register_to_config(boundary=boundary, sampling_mode=sampling_mode, window_blocks=window_blocks)
 
     @torch.no_grad()
     def predict_x0(self, z_t: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor | None = None,
@@ -367,8 +382,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         progress: bool = False,
-        mode: str = "parallel",
-        window_blocks: int = 4,
+        mode: str | None = None,
+        window_blocks: int | None = None,
     ) -> LatentDiffusionPipelineOutput:
         """Sample continuations of ``prompt``.
 
@@ -395,15 +410,19 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs: names among ``_callback_tensor_inputs`` (default
                 ``["latents"]``).
             progress: show a progress bar over the steps.
-            mode: "parallel" (every latent at once), or for a block-causal denoiser "block-ar" (each
+            mode: None (the pipeline's ``sampling_mode``, saved with it), "parallel" (every latent at
+                once), or for a block-causal denoiser "block-ar" (each
                 block denoised in ``num_inference_steps`` against a KV cache of the blocks before it,
                 decoded, re-encoded and appended to the cache; stops when every row has ended; any
                 length, the cache rolling over the trained window) or "staggered" (as block-ar with
                 ``window_blocks`` blocks in flight at increasing noise levels, a new one entering every
                 ceil(num_inference_steps / window_blocks) steps; one network call advances them all).
                 ``callback_on_step_end`` then sees the blocks in flight.
-            window_blocks: blocks in flight at once in staggered mode (1 is block-ar).
+            window_blocks: blocks in flight at once in staggered mode (1 is block-ar; None: the
+                pipeline's ``window_blocks``).
         """
+        mode = self.config.sampling_mode if mode is None else mode
+        window_blocks = self.config.window_blocks if window_blocks is None else window_blocks
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])

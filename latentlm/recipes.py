@@ -38,7 +38,12 @@ from latentlm.diffusion.modeling_denoiser import LatentDenoiser
 from latentlm.errors import ConfigError, DataError, check_choice
 from latentlm.files import move_tree
 from latentlm.loading import is_pipeline_folder, load_model, load_pipeline, read_model_config
-from latentlm.pipeline_latent_diffusion import SCHEDULERS, LatentDiffusionPipeline, make_scheduler
+from latentlm.pipeline_latent_diffusion import (
+    SCHEDULERS,
+    LatentDiffusionPipeline,
+    check_sampling_mode,
+    make_scheduler,
+)
 from latentlm.training import LossFn, TrainConfig, TrainResult, train
 
 
@@ -90,14 +95,18 @@ AutoencoderConfig = model_section(TextAutoencoder, "AutoencoderConfig",
                                   exclude=(*_SPECIAL, "max_seq_len", "token_texts"))
 
 
-def _check_sampler(section) -> None:
-    check_choice("model.sampler", section.sampler, tuple(SCHEDULERS))  # here, not at export after the run
+def _check_sampling(section) -> None:
+    """The pipeline's sampling settings, checked here rather than at export after the run."""
+    check_choice("model.sampler", section.sampler, tuple(SCHEDULERS))
+    check_sampling_mode(section.sampling_mode, section.window_blocks, section.block_size)
 
 
-# the scheduler saved with the pipeline: DDPM beat DDIM at every step count on synthetic stories and at
-# 3 of 4 on TinyStories (docs/latent_diffusion.md)
+# saved with the pipeline, the defaults of its __call__: the scheduler (DDPM beat DDIM at every step count
+# on synthetic stories and at 3 of 4 on TinyStories, docs/latent_diffusion.md), the sampling mode and
+# the blocks in flight of staggered mode
+SAMPLING_FIELDS = (("sampler", str, "ddpm"), ("sampling_mode", str, "parallel"), ("window_blocks", int, 4))
 DenoiserConfig = model_section(LatentDenoiser, "DenoiserConfig", exclude=("latent_dim", "max_latents"),
-                               extra=(("sampler", str, "ddpm"),), check_extra=_check_sampler)
+                               extra=SAMPLING_FIELDS, check_extra=_check_sampling)
 
 
 def _build_lm(cls, cfg: dict[str, Any], tok, **special) -> torch.nn.Module:
@@ -155,11 +164,13 @@ class ExpertsConfig:
 def _denoiser_recipe() -> Recipe:
     def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
         ae = ctx["autoencoder"]
-        fields = {k: v for k, v in dataclasses.asdict(cfg["model"]).items() if k != "sampler"}
+        sampling = {name for name, _, _ in SAMPLING_FIELDS}
+        fields = {k: v for k, v in dataclasses.asdict(cfg["model"]).items() if k not in sampling}
         return LatentDenoiser(latent_dim=ae.config.latent_dim, max_latents=ae.n_latents, **fields)
 
     def export(model, tok, ctx, folder: Path) -> None:
-        pipe = LatentDiffusionPipeline(tok, ctx["autoencoder"], model, make_scheduler(ctx["sampler"], model))
+        pipe = LatentDiffusionPipeline(tok, ctx["autoencoder"], model, make_scheduler(ctx["sampler"], model),
+                                       sampling_mode=ctx["sampling_mode"], window_blocks=ctx["window_blocks"])
         pipe.save_pretrained(folder)
 
     def make_loss(cfg: dict[str, Any], ctx: dict[str, Any]) -> LossFn:
@@ -259,7 +270,8 @@ def _export_time_experts(out_dir: Path, boundary: float) -> None:
     """One pipeline of the two experts' exports (``high_noise/``, ``low_noise/``) in ``out_dir``."""
     high, low = load_pipeline(out_dir / "high_noise"), load_pipeline(out_dir / "low_noise")
     pipe = LatentDiffusionPipeline(high.tokenizer, high.autoencoder, high.denoiser, high.scheduler,
-                                   denoiser_2=low.denoiser, boundary=boundary)
+                                   denoiser_2=low.denoiser, boundary=boundary, sampling_mode=high.config.sampling_mode,
+                                   window_blocks=high.config.window_blocks)
     tmp = out_dir / ".export-tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -283,7 +295,7 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         if type(ae).__name__ != "TextAutoencoder":
             raise ConfigError(f"{autoencoder} holds a {type(ae).__name__}, not a TextAutoencoder")
         ae.requires_grad_(False).eval()
-        ctx = {"autoencoder": ae, "sampler": cfg["model"].sampler}
+        ctx = {"autoencoder": ae, **{name: getattr(cfg["model"], name) for name, _, _ in SAMPLING_FIELDS}}
         tokenizer = autoencoder
         # rows of loss.row_lengths autoencoder lengths (2: a prompt of up to max_seq_len tokens followed by a
         # continuation of up to max_seq_len, the most the pipeline takes and samples)

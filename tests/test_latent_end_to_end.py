@@ -98,3 +98,29 @@ def test_two_time_experts_train_into_one_pipeline(tiny_autoencoder_dir, syntheti
     capsys.readouterr()
     assert main([*cmd[:-4], "--set", "experts.boundary=1.5"]) == 2
     assert "experts.boundary must be a time in (0, 1)" in capsys.readouterr().err
+
+
+def test_block_causal_denoiser_trains_and_samples_in_its_presets_mode(tiny_autoencoder_dir, synthetic_files,
+                                                                       tmp_path, capsys):
+    out = tmp_path / "blocks"
+    cmd = ["train", "denoiser", "--preset", "cpu-tiny", "--autoencoder", str(tiny_autoencoder_dir),
+           "--data", str(synthetic_files / "train.jsonl"), "--out", str(out), "--set", "train.steps=3",
+           "--set", "train.eval_every=0", "--set", "model.block_size=4", "--set", "model.sampling_mode=block-ar"]
+    assert main(cmd) == 0
+    capsys.readouterr()
+    assert main(["info", "--model", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sampling_mode"] == "block-ar" and info["denoiser"]["block_size"] == 4
+    gen = ["generate", "--model", str(out), "once upon a time", "--max-new-tokens", "32", "--steps", "4"]
+    assert main(gen) == 0
+    assert "(NFE 8)" in capsys.readouterr().err  # 32 tokens = 8 latents = 2 blocks of 4 steps: block-ar
+    assert main([*gen, "--mode", "parallel"]) == 0
+    assert "(NFE 4)" in capsys.readouterr().err
+    assert main([*gen, "--mode", "staggered", "--window-blocks", "2"]) == 0
+    assert "(NFE 6)" in capsys.readouterr().err  # the second block enters after 2 steps
+    for bad, message in ((["model.block_size=5"], "must divide the window of 32"),
+                         (["model.block_size=0"], "block_size must be a positive number"),
+                         (["model.sampling_mode=staggered"], "needs a block-causal denoiser"),
+                         (["model.sampling_mode=sideways"], "sampling_mode must be one of")):
+        assert main([*cmd[:-4], "--out", str(tmp_path / "bad"), *[x for b in bad for x in ("--set", b)]]) == 2
+        assert message in capsys.readouterr().err

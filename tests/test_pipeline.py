@@ -13,7 +13,7 @@ from diffusers import (
 from latentlm import LatentDiffusionPipeline, load_pipeline
 from latentlm.autoencoder import TextAutoencoder
 from latentlm.diffusion import LatentDenoiser
-from latentlm.errors import CheckpointError, InputError
+from latentlm.errors import CheckpointError, ConfigError, InputError
 from latentlm.pipeline_latent_diffusion import make_scheduler
 
 
@@ -374,3 +374,41 @@ def test_block_ar_bad_input(block_pipe, pipe):
         den.extend_cache(cache, torch.zeros(2, 2))
     with pytest.raises(InputError, match="holds 2 rows"):
         den.extend_cache(cache, torch.zeros(3, 2, 8))
+
+
+def test_the_saved_sampling_mode_is_the_default(block_pipe, pipe, tmp_path):
+    kw = dict(max_new_tokens=40, num_inference_steps=2)
+    staggered = LatentDiffusionPipeline(block_pipe.tokenizer, block_pipe.autoencoder, block_pipe.denoiser,
+                                        block_pipe.scheduler, sampling_mode="staggered", window_blocks=2)
+    staggered.save_pretrained(tmp_path / "pipe")
+    loaded = load_pipeline(tmp_path / "pipe")
+    assert (loaded.config.sampling_mode, loaded.config.window_blocks) == ("staggered", 2)
+    default = loaded("lily had", generator=gen(3), **kw)
+    named = block_pipe("lily had", generator=gen(3), mode="staggered", window_blocks=2, **kw)
+    assert torch.equal(default.latents, named.latents) and default.nfe == named.nfe == 4 + 2  # 5 blocks, 2 steps
+    assert loaded("lily had", generator=gen(3), mode="block-ar", **kw).nfe == 5 * 2  # an argument overrides it
+    assert pipe.config.sampling_mode == "parallel"  # the default, and that of pipelines saved without one
+    with pytest.raises(ConfigError, match="needs a block-causal denoiser"):
+        LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser, pipe.scheduler, sampling_mode="block-ar")
+    with pytest.raises(ConfigError, match="sampling_mode must be one of"):
+        LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser, pipe.scheduler, sampling_mode="fast")
+    with pytest.raises(ConfigError, match="window_blocks must be a positive integer"):
+        LatentDiffusionPipeline(block_pipe.tokenizer, block_pipe.autoencoder, block_pipe.denoiser,
+                                block_pipe.scheduler, window_blocks=0)
+
+
+@pytest.mark.parametrize("which", ["parallel", "block"])
+def test_the_bound_pays_nothing_for_the_padding_after_the_end_of_text(pipe, block_pipe, which):
+    from latentlm.diffusion.likelihood import pipeline_nll_bound
+
+    p = pipe if which == "parallel" else block_pipe
+    tok, k = p.tokenizer, p.autoencoder.config.tokens_per_latent
+    text = tok("lily had a red kite.", add_special_tokens=False)["input_ids"]
+    ids = text[: len(text) // k * k] + [tok.eos_token_id]  # the end-of-text alone in the last latent, k - 1 pads
+    assert len(ids) > k  # (a block model: whole padding latents after it, too)
+    before = pipeline_nll_bound(p, [ids], n_samples=4, seed=0)[0][0]
+    with torch.no_grad():
+        p.autoencoder.head.bias[tok.pad_token_id] -= 50.0  # the decoder now all but rules padding out
+    after = pipeline_nll_bound(p, [ids], n_samples=4, seed=0)[0][0]
+    # the padding's own nats would have grown by 50 a position; the text's can only fall (pad's share is gone)
+    assert after <= before + 1e-6 and before - after < 1.0
