@@ -11,9 +11,12 @@ read by the decoder. Then
 
 with SNR(t) = alpha_t^2 / sigma_t^2 = exp(lambda(t)), so -SNR'(t) = -lambda'(t) exp(lambda(t)).
 The decoder reads z_{t0} / alpha_{t0} = z0 + (sigma/alpha) eps, the noise it was
-trained on. The decoder's distribution covers the padded token sequence;
-padding after the end-of-text is deterministic given the text, so the bound on
-(text, padding) also bounds -log p(text).
+trained on. The latents encode the padded token sequence (text, end-of-text,
+padding): one choice of q(z | x), so the bound holds. The decoder's positions
+are independent given the latents and the sampler keeps the tokens up to the
+first end-of-text, so the reconstruction term counts the text and its
+end-of-text alone: what follows is marginalised out, and a text pays nothing for
+the padding that fills its last latent.
 
 The integral is estimated by Monte Carlo in log-SNR (dlambda = lambda'(t) dt):
 
@@ -185,11 +188,15 @@ def pipeline_nll_bound(
 
         # a block model decodes each block alone and reads the clean blocks before it, as its sampler
         per = n * k if block is None else block * k
+        # the decoder's positions are independent given the latents and the sampler reads up to the first
+        # end-of-text, so the padding after it is marginalised out: only the scored tokens cost nats
+        scored = (torch.arange(n * k, device=device) < len(rest)).float()
 
-        def decoder_nll(z: torch.Tensor, cont: torch.Tensor = cont, per: int = per) -> torch.Tensor:
+        def decoder_nll(z: torch.Tensor, cont: torch.Tensor = cont, per: int = per,
+                        scored: torch.Tensor = scored) -> torch.Tensor:
             logits = ae.decode(z.reshape(-1, per // k, z.shape[-1]).to(ae.dtype)).float()
             ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), cont.reshape(-1, per), reduction="none")
-            return ce.reshape(len(z), -1).sum(1)
+            return (ce.reshape(len(z), -1) * scored).sum(1)
 
         extra = {} if block is None else {"clean": z0.to(den.dtype)}
 
