@@ -1,10 +1,13 @@
-"""Block-causal latent diffusion against the AR on real text: sampling mode x steps, quality and latency.
+"""Block-causal latent diffusion against the AR on real text: block size x sampling mode x steps, quality
+and latency.
 
-    python benchmarks/block_latent.py --model runs/den_b4 --ar runs/ar --judge runs/judge \
-        --data ../shared/data/tinystories/valid.jsonl [--prompts 32] [--steps 8 16 32] \
-        [--modes block-ar staggered parallel] [--window-blocks 4] [--bound-texts 64] [--bound-samples 4]
+    python benchmarks/block_latent.py --model b4=runs/den_b4 [--model b1=runs/den_b1 --model full=runs/den ...] \
+        --ar runs/ar --judge runs/judge --data ../shared/data/tinystories/valid.jsonl [--prompts 32] \
+        [--steps 8 16 32] [--modes block-ar staggered parallel] [--window-blocks 4] [--bound-texts 64] \
+        [--bound-samples 4]
 
-For each mode and step count of the latent pipeline, and for the AR (its KV cache, temperature 1):
+For each latent pipeline (a block-causal one in every mode, one with block_size None in parallel mode
+only), each mode and step count, and for the AR (its KV cache, temperature 1):
 the continuations of ``--prompts`` openings (``--new-tokens`` new tokens, the batch of all openings)
 scored by the judge (generation perplexity), unigram entropy and rep-4; then the latency per sample
 at batch 1 for 128 and 1,024 new tokens (parallel mode: only up to the autoencoder's window); then
@@ -35,7 +38,8 @@ def _generate(lm, prompts, new_tokens, mode, steps, window_blocks, seed=0):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="a latent pipeline folder (block-causal for block modes)")
+    p.add_argument("--model", required=True, action="append",
+                   help="NAME=DIR of a latent pipeline (repeat for several block sizes); a bare DIR is named latent")
     p.add_argument("--ar", required=True)
     p.add_argument("--judge", required=True)
     p.add_argument("--data", required=True)
@@ -53,39 +57,46 @@ def main() -> None:
     cfg = CompareConfig(prompts=args.prompts, max_new_tokens=args.new_tokens)
     pairs = openings(docs, args.prompts, cfg, synthetic=False)
     prompts = [o for o, _ in pairs]
-    lm, ar = load_language_model(args.model, "latent"), load_language_model(args.ar, "ar")
+    lms = {}
+    for spec in args.model:
+        name, _, folder = spec.rpartition("=")
+        lms[name or "latent"] = load_language_model(folder, name or "latent")
+    ar = load_language_model(args.ar, "ar")
     judge = load_language_model(args.judge, "judge")
-    tok = lm.tokenizer
+    tok = next(iter(lms.values())).tokenizer
+
+    def modes_of(lm) -> list[str]:
+        return args.modes if lm.pipe.denoiser.config.block_size is not None else ["parallel"]
+
     real = System("real", prompts, [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: args.new_tokens])
                                     for _, c in pairs])
     rows = [{"model": "real text", "gen_ppl": _ppl(_judge_scores(judge, real)),
              "entropy": M.unigram_entropy(real.continuations), "rep4": M.rep_n(real.continuations, 4)}]
     print(json.dumps(rows[-1]), flush=True)
-    runs = [("ar", None, None)] + [(mode, steps, args.window_blocks if mode == "staggered" else None)
-                                   for mode in args.modes for steps in args.steps]
+    runs = [("AR", ar, "ar", None, None)] + [
+        (name, lm, mode, steps, args.window_blocks if mode == "staggered" else None)
+        for name, lm in lms.items() for mode in modes_of(lm) for steps in args.steps]
     samples = {}
-    for mode, steps, window in runs:
-        model = ar if mode == "ar" else lm
+    for name, model, mode, steps, window in runs:
         t0 = time.perf_counter()
         out = _generate(model, prompts, args.new_tokens, mode, steps, window or 1)
         dt = time.perf_counter() - t0
         s = System(mode, prompts, out.continuations, out.texts)
-        samples[(mode, steps)] = out.texts
-        rows.append({"model": "AR" if mode == "ar" else f"latent {mode}", "steps": steps, "window": window,
+        label = "AR" if mode == "ar" else f"{name} {mode}"
+        samples[(label, steps)] = out.texts
+        rows.append({"model": label, "steps": steps, "window": window,
                      "nfe": out.nfe, "s_per_sample": dt / len(prompts), "gen_ppl": _ppl(_judge_scores(judge, s)),
                      "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)})
         print(json.dumps(rows[-1]), flush=True)
     latency = []
-    limit = lm.pipe.autoencoder.config.max_seq_len
     for n in args.latency_tokens:
-        for mode in ["ar"] + args.modes:
-            if mode == "parallel" and n > limit:
+        for name, model, mode in [("AR", ar, "ar")] + [(k, lm, m) for k, lm in lms.items() for m in modes_of(lm)]:
+            if mode == "parallel" and n > model.pipe.autoencoder.config.max_seq_len:
                 continue
-            model = ar if mode == "ar" else lm
             _generate(model, prompts[:1], 16, mode, 2, args.window_blocks)  # warm-up
             t0 = time.perf_counter()
             out = _generate(model, prompts[:1], n, mode, args.latency_steps, args.window_blocks)
-            latency.append({"model": "AR" if mode == "ar" else f"latent {mode}", "new_tokens": n,
+            latency.append({"model": "AR" if mode == "ar" else f"{name} {mode}", "new_tokens": n,
                             "steps": None if mode == "ar" else args.latency_steps, "nfe": out.nfe,
                             "seconds": time.perf_counter() - t0,
                             "tokens_out": len(tok(out.continuations[0], add_special_tokens=False)["input_ids"])})
@@ -93,7 +104,9 @@ def main() -> None:
     bounds = {}
     if args.bound_texts:
         texts = docs[: args.bound_texts]
-        for name, model, kw in (("AR (exact)", ar, {}), ("latent (bound)", lm, {"n_samples": args.bound_samples})):
+        scored = [("AR (exact)", ar, {})] + [(f"{k} (bound)", lm, {"n_samples": args.bound_samples})
+                                             for k, lm in lms.items()]
+        for name, model, kw in scored:
             t0 = time.perf_counter()
             r = model.nll(texts, **kw)
             bounds[name] = {"nats_per_token": r.nats_per_token, "stderr": r.stderr, "texts": len(texts),
@@ -101,7 +114,7 @@ def main() -> None:
             print(json.dumps({name: bounds[name]}), flush=True)
     best = min((r for r in rows if r.get("nfe") and r["model"] != "AR"), key=lambda r: r["gen_ppl"])
     print(f"\nsamples of {best['model']} ({best['steps']} steps) and the AR, same openings:\n")
-    for a, b in list(zip(samples[(best["model"].split()[-1], best["steps"])], samples[("ar", None)]))[:10]:
+    for a, b in list(zip(samples[(best["model"], best["steps"])], samples[("AR", None)]))[:10]:
         print(f"- latent: {a}\n  AR:     {b}\n")
     print("| model | mode steps / window | NFE | s/sample (batch) | judge gen. PPL | entropy | rep-4 |\n"
           "|---|---|---|---|---|---|---|")

@@ -3,11 +3,11 @@ then score continuations of held-out openings with the synthetic-story checker.
 
     python benchmarks/latent_synthetic.py --out runs/syn [--set model.self_conditioning=false ...]
         [--samplers ddim dpm++ ...] [--steps 8 16 32 64] [--guidance 1 2 3] [--guidance-interval 0 0.3]
-        [--prompts 64]
+        [--prompts 64] [--modes parallel block-ar staggered --window-blocks 4]   # a block-causal denoiser
         [--diagnose] [--ar-steps 1000 [--ar-set model.depth=2 ...]]
         [--stage2-set train.steps=2400 --stage2-set loss.time_mean=0.25 ...]   # a fine-tuning stage
 
-Prints the training times and a table: sampler, steps, NFE, seconds per sample,
+Prints the training times and a table: sampler, sampling mode, steps, NFE, seconds per sample,
 share of well-formed continuation sentences, share of consistent mentions.
 Ablations: run with a different --out and --set overrides of the denoiser preset.
 """
@@ -93,7 +93,8 @@ def score_ar(folder: Path, train_file: Path, valid_file: Path, tokenizer: Path, 
     gen = lm.generate(prompts, new_tokens, generator=torch.Generator().manual_seed(0))
     probe = synthetic_probe(prompts, gen.texts)
     wf, cons = probe.well_formed, probe.consistent
-    row = {"sampler": f"AR baseline, {steps} steps" + (f" ({', '.join(overrides)})" if overrides else ""), "steps": new_tokens, "guidance": 1.0, "nfe": new_tokens,
+    row = {"sampler": f"AR baseline, {steps} steps" + (f" ({', '.join(overrides)})" if overrides else ""),
+           "mode": "autoregressive", "steps": new_tokens, "guidance": 1.0, "nfe": new_tokens,
            "s_per_sample": (time.perf_counter() - t0) / len(prompts), "well_formed": wf, "consistent": cons}
     print(json.dumps({**row, "training_seconds": times}), flush=True)
     return row
@@ -116,6 +117,9 @@ def main() -> None:
                    help="guide only at diffusion times in [T_LO, T_HI] (default: every step)")
     p.add_argument("--corrector-steps", type=int, default=1, help="for the predictor-corrector rows")
     p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--modes", nargs="+", default=["parallel"], choices=["parallel", "block-ar", "staggered"],
+                   help="sampling modes (block-ar and staggered need --set model.block_size=B)")
+    p.add_argument("--window-blocks", type=int, default=4, help="blocks in flight in staggered mode")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--stories", type=int, default=4000)
     p.add_argument("--diagnose", action="store_true", help="also print the one-step denoising diagnostic")
@@ -157,33 +161,33 @@ def main() -> None:
     pipe = load_pipeline(den_dir)
     prompts = [s.split()[0] for s in held_out[: args.prompts]]
     rows = []
-    for sampler in args.samplers:
+    grid = [(sampler, mode, steps, w) for sampler in args.samplers for mode in args.modes for steps in args.steps
+            for w in args.guidance]
+    for sampler, mode, steps, w in grid:
         pc = sampler == "pc"
         pipe.scheduler = make_scheduler("ddim" if pc else sampler, pipe.denoiser)  # set_timesteps resets it per call
-        for steps in args.steps:
-            for w in args.guidance:
-                t0 = time.perf_counter()
-                res = pipe(prompts, max_new_tokens=args.new_tokens, num_inference_steps=steps, guidance_scale=w,
-                           guidance_interval=tuple(args.guidance_interval),
-                           corrector_steps=args.corrector_steps if pc else 0,
-                           generator=torch.Generator().manual_seed(0))
-                dt = time.perf_counter() - t0
-                probe = synthetic_probe(prompts, res.texts)  # the checker, as `latentlm compare` runs it
-                wf, cons = probe.well_formed, probe.consistent
-                row = {"sampler": "pc (ddim + langevin)" if pc else sampler, "steps": steps, "guidance": w,
-                       "guidance_interval": list(args.guidance_interval),
-                       "nfe": res.nfe, "s_per_sample": dt / len(prompts), "well_formed": wf, "consistent": cons}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        t0 = time.perf_counter()
+        res = pipe(prompts, max_new_tokens=args.new_tokens, num_inference_steps=steps, guidance_scale=w,
+                   guidance_interval=tuple(args.guidance_interval), corrector_steps=args.corrector_steps if pc else 0,
+                   generator=torch.Generator().manual_seed(0), mode=mode, window_blocks=args.window_blocks)
+        dt = time.perf_counter() - t0
+        probe = synthetic_probe(prompts, res.texts)  # the checker, as `latentlm compare` runs it
+        wf, cons = probe.well_formed, probe.consistent
+        row = {"sampler": "pc (ddim + langevin)" if pc else sampler, "mode": mode, "steps": steps, "guidance": w,
+               "guidance_interval": list(args.guidance_interval),
+               "nfe": res.nfe, "s_per_sample": dt / len(prompts), "well_formed": wf, "consistent": cons}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     if args.ar_steps:
         shape = "".join("_" + o.partition("=")[0].split(".")[-1] + o.partition("=")[2]
                         for o in args.ar_overrides)  # e.g. _depth2_dim256
         rows.append(score_ar(out / f"ar_{args.ar_steps}{shape}", train_file, valid_file, ae_dir, args.ar_steps,
                              prompts, args.new_tokens, times, args.ar_overrides))
     print("\nexample:", res.texts[0][:400])
-    print("\n| sampler | steps | guidance | NFE | s/sample | well-formed | consistent |\n|---|---|---|---|---|---|---|")
+    print("\n| sampler | mode | steps | guidance | NFE | s/sample | well-formed | consistent |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['nfe']} | {r['s_per_sample']:.4f} | "
+        print(f"| {r['sampler']} | {r['mode']} | {r['steps']} | {r['guidance']:g} | {r['nfe']} | {r['s_per_sample']:.4f} | "
               f"{r['well_formed']:.3f} | {r['consistent']:.3f} |")
     diag = one_step_diagnostic(pipe, held_out) if args.diagnose else []
     if diag:
