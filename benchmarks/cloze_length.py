@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 
 import torch
 
@@ -68,22 +69,39 @@ def bound_terms(pipe, prefix: list[int], rest: list[int], n_samples: int, gen: t
 
 
 def print_terms(lm, items, n_tokens, samples: int) -> None:
-    """Mean nats of each bound term for the shorter and the longer ending of each item."""
+    """Mean nats of each bound term for the shorter and the longer ending of each item, and the cloze
+    scores of sums of terms: the bound as it is (no padding after the end-of-text), the bound with the
+    padding's decoder nats added (how it was scored before), and each without the last latent's
+    diffusion nats (the latent that holds the end-of-text)."""
     tok, gen = lm.tokenizer, torch.Generator().manual_seed(0)
-    by = {"shorter": [], "longer": []}
+    by, pairs = {"shorter": [], "longer": []}, []
     for ctx, true, false in items:
         terms = []
         for ending in (true, false):
             ids = tok(ctx + " " + ending, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             p = n_tokens(ctx)
             terms.append(bound_terms(lm.pipe, ids[:p], ids[p:], samples, gen))
-        terms.sort(key=lambda r: r["tokens"])
-        by["shorter"].append(terms[0])
-        by["longer"].append(terms[1])
+        pairs.append(terms)
+        short, long = sorted(terms, key=lambda r: r["tokens"])
+        by["shorter"].append(short)
+        by["longer"].append(long)
     keys = list(by["shorter"][0])
     print("\n| ending | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for name, rows in by.items():
         print(f"| {name} | " + " | ".join(f"{sum(r[k] for r in rows) / len(rows):.2f}" for k in keys) + " |")
+    base = ("rec_text", "diff_first", "diff_between", "diff_last", "diff_pad_latents")
+    variants = {"bound (text and end-of-text decoded)": base, "bound + padding's decoder nats": (*base, "rec_pad"),
+                "bound - last latent's diffusion nats": tuple(k for k in base if k != "diff_last")}
+    print("\n| per-token score | accuracy | longer ending wins | accuracy, true longer | accuracy, true shorter |\n"
+          "|---|---|---|---|---|")
+    for name, ks in variants.items():
+        rows = []
+        for true, false in pairs:
+            score = [sum(r[k] for k in ks) / r["tokens"] for r in (true, false)]
+            rows.append((score[0] < score[1], true["tokens"] > false["tokens"]))
+        split = [[c for c, lg in rows if lg == want] for want in (True, False)]
+        print(f"| {name} | {sum(c for c, _ in rows) / len(rows):.2f} | {sum(c == lg for c, lg in rows) / len(rows):.2f} | "
+              f"{sum(split[0]) / max(1, len(split[0])):.2f} | {sum(split[1]) / max(1, len(split[1])):.2f} |", flush=True)
 
 
 def main() -> None:
@@ -95,6 +113,9 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--window", type=int, default=0, help="also score every ending in this many latents")
     p.add_argument("--terms", action="store_true", help="also print where the latent bound's nats go")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--same-seed", action="store_true",
+                   help="score every ending from the same seed (not one seed per story, as compare does)")
     p.add_argument("--no-ar", action="store_true", help="leave the AR row out (then --ar is not needed)")
     args = p.parse_args()
     docs = read_documents([args.data])
@@ -115,8 +136,9 @@ def main() -> None:
     def latent(window: int):
         def score(ctx: str, ending: str) -> float:
             ids = tok(ctx + " " + ending, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            seed = args.seed if args.same_seed else args.seed + zlib.crc32(ctx.encode("utf-8"))  # as compare
             nats, _, count = pipeline_nll_bound(lm.pipe, [ids], prefix_len=n_tokens(ctx), n_samples=args.samples,
-                                                min_latents=window)
+                                                min_latents=window, seed=seed)
             return nats[0] / count[0]
         return score
 

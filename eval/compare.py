@@ -20,6 +20,7 @@ import math
 import random
 import statistics
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -551,8 +552,13 @@ def _cloze(lm, docs, lms, cfg, cache: Path | None = None) -> dict:
 
     def score(ctx: str, endings: list[str]) -> list[float]:
         prefix = len(tok(ctx, add_special_tokens=False)["input_ids"])
-        r = lm.nll([ctx + " " + e for e in endings], prefix_len=prefix, **kw)
-        return [a / b for a, b in zip(r.per_text, r.per_text_tokens)]
+        if lm.kind == "ar":
+            rs = [lm.nll([ctx + " " + e for e in endings], prefix_len=prefix)]
+        else:  # a Monte Carlo bound: the endings of a story share their draws (common random numbers), and
+            # the draws change from story to story; one draw pattern per ending length would be a length bias
+            seed = cfg.seed + zlib.crc32(ctx.encode("utf-8"))
+            rs = [lm.nll([ctx + " " + e], prefix_len=prefix, seed=seed, **kw) for e in endings]
+        return [a / b for r in rs for a, b in zip(r.per_text, r.per_text_tokens)]
 
     hits = cached_batches(cache, len(items), 8, lambda a, b: cons.cloze_accuracy(items[a:b], score))
     return {"accuracy": sum(hits) / len(hits), "n": len(hits),

@@ -172,3 +172,29 @@ def test_compare_missing_files(folders, tmp_path):
     with pytest.raises(CheckpointError):
         compare({"ar": tmp_path / "no_model"}, folders / "valid.jsonl", tmp_path / "r", cfg=small_config(),
                 progress=False)
+
+
+def test_cloze_draws_a_bounds_noise_per_story_and_shares_it_between_the_endings(folders):
+    """A Monte Carlo bound scored from one seed for every ending gives all endings of one length the same
+    draws, hence the same luck: a length bias. The endings of a story share a seed, the stories do not."""
+    from latentlm.eval.compare import _cloze
+    from latentlm.eval.models import load_language_model
+
+    lm = load_language_model(folders / "latent", "latent")
+    calls = []
+    real_nll = lm.nll
+
+    def recording_nll(texts, prefix_len=0, **kw):
+        calls.append((texts[0][:prefix_len and None], kw["seed"], len(texts)))
+        return real_nll(texts, prefix_len, **kw)
+
+    lm.nll = recording_nll
+    docs = ["lily had a red kite. she ran to the park. the kite flew high over the trees.",
+            "tom saw a dog. the dog was big. tom gave it a bone.", "the sun was warm. ben sat down. he slept.",
+            "amy lived near the lake. she had a boat. one day the boat was gone and amy was sad.",
+            "a cat sat on the hill. the wind was cool. the cat went home."]
+    out = _cloze(lm, docs, {"latent": lm}, small_config(cloze_items=4))
+    assert out["n"] == 4 and len(calls) == 8 and all(n == 1 for _, _, n in calls)  # one ending a call
+    seeds = [seed for _, seed, _ in calls]
+    assert all(seeds[i] == seeds[i + 1] for i in range(0, 8, 2))  # the two endings of a story
+    assert len(set(seeds[::2])) == 4  # a seed of its own for every story
