@@ -70,10 +70,10 @@ def check_sampling_mode(mode: str, window_blocks: int, block_size: int | None) -
     check_choice("sampling_mode", mode, MODES)
     if mode in BLOCK_MODES and block_size is None:
         raise ConfigError(f"sampling_mode {mode!r} needs a block-causal denoiser (model.block_size set); this one "
-                    "sees every position at once: use 'parallel'")
+                          "sees every position at once: use 'parallel'")
     if isinstance(window_blocks, bool) or not isinstance(window_blocks, int) or window_blocks < 1:
         raise ConfigError(f"window_blocks must be a positive integer (blocks in flight in staggered mode), "
-                    f"got {window_blocks!r}")
+                          f"got {window_blocks!r}")
 
 
 def make_scheduler(name: str, denoiser) -> object:
