@@ -48,14 +48,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (s,) -> cos, sin of shape (s, hd), float32."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (s, hd/2)
+        """positions (s,) -> cos, sin of shape (s, hd), float32; positions per row (b, s) ->
+        (b, 1, s, hd), broadcast over the heads."""
+        freqs = positions.float()[..., None] * self.inv_freq  # (..., s, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)
+        if positions.dim() == 2:
+            emb = emb[:, None]
         return emb.cos(), emb.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (b, h, s, hd) by the angles of cos/sin (s, hd)."""
+    """Rotate x (b, h, s, hd) by the angles of cos/sin (s, hd) or (b, 1, s, hd)."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
@@ -226,8 +229,8 @@ class Transformer(nn.Module):
         ``return_attention_layers`` blocks (each (b, h, s, k)).
 
         ``attention_mask`` (b, k): 1 for real tokens, 0 for padding, over all
-        key positions (cached ones included). ``positions`` (s,): rotary positions of the queries
-        (default: they follow the cached ones). ``mask`` (b or 1, 1, s, k), True = may attend: a
+        key positions (cached ones included). ``positions`` (s,) or per row (b, s): rotary positions of
+        the queries (default: they follow the cached ones). ``mask`` (b or 1, 1, s, k), True = may attend: a
         complete mask in place of ``attention_mask`` and ``causal`` (block-causal attention).
         ``update_cache=False``: attend to ``kv_caches`` without adding these positions to them.
         """

@@ -1,6 +1,6 @@
 """Autoregressive baseline: a causal transformer LM on the shared layers, with a KV cache.
 
-Exact likelihood (``nll``) and sampling with temperature / top-p in float64.
+Exact likelihood (``nll``) and inverse-CDF sampling with temperature / top-p in float64.
 """
 
 from __future__ import annotations
@@ -85,23 +85,77 @@ def sequence_nll(model: CausalLM, ids: torch.Tensor, attention_mask: torch.Tenso
     return (nll * weight).sum(-1)
 
 
-def sample_next(
-    logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, generator=None
-) -> torch.Tensor:
-    """Sample ids from logits (b, vocab) in float64 (float32 sampling lowers the
-    effective temperature: Zheng et al. 2024). temperature 0 is greedy."""
-    if temperature == 0:
-        return logits.argmax(-1)
+def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """The sampling distribution (..., vocab) of logits at ``temperature`` and nucleus ``top_p``, in float64
+    and in vocabulary order (float32 sampling lowers the effective temperature: Zheng et al. 2024).
+    Top-p keeps the most probable tokens until their mass reaches ``top_p`` and renormalises."""
     logits = logits.double()
     probs = torch.softmax((logits - logits.amax(-1, keepdim=True)) / temperature, dim=-1)  # no overflow
     if top_p < 1.0:
         sorted_p, idx = probs.sort(dim=-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-    if generator is not None and generator.device != probs.device:  # a CPU generator for a GPU model
-        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p * keep)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def pick(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling, Pick(u, P) of PTP (Draxler et al. 2026, eq. 2): the token whose interval
+    [F(t-1), F(t)) of the cumulative distribution in vocabulary order holds ``u``. probs (..., vocab),
+    u (...) in [0, 1) -> ids (...). With u ~ U[0, 1) this is a sample of ``probs``; tokens of
+    probability 0 are never picked."""
+    cdf = probs.cumsum(-1)
+    ids = torch.searchsorted(cdf, u.to(cdf.dtype)[..., None].contiguous(), right=True).squeeze(-1)
+    last = (probs > 0).cumsum(-1).argmax(-1)  # the last token of positive mass (u past a rounded total of 1)
+    return torch.minimum(ids, last)
+
+
+def token_interval(probs: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interval [low, high) of u that picks ``ids`` (...) from ``probs`` (..., vocab)."""
+    cdf = torch.nn.functional.pad(probs.cumsum(-1), (1, 0))  # F(-1) = 0, then the cdf :func:`pick` uses
+    return cdf.gather(-1, ids[..., None]).squeeze(-1), cdf.gather(-1, ids[..., None] + 1).squeeze(-1)
+
+
+def draw_uniforms(batch: int, n: int, generator: torch.Generator | None = None,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """The sampler's randomness: u (batch, n) ~ U[0, 1) in float64, one per row and new token, drawn at
+    once from ``generator`` (on its own device) so that a seed fixes every sample, whichever decoder
+    (token by token, or PTP's drafts and verification) consumes them."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(batch, n, generator=generator, dtype=torch.float64, device=gen_device).to(device)
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0,
+                u: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ids (b,) from logits (b, vocab) by inverse-CDF sampling with ``u`` (b,) (drawn from ``generator``
+    when not given). temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    if u is None:
+        u = draw_uniforms(logits.shape[0], 1, generator, logits.device)[:, 0]
+    return pick(next_token_probs(logits, temperature, top_p), u.to(logits.device))
+
+
+def check_sampling(temperature: float, top_p: float) -> None:
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def check_prompt(model: CausalLM, input_ids: torch.Tensor, max_new_tokens: int,
+                 attention_mask: torch.Tensor | None) -> None:
+    if max_new_tokens <= 0:
+        raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if input_ids.shape[1] == 0:
+        raise InputError("generation needs at least one prompt token (use the end-of-text id)")
+    if input_ids.shape[1] + max_new_tokens > model.config.max_seq_len:
+        raise InputError(
+            f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the "
+            f"context of {model.config.max_seq_len} tokens"
+        )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise InputError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
 
 
 @torch.no_grad()
@@ -119,25 +173,14 @@ def generate(
 
     Prompts of different lengths are left-padded, with ``attention_mask`` (b, s)
     0 on the padding: rotary attention depends only on relative positions, so
-    each row continues exactly as it would alone. Returns the new tokens
-    (b, max_new_tokens) and the number of network evaluations (NFE). Rows stop
-    changing after their end-of-text (padded with it).
+    each row continues exactly as it would alone. Token i of row r is picked
+    by inverse CDF with u[r, i] of :func:`draw_uniforms` (the generator's first
+    draw). Returns the new tokens (b, max_new_tokens) and the number of network
+    evaluations (NFE). Rows stop changing after their end-of-text (padded with it).
     """
-    if max_new_tokens <= 0:
-        raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise InputError(f"top_p must be in (0, 1], got {top_p}")
-    if input_ids.shape[1] == 0:
-        raise InputError("generation needs at least one prompt token (use the end-of-text id)")
-    if input_ids.shape[1] + max_new_tokens > model.config.max_seq_len:
-        raise InputError(
-            f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the "
-            f"context of {model.config.max_seq_len} tokens"
-        )
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise InputError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+    check_sampling(temperature, top_p)
+    check_prompt(model, input_ids, max_new_tokens, attention_mask)
+    u = draw_uniforms(input_ids.shape[0], max_new_tokens, generator, input_ids.device)
     cache = model.new_cache()
     eot = model.config.eot_token_id
     mask = attention_mask  # grows by one real position per generated token
@@ -145,7 +188,7 @@ def generate(
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     out = []
     for i in range(max_new_tokens):
-        nxt = sample_next(logits, temperature, top_p, generator).to(input_ids.device)
+        nxt = sample_next(logits, temperature, top_p, u[:, i])
         nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
         done |= nxt == eot
         out.append(nxt)
