@@ -35,14 +35,14 @@ from latentlm.device import device_name, resolve_device
 from latentlm.errors import DataError, InputError, LatentLMError
 from latentlm.eval import consistency as cons
 from latentlm.eval import metrics as M
-from latentlm.eval.models import load_language_model
+from latentlm.eval.models import ARAdapter, load_language_model
 from latentlm.eval.report import write_report
 from latentlm.eval.sanity import sanity_samplers
 from latentlm.eval.speed import measure_speed, rows_to_json
 from latentlm.files import write_text_atomic
 
 REAL = "real text"
-DEFAULT_OPTIONS = {"latent": {"steps": 32}, "mdlm": {"steps": 64, "decoder": "ancestral"}, "ar": {}}
+DEFAULT_OPTIONS = {"latent": {"steps": 32}, "mdlm": {"steps": 64, "decoder": "ancestral"}, "ar": {}, "ptp": {}}
 STEP_OPTION = {"latent": "steps", "mdlm": "steps"}  # kinds whose NFE is a knob
 
 
@@ -238,7 +238,7 @@ def compare(
         key = f"likelihood/{name}"
         if not res.done(key):
             texts = random.Random(cfg.seed).sample(docs, min(cfg.nll_texts, len(docs)))
-            kw = {} if lm.kind == "ar" else {"n_samples": cfg.nll_samples}
+            kw = {} if lm.exact else {"n_samples": cfg.nll_samples}
 
             def score(a: int, b: int, lm=lm, kw=kw, texts=texts) -> list:
                 r = lm.nll(texts[a:b], seed=a, **kw) if kw else lm.nll(texts[a:b])
@@ -248,7 +248,7 @@ def compare(
             nats, ses, toks, chars = (list(x) for x in zip(*per))
             n_tok = sum(toks)
             res.put(key, {"nats_per_token": sum(nats) / n_tok, "stderr": math.sqrt(sum(x * x for x in ses)) / n_tok,
-                          "bits_per_char": sum(nats) / math.log(2) / sum(chars), "exact": lm.kind == "ar",
+                          "bits_per_char": sum(nats) / math.log(2) / sum(chars), "exact": lm.exact,
                           "n_tokens": n_tok,
                           "ci": _ratio_ci(list(zip(nats, toks)), 0, 1, cfg)})
         bar.update(1)
@@ -267,6 +267,8 @@ def compare(
                 _write_samples(path, prompts, rows)
             conts += [c for _, c in rows]
             texts += [t for t, _ in rows]
+            if s == 0 and lm.kind == "ptp" and not res.done(f"lossless/{name}"):
+                res.put(f"lossless/{name}", _lossless(lm, prompts, cfg, opts[name], rows))
         systems.append(System(name, prompts * cfg.seeds, conts, texts))
         bar.update(1)
     real = System(REAL, prompts, real_conts)
@@ -396,6 +398,13 @@ def _generate(lm, prompts: list[str], cfg: CompareConfig, options: dict, seed: i
     rows = cached_batches(cache, len(prompts), cfg.batch_size, run)
     nfe["n"] = max(r[2] for r in rows)
     return [(t, c) for t, c, _ in rows], nfe["n"]
+
+
+def _lossless(lm, prompts: list[str], cfg: CompareConfig, options: dict, rows: list[tuple[str, str]]) -> dict:
+    """PTP's samples against its own AR's at the same seed, sampled token by token: they must be identical."""
+    ar_options = {k: v for k, v in options.items() if k != "draft_tokens"}
+    reference, _ = _generate(ARAdapter(lm.model, lm.tokenizer, lm.name), prompts, cfg, ar_options, seed=cfg.seed)
+    return {"identical": sum(a == b for a, b in zip(reference, rows)), "n": len(rows)}
 
 
 def _judge_scores(judge, system: System) -> list[tuple[float, int]]:
@@ -548,11 +557,11 @@ def _cloze(lm, docs, lms, cfg, cache: Path | None = None) -> dict:
     items = items[: cfg.cloze_items]
     if not items:
         return {"skipped": f"no story fits the smallest context ({context} tokens) with its ending"}
-    kw = {} if lm.kind == "ar" else {"n_samples": cfg.nll_samples}
+    kw = {} if lm.exact else {"n_samples": cfg.nll_samples}
 
     def score(ctx: str, endings: list[str]) -> list[float]:
         prefix = len(tok(ctx, add_special_tokens=False)["input_ids"])
-        if lm.kind == "ar":
+        if lm.exact:
             rs = [lm.nll([ctx + " " + e for e in endings], prefix_len=prefix)]
         else:  # a Monte Carlo bound: the endings of a story share their draws (common random numbers), and
             # the draws change from story to story; one draw pattern per ending length would be a length bias

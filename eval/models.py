@@ -21,11 +21,18 @@ from tqdm.auto import tqdm
 from latentlm.baselines import autoregressive as ar
 from latentlm.baselines import masked_diffusion as mdlm
 from latentlm.baselines import mdlm_decoders
+from latentlm.baselines import parallel_token_prediction as ptp
 from latentlm.data.tokenizer import load_tokenizer
 from latentlm.device import resolve_device
 from latentlm.diffusion.likelihood import pipeline_nll_bound
 from latentlm.errors import InputError, check_text
-from latentlm.loading import is_pipeline_folder, load_model, load_pipeline, read_model_config
+from latentlm.loading import (
+    is_pipeline_folder,
+    load_model,
+    load_pipeline,
+    load_ptp,
+    read_model_config,
+)
 from latentlm.pipeline_latent_diffusion import make_scheduler
 
 
@@ -63,6 +70,7 @@ class LanguageModelAdapter:
     """Base: tokenisation, truncation and bookkeeping shared by every adapter."""
 
     kind = "base"
+    exact = False  # nll is the exact likelihood (else a bound with a Monte Carlo error)
 
     def __init__(self, model, tokenizer, name: str | None = None) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -131,6 +139,7 @@ class LanguageModelAdapter:
 
 class ARAdapter(LanguageModelAdapter):
     kind = "ar"
+    exact = True
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
@@ -162,6 +171,40 @@ class ARAdapter(LanguageModelAdapter):
             per_text += ar.sequence_nll(self.model, x.to(self.model.device), m.to(self.model.device),
                                      prefix_len).tolist()
         return _summarise(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
+
+
+class PTPAdapter(ARAdapter):
+    """An AR decoded with Parallel Token Prediction: the AR's samples (token for token, at the same
+    seed) and its exact likelihood, several tokens per call. ``last_stats``: the tokens each
+    verification committed in the latest ``generate``."""
+
+    kind = "ptp"
+
+    def __init__(self, draft, teacher, tokenizer, name: str | None = None) -> None:
+        super().__init__(teacher, tokenizer, name)
+        self.draft = draft.eval()
+        self.last_stats = ptp.PTPStats()
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
+                 top_p: float = 1.0, draft_tokens: int = 0) -> GenerationOutput:
+        """``draft_tokens``: tokens drafted per call (0: as many as the model was trained for)."""
+        prompts = _check_prompts(prompts)
+        ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
+        eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        new, calls = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long), 0
+        self.last_stats = ptp.PTPStats()
+        for group, x, m in _length_buckets([[eot] + p for p in ids], pad, self.model.device):  # as the AR's
+            rows, stats = ptp.ptp_generate(self.draft, self.model, x, max_new_tokens, draft_tokens=draft_tokens or None,
+                                           temperature=temperature, top_p=top_p, generator=generator,
+                                           attention_mask=m)
+            new[group] = rows.cpu()
+            calls = max(calls, stats.calls)
+            self.last_stats.calls += stats.calls
+            self.last_stats.verify_calls += stats.verify_calls
+            self.last_stats.tokens_per_call += stats.tokens_per_call
+        texts, conts = self._finish(prompts, new)
+        return GenerationOutput(texts, conts, calls)
 
 
 class MDLMAdapter(LanguageModelAdapter):
@@ -285,6 +328,9 @@ def load_language_model(folder: str | Path, name: str | None = None, device: str
     if is_pipeline_folder(folder):
         return LatentAdapter(load_pipeline(folder).to(device), name)
     cls_name = read_model_config(folder)["_class_name"]
+    if cls_name == "ParallelTokenPredictor":
+        draft, teacher = load_ptp(folder)
+        return PTPAdapter(draft.to(device), teacher.to(device), load_tokenizer(folder), name)
     if cls_name not in ADAPTERS:
         raise InputError(f"{folder} holds a {cls_name}, which is not a language model "
                          f"(one of {', '.join(ADAPTERS)})")

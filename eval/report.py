@@ -148,6 +148,12 @@ def write_report(results: dict, out: Path) -> Path:
         lines += [_table(["model", "steps", "NFE"] + keys, [
             [r["model"], str(r["steps"] or "-"), str(r["nfe"])] + [_fmt(r.get(k), "{:.3f}") for k in keys]
             for r in sweep]), ""]
+    lossless = [(k.split("/", 1)[1], v) for k, v in s.items() if k.startswith("lossless/")]
+    if lossless:
+        lines += ["## PTP against its AR", "", "Samples of each PTP model and of its own AR sampled token by "
+                  "token, same prompts and seed (the first); PTP is lossless when every one is identical.", "",
+                  _table(["model", "identical samples"], [[n, f"{v['identical']} / {v['n']}"] for n, v in lossless]),
+                  ""]
     sp = s.get("speed")
     if sp:
         lines += ["## Speed", "", f"One run on {meta.get('device')}; FLOPs counted by torch's flop counter on one "

@@ -42,6 +42,7 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics, exported model")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
     p.add_argument("--autoencoder", help="trained autoencoder folder (denoiser only)")
+    p.add_argument("--teacher", help="trained AR folder to distil (ptp only); its tokenizer is used")
     p.add_argument("--init-from", metavar="DIR",
                    help="fine-tune: start from the weights of a trained model of this kind and architecture "
                         "(fresh optimizer and learning-rate schedule; its tokenizer is used)")
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, what in (("autoencoder", "the text autoencoder"), ("ar", "the autoregressive baseline"),
                        ("mdlm", "the masked-diffusion baseline"),
                        ("judge", "the judge of `compare` (an AR model larger and trained longer than the baseline)"),
-                       ("denoiser", "the latent denoiser (exports a complete pipeline)")):
+                       ("denoiser", "the latent denoiser (exports a complete pipeline)"),
+                       ("ptp", "a Parallel Token Prediction model distilled from a trained AR (--teacher)")):
         _add_train_common(tr.add_parser(kind, help=f"train {what}"))
 
     ev = sub.add_parser("eval", help="evaluate a saved model").add_subparsers(dest="eval_kind", required=True)
@@ -100,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "the pipeline's own)")
     gen.add_argument("--decoder", choices=list(DECODERS), default="ancestral",
                      help="decoder (mdlm)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar)")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar, ptp)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar, ptp)")
+    gen.add_argument("--draft-tokens", type=int, default=0,
+                     help="tokens drafted per call (ptp; default: as many as the model was trained for)")
     gen.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
 
     cmp = sub.add_parser("compare", help="likelihood, sample quality, consistency and speed of saved models "
@@ -142,7 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = run_training(args.kind, args.data, args.out, preset=args.preset,
                               config_file=args.config, overrides=args.overrides, valid=args.valid,
                               tokenizer=args.tokenizer, resume=not args.no_resume,
-                              autoencoder=args.autoencoder, init_from=args.init_from)
+                              autoencoder=args.autoencoder, init_from=args.init_from, teacher=args.teacher)
         if result.interrupted:
             print(f"interrupted at step {result.step}; checkpoint saved, rerun the command to resume")
             return 130
@@ -168,6 +172,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise InputError(f"--num-samples must be positive, got {args.num_samples}")
         lm = load_language_model(args.model, device=resolve_device(args.device))
         options = {"ar": dict(temperature=args.temperature, top_p=args.top_p),
+                   "ptp": dict(temperature=args.temperature, top_p=args.top_p, draft_tokens=args.draft_tokens),
                    "mdlm": dict(decoder=args.decoder, steps=args.steps),
                    "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale,
                                   guidance_interval=tuple(args.guidance_interval), scheduler=args.scheduler,

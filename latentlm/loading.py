@@ -16,13 +16,14 @@ from safetensors import safe_open
 from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder
 from latentlm.baselines.autoregressive import CausalLM
 from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
+from latentlm.baselines.parallel_token_prediction import ParallelTokenPredictor, check_pair
 from latentlm.data.tokenizer import load_tokenizer
 from latentlm.diffusion.modeling_denoiser import LatentDenoiser
-from latentlm.errors import CheckpointError
+from latentlm.errors import CheckpointError, InputError
 from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline
 
 MODEL_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (CausalLM, TextAutoencoder, MaskedDiffusionLM,
-                                                                  LatentDenoiser)}
+                                                                  LatentDenoiser, ParallelTokenPredictor)}
 
 
 def _read_json(file: Path, what: str) -> Any:
@@ -108,6 +109,27 @@ def load_pipeline(folder: str | Path):
                                    scheduler=scheduler, denoiser_2=denoiser_2, boundary=spec.get("boundary"),
                                    sampling_mode=spec.get("sampling_mode", "parallel"),  # saved before modes: parallel
                                    window_blocks=spec.get("window_blocks", 4))
+
+
+def load_ptp(folder: str | Path) -> tuple[ParallelTokenPredictor, CausalLM]:
+    """The PTP model saved in ``folder`` and the AR that verifies it (``folder/teacher``), checked to
+    be a pair of the same tokenizer."""
+    folder = Path(folder)
+    student = load_model(folder)
+    if not isinstance(student, ParallelTokenPredictor):
+        raise CheckpointError(f"{folder} holds a {type(student).__name__}, not a PTP model (ParallelTokenPredictor)")
+    if not (folder / "teacher").is_dir():
+        raise CheckpointError(f"{folder / 'teacher'} is missing: a PTP folder keeps the AR that verifies its drafts")
+    teacher = load_model(folder / "teacher")
+    if not isinstance(teacher, CausalLM):
+        raise CheckpointError(f"{folder / 'teacher'} holds a {type(teacher).__name__}, not an AR model (CausalLM)")
+    if load_tokenizer(folder).get_vocab() != load_tokenizer(folder / "teacher").get_vocab():
+        raise CheckpointError(f"{folder} and its teacher have different tokenizers")
+    try:
+        check_pair(student, teacher)
+    except InputError as e:
+        raise CheckpointError(f"{folder}: {e}") from None
+    return student, teacher
 
 
 def count_parameters(model) -> int:

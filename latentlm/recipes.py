@@ -24,6 +24,11 @@ from latentlm.autoencoder.losses import AutoencoderLossConfig, autoencoder_loss
 from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder, token_texts_of
 from latentlm.baselines.autoregressive import CausalLM, ar_loss
 from latentlm.baselines.masked_diffusion import MaskedDiffusionLM, mdlm_loss
+from latentlm.baselines.parallel_token_prediction import (
+    ParallelTokenPredictor,
+    PTPLossConfig,
+    ptp_loss,
+)
 from latentlm.config import model_section, parse_overrides, resolve_config
 from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
 from latentlm.data.readers import read_documents
@@ -69,7 +74,8 @@ class Recipe:
     ``build_model(cfg, tokenizer, ctx)`` and ``make_loss(cfg, ctx)`` receive the
     resolved sections (``cfg["model"]``, ``cfg["data"]``, any ``extra_sections``)
     and the run context (``ctx["autoencoder"]``: the frozen autoencoder of a
-    denoiser run). ``export(model, tokenizer, ctx, folder)`` writes the result.
+    denoiser run; ``ctx["teacher"]``: the frozen AR of a PTP run). ``export(model,
+    tokenizer, ctx, folder)`` writes the result.
     """
 
     kind: str
@@ -79,6 +85,7 @@ class Recipe:
     layout: Layout = "stream"
     extra_sections: dict[str, type] = dataclasses.field(default_factory=dict)
     needs_autoencoder: bool = False
+    needs_teacher: bool = False
     export: Callable[[torch.nn.Module, Any, dict[str, Any], Path], None] | None = None
 
     def schema(self) -> dict[str, type]:
@@ -191,8 +198,47 @@ def _judge_recipe() -> Recipe:
     return dataclasses.replace(_ar_recipe(), kind="judge")
 
 
+@dataclass
+class PTPModelConfig:
+    """Model section of a PTP run (``[ptp.model]``): the architecture is the teacher's."""
+
+    draft_tokens: int = 16  # future tokens one call predicts; decoding may draft fewer
+    u_bits: int = 24  # binary digits of u the embedding sees
+
+    def validate(self) -> None:
+        if self.draft_tokens < 1:
+            raise ConfigError(f"model.draft_tokens must be at least 1, got {self.draft_tokens}")
+        if not 1 <= self.u_bits <= 52:
+            raise ConfigError(f"model.u_bits must be in [1, 52], got {self.u_bits}")
+
+
+def _ptp_recipe() -> Recipe:
+    """Parallel Token Prediction: a predictor distilled from a trained AR (``--teacher``), initialised
+    from its weights; the export holds the predictor and, in ``teacher/``, the AR that verifies it."""
+
+    def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
+        m, teacher = cfg["model"], ctx["teacher"]
+        if cfg["data"].seq_len > teacher.config.max_seq_len:
+            raise ConfigError(f"data.seq_len {cfg['data'].seq_len} exceeds the teacher's context of "
+                              f"{teacher.config.max_seq_len} tokens")
+        window = cfg["data"].seq_len + m.draft_tokens  # the furthest position training reaches
+        return ParallelTokenPredictor.from_teacher(teacher, draft_tokens=m.draft_tokens, u_bits=m.u_bits,
+                                                   max_seq_len=window)
+
+    def export(model, tok, ctx, folder: Path) -> None:
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        ctx["teacher"].save_pretrained(folder / "teacher")
+        tok.save_pretrained(folder / "teacher")
+
+    return Recipe("ptp", PTPModelConfig, build,
+                  lambda cfg, ctx: functools.partial(ptp_loss, teacher=ctx["teacher"], cfg=cfg["loss"]),
+                  extra_sections={"loss": PTPLossConfig}, needs_teacher=True, export=export)
+
+
 RECIPES: dict[str, Callable[[], Recipe]] = {
-    "ar": _ar_recipe, "judge": _judge_recipe, "autoencoder": _autoencoder_recipe, "mdlm": _mdlm_recipe, "denoiser": _denoiser_recipe,
+    "ar": _ar_recipe, "judge": _judge_recipe, "autoencoder": _autoencoder_recipe, "mdlm": _mdlm_recipe,
+    "denoiser": _denoiser_recipe, "ptp": _ptp_recipe,
 }
 
 
@@ -225,6 +271,7 @@ def run_training(
     progress: bool = True,
     autoencoder: str | Path | None = None,
     init_from: str | Path | None = None,
+    teacher: str | Path | None = None,
 ) -> TrainResult:
     """Train a model of ``kind`` on text files/folders ``data`` and export it to ``out_dir``.
 
@@ -242,9 +289,13 @@ def run_training(
     pipeline folder) with a fresh optimizer, learning-rate schedule and step
     count; its tokenizer is used. Checkpoints already in ``out_dir`` take
     precedence (resume).
+
+    A ``ptp`` run distils a trained AR, ``teacher`` (its folder): the predictor
+    starts from its weights and uses its tokenizer.
     """
     cfg = resolve_run_config(kind, preset, config_file, overrides)
-    kwargs = dict(valid=valid, tokenizer=tokenizer, resume=resume, progress=progress, autoencoder=autoencoder)
+    kwargs = dict(valid=valid, tokenizer=tokenizer, resume=resume, progress=progress, autoencoder=autoencoder,
+                  teacher=teacher)
     origin = {"preset": preset, "config_file": config_file, "overrides": list(overrides or [])}
     experts = cfg.get("experts")
     if experts is None or experts.boundary is None:
@@ -281,7 +332,8 @@ def _export_time_experts(out_dir: Path, boundary: float) -> None:
 
 def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_dir: str | Path, *,
                origin: dict[str, Any], valid: Sequence[str | Path] | None, tokenizer: str | Path | None, resume: bool, progress: bool,
-               autoencoder: str | Path | None, init_from: str | Path | None = None) -> TrainResult:
+               autoencoder: str | Path | None, init_from: str | Path | None = None,
+               teacher: str | Path | None = None) -> TrainResult:
     """One training run of ``kind`` with the resolved sections ``cfg`` (see :func:`run_training`);
     ``origin``: the preset, config file and overrides they came from (saved with the run)."""
     recipe = get_recipe(kind)
@@ -300,6 +352,11 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         # rows of loss.row_lengths autoencoder lengths (2: a prompt of up to max_seq_len tokens followed by a
         # continuation of up to max_seq_len, the most the pipeline takes and samples)
         data_cfg = dataclasses.replace(data_cfg, seq_len=cfg["loss"].row_lengths * ae.config.max_seq_len)
+    elif teacher is not None and not recipe.needs_teacher:
+        raise ConfigError(f"--teacher is for PTP runs (latentlm train ptp), not for a {kind}")
+    if recipe.needs_teacher:
+        ctx["teacher"] = _load_teacher(teacher, tokenizer)
+        tokenizer = teacher
     docs = read_documents(list(data))
     if valid:
         valid_docs = read_documents(list(valid))
@@ -341,6 +398,24 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
                   **{k: dataclasses.asdict(v) for k, v in cfg.items()}}
     return train(model, recipe.make_loss(cfg, ctx), batches, train_cfg, out_dir, valid_batches=valid_batches,
                  resume=resume, export=export, run_config=run_config, progress=progress)
+
+
+def _load_teacher(teacher: str | Path | None, tokenizer: str | Path | None) -> CausalLM:
+    """The frozen AR a PTP run distils, with its tokenizer as the run's."""
+    if teacher is None:
+        raise ConfigError("training a ptp model needs --teacher DIR (a trained AR: latentlm train ar)")
+    if not Path(teacher).is_dir():
+        raise ConfigError(f"--teacher {teacher} does not exist: pass the folder of a trained AR")
+    cls = read_model_config(teacher)["_class_name"]
+    if cls != "CausalLM":
+        raise ConfigError(f"--teacher {teacher} holds a {cls}, not an AR model (CausalLM)"
+                          + ("; a PTP model is distilled from its AR, not from another PTP model"
+                             if cls == "ParallelTokenPredictor" else ""))
+    if tokenizer is not None and load_tokenizer(tokenizer).get_vocab() != load_tokenizer(teacher).get_vocab():
+        raise ConfigError(f"--tokenizer {tokenizer} is not the tokenizer of the teacher {teacher}: drop "
+                          "--tokenizer (the teacher's is used)")
+    model = load_model(teacher)
+    return model.requires_grad_(False).eval()
 
 
 def _init_tokenizer(init_from: Path, tokenizer: str | Path | None) -> Path:

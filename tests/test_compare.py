@@ -9,6 +9,7 @@ from latentlm import LatentDiffusionPipeline
 from latentlm.autoencoder import TextAutoencoder
 from latentlm.baselines import CausalLM
 from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
+from latentlm.baselines.parallel_token_prediction import ParallelTokenPredictor
 from latentlm.cli import main
 from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.diffusion import LatentDenoiser
@@ -25,6 +26,11 @@ def folders(tmp_path_factory, tiny_tokenizer):
     for name, cls in (("ar", CausalLM), ("mdlm", MaskedDiffusionLM)):
         cls(vocab_size=v, dim=32, depth=1, n_heads=4, max_seq_len=256).save_pretrained(root / name)
         tiny_tokenizer.save_pretrained(root / name)
+    ar = CausalLM.from_pretrained(root / "ar")
+    ParallelTokenPredictor.from_teacher(ar, draft_tokens=4).save_pretrained(root / "ptp")  # untrained drafts
+    ar.save_pretrained(root / "ptp" / "teacher")
+    for folder in (root / "ptp", root / "ptp" / "teacher"):
+        tiny_tokenizer.save_pretrained(folder)
     ae = TextAutoencoder(vocab_size=v, max_seq_len=64, latent_dim=8, dim=32, encoder_depth=1, decoder_depth=1)
     den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=16)
     LatentDiffusionPipeline(tiny_tokenizer, ae, den, make_scheduler("ddim", den)).save_pretrained(root / "latent")
@@ -40,7 +46,7 @@ def small_config(**kw):
 
 
 def test_compare_writes_every_section_and_resumes(folders, tmp_path):
-    models = {k: folders / k for k in ("latent", "mdlm", "ar")}
+    models = {k: folders / k for k in ("latent", "mdlm", "ar", "ptp")}
     out = tmp_path / "report"
     res = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", judge=None,
                   cfg=small_config(), options={"latent": {"steps": 2}, "mdlm": {"steps": 4}}, progress=False)
@@ -53,6 +59,10 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     assert rows["sanity: copy train"]["memorised8"] > 0.9  # copies of training stories are memorised
     assert rows["ar"]["rep4_ci"][0] <= rows["ar"]["rep4"] <= rows["ar"]["rep4_ci"][1]
     assert "entropy_ci" not in rows["ar"]  # corpus statistics get a range over seeds only
+    # PTP decodes its AR's samples: identical, so its quality rows are the AR's; its likelihood is the AR's
+    assert s["lossless/ptp"] == {"identical": 12, "n": 12}
+    assert rows["ptp"] == rows["ar"]
+    assert s["likelihood/ptp"]["nats_per_token"] == s["likelihood/ar"]["nats_per_token"]
     assert s["consistency"]["probe"]["real text"]["consistent"] == 1.0  # the true continuations
     assert "sanity: unigram" in s["quality"]["hackable"]["entropy"]  # random words beat real text on entropy
     assert s["skipped"]["generation perplexity"] == "no --judge model given"
@@ -63,7 +73,7 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
               "consistency_vs_distance.png", "samples/latent_seed0.jsonl"):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
-    assert "hackable" in report and "| ar |" in report
+    assert "hackable" in report and "| ar |" in report and "| ptp | 12 / 12 |" in report
     # "auto" runs on the GPU when there is one, and the report names the device that ran
     assert s["meta"]["device"].startswith("cpu") == (not torch.cuda.is_available())
 
