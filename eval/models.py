@@ -149,9 +149,10 @@ class ARAdapter(LanguageModelAdapter):
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         new, nfe = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long), 0
         for group, x, m in _length_buckets([[eot] + p for p in ids], pad, self.model.device):
-            rows, nfe = ar.generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
-                                 generator=generator, attention_mask=m)
+            rows, n = ar.generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
+                                  generator=generator, attention_mask=m)
             new[group] = rows.cpu()
+            nfe = max(nfe, n)  # a batch stops when its rows have ended
         texts, conts = self._finish(prompts, new)
         return GenerationOutput(texts, conts, nfe)
 

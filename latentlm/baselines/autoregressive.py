@@ -176,7 +176,8 @@ def generate(
     each row continues exactly as it would alone. Token i of row r is picked
     by inverse CDF with u[r, i] of :func:`draw_uniforms` (the generator's first
     draw). Returns the new tokens (b, max_new_tokens) and the number of network
-    evaluations (NFE). Rows stop changing after their end-of-text (padded with it).
+    evaluations (NFE). Rows stop changing after their end-of-text (padded with it),
+    and generation stops when every row has ended.
     """
     check_sampling(temperature, top_p)
     check_prompt(model, input_ids, max_new_tokens, attention_mask)
@@ -186,14 +187,15 @@ def generate(
     mask = attention_mask  # grows by one real position per generated token
     logits = model(input_ids, attention_mask=mask, kv_caches=cache)[:, -1]
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    out = []
+    out = torch.full((input_ids.shape[0], max_new_tokens), eot, dtype=torch.long, device=input_ids.device)
     for i in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_p, u[:, i])
         nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
         done |= nxt == eot
-        out.append(nxt)
-        if i + 1 < max_new_tokens:
-            if mask is not None:  # (b, cached + 1): the new token is real in every row
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = model(nxt[:, None], attention_mask=mask, kv_caches=cache)[:, -1]
-    return torch.stack(out, dim=1), max_new_tokens
+        out[:, i] = nxt
+        if i + 1 == max_new_tokens or bool(done.all()):  # every row has ended: the rest is end-of-text
+            return out, i + 1
+        if mask is not None:  # (b, cached + 1): the new token is real in every row
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = model(nxt[:, None], attention_mask=mask, kv_caches=cache)[:, -1]
+    raise AssertionError("unreachable")
