@@ -10,6 +10,7 @@ scored text, counting the end-of-text as one character.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from latentlm.baselines import parallel_token_prediction as ptp
 from latentlm.data.tokenizer import load_tokenizer
 from latentlm.device import resolve_device
 from latentlm.diffusion.likelihood import pipeline_nll_bound
-from latentlm.errors import InputError, check_text
+from latentlm.errors import CheckpointError, InputError, check_text
 from latentlm.loading import (
     is_pipeline_folder,
     load_model,
@@ -317,15 +318,117 @@ class LatentAdapter(LanguageModelAdapter):
         return _summarise(nats, ses, units, prefix_len, exact=False)
 
 
+class HFCausalLMAdapter(LanguageModelAdapter):
+    """Any saved transformers causal LM (``AutoModelForCausalLM``) with its own tokenizer: sampling
+    through ``generate()``, the exact likelihood from its logits. Texts start after its beginning-of-text
+    token (end-of-text when it has none, as GPT-2) and are scored up to its end-of-text, like ours; with
+    another tokenizer, compare models by bits per character."""
+
+    kind = "hf"
+    exact = True
+
+    @property
+    def context(self) -> int:
+        c = self.model.config
+        return int(getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or 1024)
+
+    @property
+    def _start_id(self) -> int:
+        t = self.tokenizer
+        return t.bos_token_id if t.bos_token_id is not None else t.eos_token_id
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
+                 top_p: float = 1.0) -> GenerationOutput:
+        """Samples of ``generate()`` (greedy at temperature 0); ``generator`` seeds them (transformers
+        draws from torch's global generator, which is restored afterwards)."""
+        ar.check_sampling(temperature, top_p)
+        prompts = _check_prompts(prompts)
+        ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
+        eot = self.tokenizer.eos_token_id
+        seed = int(torch.randint(2**62, (1,), generator=generator)) if generator is not None else 0
+        new, nfe = torch.full((len(prompts), max_new_tokens), eot, dtype=torch.long), 0
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+            dict(do_sample=False)
+        with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for group, x, m in _length_buckets([[self._start_id] + p for p in ids], eot, self.model.device):
+                mask = torch.ones_like(x) if m is None else m
+                out = self.model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          pad_token_id=eot, eos_token_id=eot, **sampling)
+                rows = out[:, x.shape[1]:].cpu()
+                new[group, : rows.shape[1]] = rows
+                nfe = max(nfe, rows.shape[1])
+        texts, conts = self._finish(prompts, new)
+        return GenerationOutput(texts, conts, nfe)
+
+    @torch.no_grad()
+    def _nll(self, texts, prefix_len: int = 0, *, batch_size: int = 16, progress: bool = False) -> NLLOutput:
+        units = self._score_units(texts, prefix_len)
+        per_text = []
+        for i in tqdm(range(0, len(units), batch_size), desc=f"nll {self.name}", disable=not progress):
+            chunk = units[i : i + batch_size]
+            width = max(len(ids) for ids, _ in chunk) + 1
+            x = torch.full((len(chunk), width), self.tokenizer.eos_token_id, dtype=torch.long)
+            m = torch.zeros_like(x)
+            for r, (ids, _) in enumerate(chunk):
+                x[r, : len(ids) + 1] = torch.tensor([self._start_id] + ids)
+                m[r, : len(ids) + 1] = 1
+            x, m = x.to(self.model.device), m.to(self.model.device)
+            logits = self.model(input_ids=x, attention_mask=m).logits[:, :-1].float()
+            nll = -logits.log_softmax(-1).gather(-1, x[:, 1:, None]).squeeze(-1) * m[:, 1:]
+            nll[:, :prefix_len] = 0
+            per_text += nll.sum(-1).tolist()
+        return _summarise(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
+
+
 ADAPTERS = {"CausalLM": ARAdapter, "MaskedDiffusionLM": MDLMAdapter}
+
+
+def is_transformers_folder(folder: str | Path) -> bool:
+    """A folder saved by transformers (``config.json`` names a ``model_type``), not by latentlm."""
+    cfg = Path(folder) / "config.json"
+    try:
+        return "model_type" in json.loads(cfg.read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def load_hf_causal_lm(folder: str | Path, name: str | None = None, device: torch.device | None = None
+                      ) -> HFCausalLMAdapter:
+    """A transformers causal LM folder and its tokenizer (local files only, no remote code)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if not any((Path(folder) / f).is_file() for f in files):  # transformers would build an empty one
+        raise CheckpointError(f"{folder} has no tokenizer ({', '.join(files)}): save the model's tokenizer "
+                              "next to it (tokenizer.save_pretrained)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as e:  # malformed tokenizer files
+        raise CheckpointError(f"{folder} has no usable tokenizer (save it with the model): {e}") from e
+    if tok.eos_token_id is None:
+        raise CheckpointError(f"the tokenizer of {folder} has no end-of-text token; texts could not be scored "
+                              "to their end")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as e:  # not a causal LM, bad weights...
+        raise CheckpointError(f"cannot load {folder} as a transformers causal LM: {e}") from e
+    if len(tok) > model.config.vocab_size:
+        raise CheckpointError(f"the tokenizer of {folder} has {len(tok)} tokens, more than the model's vocabulary "
+                              f"of {model.config.vocab_size}: it is not the model's tokenizer")
+    return HFCausalLMAdapter(model.to(device or "cpu"), tok, name)
 
 
 def load_language_model(folder: str | Path, name: str | None = None, device: str | torch.device = "cpu"
                         ) -> LanguageModelAdapter:
     """The evaluation adapter of the model saved in ``folder``: a latent diffusion pipeline
-    folder (``model_index.json``) or a baseline (kind read from ``config.json``), on ``device``
-    (a torch device or a name for :func:`~latentlm.device.resolve_device`, e.g. ``"auto"``)."""
+    folder (``model_index.json``), a baseline or PTP model (kind read from ``config.json``), or any
+    transformers causal LM folder with its tokenizer, on ``device`` (a torch device or a name for
+    :func:`~latentlm.device.resolve_device`, e.g. ``"auto"``)."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    if is_transformers_folder(folder):
+        return load_hf_causal_lm(folder, name, device)
     if is_pipeline_folder(folder):
         return LatentAdapter(load_pipeline(folder).to(device), name)
     cls_name = read_model_config(folder)["_class_name"]
