@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "the pipeline's own)")
     gen.add_argument("--decoder", choices=list(DECODERS), default="ancestral",
                      help="decoder (mdlm)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar, ptp)")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar, ptp)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar, ptp, transformers models)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar, ptp, transformers models)")
     gen.add_argument("--draft-tokens", type=int, default=0,
                      help="tokens drafted per call (ptp; default: as many as the model was trained for)")
     gen.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
@@ -173,6 +173,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         lm = load_language_model(args.model, device=resolve_device(args.device))
         options = {"ar": dict(temperature=args.temperature, top_p=args.top_p),
                    "ptp": dict(temperature=args.temperature, top_p=args.top_p, draft_tokens=args.draft_tokens),
+                   "hf": dict(temperature=args.temperature, top_p=args.top_p),
                    "mdlm": dict(decoder=args.decoder, steps=args.steps),
                    "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale,
                                   guidance_interval=tuple(args.guidance_interval), scheduler=args.scheduler,

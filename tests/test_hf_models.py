@@ -78,3 +78,11 @@ def test_a_transformers_folder_without_a_tokenizer_is_refused(folders, tmp_path)
         (tmp_path / "m" / f).unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match="tokenizer"):
         load_language_model(tmp_path / "m")
+
+
+def test_the_command_line_generates_with_a_transformers_model(folders, capsys):
+    from latentlm.cli import main
+
+    assert main(["generate", "--model", str(folders / "gpt2"), "lily had", "--max-new-tokens", "6",
+                 "--seed", "2"]) == 0
+    assert capsys.readouterr().out.startswith("lily had")
