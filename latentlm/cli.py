@@ -17,6 +17,8 @@ from latentlm.autoencoder.evaluation import summary_table as autoencoder_summary
 from latentlm.baselines.mdlm_decoders import DECODERS
 from latentlm.config import available_presets, parse_overrides
 from latentlm.data import load_tokenizer, read_documents, train_tokenizer
+from latentlm.data.readers import corpus_documents
+from latentlm.data.shards import DEFAULT_SHARD_TOKENS, write_shards
 from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE
 from latentlm.device import resolve_device
@@ -59,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--out", required=True, help="output .jsonl file")
     syn.add_argument("--min-gap", type=int, default=0, help="filler sentences before a reference (min)")
     syn.add_argument("--max-gap", type=int, default=2, help="filler sentences before a reference (max)")
+
+    tk = data.add_parser("tokenize", help="tokenize a corpus into token shards on disk (for --data of train)")
+    tk.add_argument("--tokenizer", required=True, help="tokenizer folder (the one the models will use)")
+    tk.add_argument("--data", nargs="+", default=[],
+                    help=".txt/.jsonl files or folders, or .parquet/.arrow files (streamed through datasets)")
+    tk.add_argument("--hf-dataset", help="a Hugging Face dataset name to stream (needs the hub)")
+    tk.add_argument("--split", default="train", help="split of --hf-dataset")
+    tk.add_argument("--hf-config", help="configuration of --hf-dataset")
+    tk.add_argument("--field", default="text", help="text column of a dataset")
+    tk.add_argument("--out", required=True, help="shard folder (resumed when a run was cut)")
+    tk.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file (at most)")
 
     tr = sub.add_parser("train", help="train a tokenizer or a model").add_subparsers(dest="kind", required=True)
     tok = tr.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
@@ -135,7 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "data":
+    if args.command == "data" and args.data_cmd == "tokenize":
+        if not args.data and not args.hf_dataset:
+            raise InputError("give --data PATH... or --hf-dataset NAME to tokenize")
+        manifest = write_shards(corpus_documents(args.data, args.hf_dataset, split=args.split, field=args.field,
+                                                 config=args.hf_config),
+                                load_tokenizer(args.tokenizer), args.out, shard_tokens=args.shard_tokens,
+                                sources=[*map(str, args.data), *([args.hf_dataset] if args.hf_dataset else [])])
+        print(json.dumps({k: manifest[k] for k in ("tokens", "documents", "dtype")} | {"shards": len(manifest["shards"]),
+                                                                                       "out": args.out}))
+    elif args.command == "data":
         stories = generate_stories(args.n, args.seed, min_gap=args.min_gap, max_gap=args.max_gap)
         print(f"wrote {len(stories)} stories to {write_jsonl(stories, args.out)}")
     elif args.command == "train" and args.kind == "tokenizer":

@@ -32,6 +32,7 @@ from latentlm.baselines.parallel_token_prediction import (
 from latentlm.config import model_section, parse_overrides, resolve_config
 from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
 from latentlm.data.readers import read_documents
+from latentlm.data.shards import TokenShards, is_shard_folder, tokenizer_fingerprint
 from latentlm.data.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     load_tokenizer,
@@ -357,10 +358,17 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
     if recipe.needs_teacher:
         ctx["teacher"] = _load_teacher(teacher, tokenizer)
         tokenizer = teacher
-    docs = read_documents(list(data))
-    if valid:
-        valid_docs = read_documents(list(valid))
+    shards, valid_shards = _shard_folder(data, "--data"), _shard_folder(valid or [], "--valid")
+    docs = valid_docs = None
+    if shards is not None:
+        tokenizer = tokenizer or shards.folder / "tokenizer"
     else:
+        docs = read_documents(list(data))
+    if valid and valid_shards is None:
+        valid_docs = read_documents(list(valid))
+    elif not valid and shards is not None:
+        raise ConfigError("training on token shards needs --valid (text files or a shard folder of held-out text)")
+    elif not valid:
         docs, valid_docs = split_documents(docs, data_cfg.valid_fraction, seed=train_cfg.seed)
     if init_from is not None:
         if not str(init_from).strip() or not Path(init_from).is_dir():
@@ -372,8 +380,12 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
     tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(docs, data_cfg.vocab_size)
     if recipe.needs_autoencoder:
         ctx["sentence_ends"] = torch.tensor(sentence_end_ids(tok))
-    train_ids = tokenize_documents(docs, tok)
-    valid_ids = tokenize_documents(valid_docs, tok)
+    for source in (shards, valid_shards):
+        if source is not None and source.manifest["tokenizer_sha256"] != tokenizer_fingerprint(tok):
+            raise DataError(f"the shards in {source.folder} were made with another tokenizer than this run's "
+                            f"({tokenizer}); tokenize the text again with it (latentlm data tokenize)")
+    train_ids = shards if shards is not None else tokenize_documents(docs, tok)
+    valid_ids = valid_shards if valid_shards is not None else tokenize_documents(valid_docs, tok)
     common = dict(seq_len=data_cfg.seq_len, eot_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                   layout=recipe.layout)
     batches = PackedBatches(train_ids, batch_size=train_cfg.batch_size, seed=train_cfg.seed, **common)
@@ -398,6 +410,17 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
                   **{k: dataclasses.asdict(v) for k, v in cfg.items()}}
     return train(model, recipe.make_loss(cfg, ctx), batches, train_cfg, out_dir, valid_batches=valid_batches,
                  resume=resume, export=export, run_config=run_config, progress=progress)
+
+
+def _shard_folder(paths: Sequence[str | Path], flag: str) -> TokenShards | None:
+    """The token shards named by ``paths`` (one shard folder), or None for text files."""
+    folders = [Path(p) for p in paths if is_shard_folder(p)]
+    if not folders:
+        return None
+    if len(paths) > 1:
+        raise ConfigError(f"{flag} takes one shard folder or text files, not both or several folders: "
+                          f"tokenize them into one folder (latentlm data tokenize --data ...)")
+    return TokenShards(folders[0])
 
 
 def _load_teacher(teacher: str | Path | None, tokenizer: str | Path | None) -> CausalLM:

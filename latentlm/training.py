@@ -12,7 +12,8 @@ Data is any object with ``batch(step) -> dict[str, Tensor]`` returning the
 *global* batch of that step (e.g. :class:`latentlm.data.PackedBatches`).
 Because a batch depends only on the step, a resumed run sees exactly the
 batches an uninterrupted one would, and each data-parallel rank takes rows
-``rank::world_size`` of the same global batch.
+``rank::world_size`` of the same global batch (a source whose ``batch`` takes
+``rank`` and ``world`` reads those rows alone).
 
 Checkpoint layout (``out_dir/checkpoints``)::
 
@@ -30,6 +31,7 @@ pickles, and only from the user's own runs.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import shutil
 import signal
@@ -201,6 +203,14 @@ def _count_tokens(batch: Batch) -> int:
     return 0
 
 
+def _local_batches(data: BatchSource, step: int, rank: int, world: int, accum: int) -> list[Batch]:
+    """This process's rows of the global batch of ``step``, as ``accum`` micro-batches; read alone when the
+    source can (``batch(step, rank=, world=)``, e.g. token shards), else cut from the global batch."""
+    if "rank" in inspect.signature(data.batch).parameters:
+        return _shard(data.batch(step, rank=rank, world=world), 0, 1, accum)
+    return _shard(data.batch(step), rank, world, accum)
+
+
 def _shard(batch: Batch, rank: int, world: int, accum: int) -> list[Batch]:
     """Rows ``rank::world`` of the global batch, split into ``accum`` micro-batches."""
     local = {k: v[rank::world] for k, v in batch.items()}
@@ -344,7 +354,7 @@ def train(
     tokens_seen, t0 = 0, time.perf_counter()
     with _StopSignal() as stop:
         while state.step < end:
-            micro_batches = _shard(data.batch(state.step), rank, world, cfg.grad_accum)
+            micro_batches = _local_batches(data, state.step, rank, world, cfg.grad_accum)
             step_loss = torch.zeros((), device=accelerator.device)
             step_metrics: dict[str, float] = {}
             for i, mb in enumerate(micro_batches):

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from latentlm.data.shards import TokenShards
 from latentlm.errors import DataError, InputError
 
 Layout = Literal["stream", "document"]
@@ -59,7 +60,8 @@ class PackedBatches:
     """Deterministic batches of token windows or padded documents.
 
     Args:
-        docs: token ids of each document.
+        docs: token ids of each document, or a :class:`~latentlm.data.shards.TokenShards` folder read
+            through memory maps (the same batches as its documents in memory, without holding them).
         seq_len: tokens per row.
         batch_size: rows per (global) batch.
         eot_id: end-of-text token id.
@@ -70,7 +72,7 @@ class PackedBatches:
 
     def __init__(
         self,
-        docs: Sequence[np.ndarray],
+        docs: Sequence[np.ndarray] | TokenShards,
         *,
         seq_len: int,
         batch_size: int,
@@ -85,59 +87,77 @@ class PackedBatches:
             raise InputError(f"batch_size must be a positive integer, got {batch_size}")
         if layout not in ("stream", "document"):
             raise InputError(f"layout must be 'stream' or 'document', got {layout!r}")
-        docs = [d for d in docs if len(d) > 0]
-        if not docs:
-            raise DataError("no non-empty document to build batches from")
         self.seq_len, self.batch_size = seq_len, batch_size
         self.eot_id, self.pad_id, self.seed, self.layout = eot_id, pad_id, seed, layout
-        self.docs = docs
-        eot = np.asarray([eot_id], dtype=np.int32)
-        self.stream = np.concatenate([x for d in docs for x in (d, eot)])  # (total_tokens,)
-        if layout == "stream" and len(self.stream) < seq_len + 1:
+        if isinstance(docs, TokenShards):
+            if docs.eot_id != eot_id:
+                raise DataError(f"the shards end documents with token {docs.eot_id}, this run with {eot_id}: "
+                                "they were made with another tokenizer")
+            self.shards, self.stream, self.docs = docs, None, None
+            self._n_tokens, self._n_docs = len(docs), docs.num_documents
+        else:
+            docs = [d for d in docs if len(d) > 0]
+            if not docs:
+                raise DataError("no non-empty document to build batches from")
+            self.shards, self.docs = None, docs
+            eot = np.asarray([eot_id], dtype=np.int32)
+            self.stream = np.concatenate([x for d in docs for x in (d, eot)])  # (total_tokens,)
+            self._n_tokens, self._n_docs = len(self.stream), len(docs)
+        if layout == "stream" and self._n_tokens < seq_len + 1:
             raise DataError(
-                f"the data has {len(self.stream)} tokens, fewer than one window of {seq_len}; "
+                f"the data has {self._n_tokens} tokens, fewer than one window of {seq_len}; "
                 "use more text or a smaller seq_len"
             )
 
     @property
     def num_tokens(self) -> int:
-        return int(len(self.stream))
+        return int(self._n_tokens)
+
+    def _document(self, d: int) -> np.ndarray:
+        return self.docs[d] if self.shards is None else self.shards.document(d)
 
     def tokens_per_batch(self) -> int:
         return self.seq_len * self.batch_size
 
     def _rows_stream(self, starts: np.ndarray) -> dict[str, torch.Tensor]:
-        idx = starts[:, None] + np.arange(self.seq_len)[None, :]  # (batch, seq_len)
-        ids = torch.from_numpy(self.stream[idx].astype(np.int64))
+        if self.shards is None:
+            idx = starts[:, None] + np.arange(self.seq_len)[None, :]  # (batch, seq_len)
+            ids = torch.from_numpy(self.stream[idx].astype(np.int64))
+        else:
+            ids = torch.from_numpy(np.stack([self.shards.window(int(a), self.seq_len) for a in starts])
+                                   if len(starts) else np.zeros((0, self.seq_len), dtype=np.int64))
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def _rows_document(self, doc_idx: np.ndarray) -> dict[str, torch.Tensor]:
         ids = np.full((len(doc_idx), self.seq_len), self.pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
         for row, d in enumerate(doc_idx):
-            toks = self.docs[d][: self.seq_len]
+            toks = self._document(int(d))[: self.seq_len]
             ids[row, : len(toks)] = toks
             if len(toks) < self.seq_len:  # the whole document fits: it ends here
                 ids[row, len(toks)] = self.eot_id
             mask[row, : min(len(toks) + 1, self.seq_len)] = 1
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
         """The global batch of training step ``step``: ``input_ids`` and
-        ``attention_mask``, each ``(batch_size, seq_len)``."""
+        ``attention_mask``, each ``(batch_size, seq_len)``; with ``world`` > 1 only its
+        rows ``rank::world``, the only ones read (each process of a data-parallel run reads its own)."""
+        if not 0 <= rank < world:
+            raise InputError(f"rank must be in [0, {world}), got {rank}")
         rng = np.random.default_rng([self.seed, step])
         if self.layout == "stream":
-            starts = rng.integers(0, len(self.stream) - self.seq_len + 1, size=self.batch_size)
-            return self._rows_stream(starts)
-        return self._rows_document(rng.integers(0, len(self.docs), size=self.batch_size))
+            starts = rng.integers(0, self._n_tokens - self.seq_len + 1, size=self.batch_size)
+            return self._rows_stream(starts[rank::world])
+        return self._rows_document(rng.integers(0, self._n_docs, size=self.batch_size)[rank::world])
 
     def sequential_batches(self, max_batches: int | None = None) -> list[dict[str, torch.Tensor]]:
         """Deterministic in-order batches covering the data once (for validation):
         non-overlapping windows (``stream``) or every document (``document``)."""
         if self.layout == "stream":
-            starts = np.arange(0, len(self.stream) - self.seq_len + 1, self.seq_len)
+            starts = np.arange(0, self._n_tokens - self.seq_len + 1, self.seq_len)
         else:
-            starts = np.arange(len(self.docs))
+            starts = np.arange(self._n_docs)
         batches = []
         for i in range(0, len(starts), self.batch_size):
             if max_batches is not None and len(batches) >= max_batches:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from latentlm.errors import DataError
@@ -70,6 +70,52 @@ def _files_of(path: Path) -> list[Path]:
     return [path]
 
 
+def iter_documents(paths: str | Path | Sequence[str | Path]) -> Iterator[str]:
+    """The documents of :func:`read_documents`, one file in memory at a time (for corpora larger than
+    memory: ``latentlm data tokenize``)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise DataError("no data path given")
+    files = [f for p in paths for f in _files_of(Path(p))]  # every path checked before any is read
+    for f in files:
+        yield from (read_jsonl(f) if f.suffix == ".jsonl" else read_txt(f))
+
+
+def iter_hf_dataset(name_or_path: str, split: str = "train", *, field: str = "text",
+                    config: str | None = None) -> Iterator[str]:
+    """Documents of a Hugging Face dataset streamed (``streaming=True``: nothing is downloaded or held
+    whole): a hub name, or local ``.parquet`` / ``.arrow`` / ``.jsonl`` files or a folder of them."""
+    try:
+        import datasets  # optional: the [hub] extra
+    except ImportError:
+        raise DataError("streaming a Hugging Face dataset needs `datasets`: pip install 'latentlm[hub]'") from None
+    local = Path(name_or_path)
+    builders = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json"}
+    try:
+        if local.exists():
+            files = sorted(p for p in local.rglob("*") if p.suffix in builders) if local.is_dir() else [local]
+            kinds = {builders.get(f.suffix) for f in files}
+            if not files or None in kinds or len(kinds) > 1:
+                raise DataError(f"{local}: expected .parquet, .arrow or .jsonl files of one kind")
+            ds = datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train",
+                                       streaming=True)
+        else:
+            ds = datasets.load_dataset(name_or_path, config, split=split, streaming=True)
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types (FileNotFoundError, ConnectionError...)
+        raise DataError(f"cannot stream dataset {name_or_path!r} split {split!r}: {e}") from e
+    for i, record in enumerate(ds):
+        if field not in record:
+            raise DataError(f"dataset {name_or_path!r} has no {field!r} column; columns: {sorted(record)}")
+        text = record[field]
+        if isinstance(text, str) and text.strip():
+            yield text.strip()
+        elif i == 0 and not isinstance(text, str):
+            raise DataError(f"column {field!r} of dataset {name_or_path!r} holds {type(text).__name__}, not text")
+
+
 def read_documents(paths: str | Path | Sequence[str | Path]) -> list[str]:
     """Read every document of the given files and folders, in order.
 
@@ -113,3 +159,21 @@ def load_hf_dataset(
     if not docs:
         raise DataError(f"dataset {name_or_path!r} split {split!r} has no text")
     return docs
+
+
+HF_FILE_SUFFIXES = (".parquet", ".arrow")
+
+
+def corpus_documents(paths: Sequence[str | Path], hf_dataset: str | None = None, *, split: str = "train",
+                     field: str = "text", config: str | None = None) -> Iterator[str]:
+    """Every document of local text files and folders and local ``.parquet`` / ``.arrow`` files
+    (streamed through ``datasets``), in the order given, then of a Hugging Face dataset; one at a time."""
+    for p in paths:  # every path checked before any is read
+        if Path(p).suffix in HF_FILE_SUFFIXES and not Path(p).is_file():
+            raise DataError(f"data path {p} does not exist")
+        if Path(p).suffix not in HF_FILE_SUFFIXES:
+            _files_of(Path(p))
+    for p in paths:
+        yield from iter_hf_dataset(str(p), field=field) if Path(p).suffix in HF_FILE_SUFFIXES else iter_documents(p)
+    if hf_dataset:
+        yield from iter_hf_dataset(hf_dataset, split, field=field, config=config)
