@@ -23,7 +23,7 @@ from latentlm.baselines import autoregressive as ar
 from latentlm.baselines import masked_diffusion as mdlm
 from latentlm.baselines import mdlm_decoders
 from latentlm.baselines import parallel_token_prediction as ptp
-from latentlm.data.tokenizer import load_tokenizer
+from latentlm.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from latentlm.device import resolve_device
 from latentlm.diffusion.likelihood import pipeline_nll_bound
 from latentlm.errors import CheckpointError, InputError, check_text
@@ -399,10 +399,9 @@ def load_hf_causal_lm(folder: str | Path, name: str | None = None, device: torch
     """A transformers causal LM folder and its tokenizer (local files only, no remote code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    if not any((Path(folder) / f).is_file() for f in files):  # transformers would build an empty one
-        raise CheckpointError(f"{folder} has no tokenizer ({', '.join(files)}): save the model's tokenizer "
-                              "next to it (tokenizer.save_pretrained)")
+    if not any((Path(folder) / f).is_file() for f in TOKENIZER_FILES):  # transformers would build an empty one
+        raise CheckpointError(f"{folder} has no tokenizer ({', '.join(TOKENIZER_FILES)}): save the model's "
+                              "tokenizer next to it (tokenizer.save_pretrained)")
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as e:  # malformed tokenizer files

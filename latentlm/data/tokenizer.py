@@ -7,6 +7,7 @@ for any UTF-8 string (no normaliser, no prefix space, no clean-up).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,34 +54,39 @@ def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer folder saved by :func:`train_tokenizer` (``save_pretrained``).
+    """Load a tokenizer folder: one saved by :func:`train_tokenizer`, or any ``AutoTokenizer`` folder
+    (e.g. a pretrained model's), to which the special tokens latentlm needs and it lacks are added
+    (see :func:`complete_special_tokens`).
 
     Raises:
-        CheckpointError: the folder is missing or lacks our special tokens.
+        CheckpointError: the folder is missing or its files are malformed.
     """
     path = Path(path)
-    if not (path / "tokenizer.json").is_file():
-        raise CheckpointError(f"{path} is not a tokenizer folder (no tokenizer.json)")
+    if not path.is_dir() or not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise CheckpointError(f"{path} is not a tokenizer folder (none of {', '.join(TOKENIZER_FILES)})")
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as e:  # malformed json and friends
-        raise CheckpointError(f"cannot load tokenizer from {path / 'tokenizer.json'}: {e}") from e
-    check_special_tokens(tok, path)
-    return tok
+        present = ", ".join(f for f in TOKENIZER_FILES if (path / f).is_file())
+        raise CheckpointError(f"cannot load the tokenizer from {path} ({present}): {e}") from e
+    return complete_special_tokens(tok, path)
 
 
-def check_special_tokens(tok: PreTrainedTokenizerFast, where: str | Path = "tokenizer") -> None:
-    """Raise if ``tok`` lacks the pad / end-of-text / mask tokens latentlm relies on."""
-    missing = [
-        name
-        for name, attr in (("pad", "pad_token_id"), ("end-of-text", "eos_token_id"), ("mask", "mask_token_id"))
-        if getattr(tok, attr, None) is None
-    ]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def complete_special_tokens(tok, where: str | Path = "tokenizer"):
+    """``tok`` with the padding, end-of-text and mask tokens latentlm relies on: those it lacks are added
+    as new tokens (``<pad>``, ``<eot>``, ``<mask>``, after its vocabulary; a warning names them), so the
+    tokenizer a run saves with its model has them. A tokenizer of :func:`train_tokenizer` has all three."""
+    missing = {attr: name for attr, name in (("pad_token", PAD), ("eos_token", EOT), ("mask_token", MASK))
+               if getattr(tok, f"{attr}_id", None) is None}
     if missing:
-        raise CheckpointError(
-            f"tokenizer at {where} has no {', '.join(missing)} token; it was not made by "
-            "`latentlm train tokenizer` (train one with that command)"
-        )
+        tok.add_special_tokens(missing)
+        warnings.warn(f"the tokenizer in {where} had no {', '.join(a.replace('_token', '') for a in missing)} token; "
+                      f"added {', '.join(f'{n} (id {tok.convert_tokens_to_ids(n)})' for n in missing.values())}",
+                      stacklevel=3)
+    return tok
 
 
 SENTENCE_END = (".", "!", "?", '."', '!"', '?"', "\n")
