@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -18,32 +17,57 @@ from latentlm.errors import DataError
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
-def _read_utf8(path: Path) -> str:
+def _lines(path: Path, with_breaks: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, line without its line break, or with it) of a UTF-8 file, streamed."""
+    lineno = 0
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as f:
+            for lineno, line in enumerate(f, 1):
+                if with_breaks:
+                    yield lineno, line
+                else:
+                    yield lineno, line[:-2] if line.endswith("\r\n") else line.rstrip("\n")
     except UnicodeDecodeError as e:
         raise DataError(
-            f"{path} is not valid UTF-8 (byte {e.start}: {e.reason}); re-encode it as UTF-8, "
+            f"{path} is not valid UTF-8 (after line {lineno}, {e.reason}); re-encode it as UTF-8, "
             f"e.g. `iconv -f latin1 -t utf-8 {path.name}`"
         ) from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
 
 
+def _is_blank(line: str) -> bool:
+    return not line.strip(" \t")
+
+
+def iter_txt(path: Path) -> Iterator[str]:
+    """Documents of a ``.txt`` file, streamed: paragraphs split on blank lines, or one per line when the
+    file has no blank line between two lines."""
+    paragraphs = any(lineno > 1 and line.endswith("\n") and _is_blank(line.rstrip("\r\n"))
+                     for lineno, line in _lines(path, with_breaks=True))  # a first pass, holding nothing
+    if not paragraphs:
+        yield from (line.strip() for _, line in _lines(path) if line.strip())
+        return
+    current: list[str] = []
+    for _, line in _lines(path):
+        if _is_blank(line):
+            if "\n".join(current).strip():
+                yield "\n".join(current).strip()
+            current = []
+        else:
+            current.append(line)
+    if "\n".join(current).strip():
+        yield "\n".join(current).strip()
+
+
 def read_txt(path: Path) -> list[str]:
     """Documents of a ``.txt`` file: split on blank lines, or one per line when there are none."""
-    text = _read_utf8(path).replace("\r\n", "\n")
-    if re.search(r"\n[ \t]*\n", text):
-        docs = re.split(r"\n[ \t]*\n", text)
-    else:
-        docs = text.split("\n")
-    return [d.strip() for d in docs if d.strip()]
+    return list(iter_txt(path))
 
 
-def read_jsonl(path: Path, field: str = "text") -> list[str]:
-    """Documents of a ``.jsonl`` file: the ``field`` of every non-empty line."""
-    docs = []
-    for lineno, line in enumerate(_read_utf8(path).splitlines(), 1):
+def iter_jsonl(path: Path, field: str = "text") -> Iterator[str]:
+    """Documents of a ``.jsonl`` file, streamed: the ``field`` of every non-empty line."""
+    for lineno, line in _lines(path):
         if not line.strip():
             continue
         try:
@@ -53,8 +77,12 @@ def read_jsonl(path: Path, field: str = "text") -> list[str]:
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             raise DataError(f"{path}:{lineno}: expected an object with a string {field!r} field")
         if record[field].strip():
-            docs.append(record[field].strip())
-    return docs
+            yield record[field].strip()
+
+
+def read_jsonl(path: Path, field: str = "text") -> list[str]:
+    """Documents of a ``.jsonl`` file: the ``field`` of every non-empty line."""
+    return list(iter_jsonl(path, field))
 
 
 def _files_of(path: Path) -> list[Path]:
@@ -71,15 +99,15 @@ def _files_of(path: Path) -> list[Path]:
 
 
 def iter_documents(paths: str | Path | Sequence[str | Path]) -> Iterator[str]:
-    """The documents of :func:`read_documents`, one file in memory at a time (for corpora larger than
-    memory: ``latentlm data tokenize``)."""
+    """The documents of :func:`read_documents`, streamed (for corpora larger than memory:
+    ``latentlm data tokenize``)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
         raise DataError("no data path given")
     files = [f for p in paths for f in _files_of(Path(p))]  # every path checked before any is read
     for f in files:
-        yield from (read_jsonl(f) if f.suffix == ".jsonl" else read_txt(f))
+        yield from (iter_jsonl(f) if f.suffix == ".jsonl" else iter_txt(f))
 
 
 def iter_hf_dataset(name_or_path: str, split: str = "train", *, field: str = "text",
