@@ -171,8 +171,7 @@ class TokenShards:
         self.dtype = np.dtype(self.manifest["dtype"])
         self.eot_id = int(self.manifest["eot_id"])
         self._tokens: list[np.ndarray] = []
-        starts = []
-        offset = 0
+        self._starts: list[np.ndarray] = []  # each shard's document offsets, memory-mapped too
         for s in self.manifest["shards"]:
             path, idx = self.folder / s["file"], self.folder / s["index"]
             for f, key in ((path, "sha256"), (idx, "index_sha256")):
@@ -185,17 +184,16 @@ class TokenShards:
                 raise DataError(f"shard file {path} has {path.stat().st_size} bytes, expected "
                                 f"{s['tokens'] * self.dtype.itemsize}")
             self._tokens.append(np.memmap(path, dtype=self.dtype, mode="r"))
-            starts.append(np.load(idx) + offset)
-            offset += s["tokens"]
+            self._starts.append(np.load(idx, mmap_mode="r"))
         self._shard_starts = np.cumsum([0] + [s["tokens"] for s in self.manifest["shards"]])
-        self._doc_starts = np.concatenate(starts + [np.asarray([offset])])  # (documents + 1,)
+        self._shard_docs = np.cumsum([0] + [s["documents"] for s in self.manifest["shards"]])
 
     def __len__(self) -> int:
         return int(self._shard_starts[-1])
 
     @property
     def num_documents(self) -> int:
-        return len(self._doc_starts) - 1
+        return int(self._shard_docs[-1])
 
     def window(self, start: int, n: int) -> np.ndarray:
         """Tokens ``start .. start + n`` of the stream (across shard boundaries), as int64."""
@@ -211,5 +209,9 @@ class TokenShards:
         return out
 
     def document(self, i: int) -> np.ndarray:
-        a, b = int(self._doc_starts[i]), int(self._doc_starts[i + 1])
-        return self.window(a, b - a - 1)  # without its end-of-text
+        """Document ``i``'s ids (int64), without its end-of-text."""
+        shard = int(np.searchsorted(self._shard_docs, i, side="right")) - 1
+        j = i - int(self._shard_docs[shard])
+        starts = self._starts[shard]
+        end = int(starts[j + 1]) if j + 1 < len(starts) else len(self._tokens[shard])
+        return np.asarray(self._tokens[shard][int(starts[j]) : end - 1], dtype=np.int64)
