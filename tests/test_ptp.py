@@ -78,19 +78,19 @@ SETTINGS = [(1.0, 1.0), (0.6, 1.0), (1.0, 0.7), (0.8, 0.9), (0.0, 1.0)]
 @pytest.mark.parametrize("temperature,top_p", SETTINGS)
 def test_ptp_returns_the_ars_inverse_cdf_sample_token_for_token(teacher, student, temperature, top_p):
     ended_mid_row = 0
-    for seed in range(8):
+    for seed in range(6):
         x, m = _prompts(seed)
         kw = dict(temperature=temperature, top_p=top_p, attention_mask=m)
-        ref, _ = generate(teacher, x, 40, generator=torch.Generator().manual_seed(seed), **kw)
-        out, stats = ptp_generate(student, teacher, x, 40, generator=torch.Generator().manual_seed(seed), **kw)
+        ref, _ = generate(teacher, x, 32, generator=torch.Generator().manual_seed(seed), **kw)
+        out, stats = ptp_generate(student, teacher, x, 32, generator=torch.Generator().manual_seed(seed), **kw)
         assert torch.equal(out, ref), (seed, temperature, top_p)
         assert stats.calls == 1 + 2 * stats.verify_calls
-        ended_mid_row += int(((ref == EOT).float().argmax(1) < 39).sum())
+        ended_mid_row += int(((ref == EOT).float().argmax(1) < 31).sum())
     if temperature > 0:
         assert ended_mid_row > 0  # the comparison covered rows that end early
 
 
-@pytest.mark.parametrize("right", [0, 2, 6])
+@pytest.mark.parametrize("right", [2, 6])  # right = 0: the untrained drafter above
 def test_accepted_drafts_commit_several_tokens_per_call_and_stay_lossless(right):
     """A drafter right about its first ``right`` tokens: each verification commits right + 1 tokens."""
     torch.manual_seed(1)

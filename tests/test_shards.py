@@ -78,7 +78,7 @@ def test_a_corrupt_or_missing_shard_is_refused_by_name(corpus, tmp_path):
 
 def test_a_killed_tokenization_resumes_to_the_same_files(synthetic_files, tmp_path):
     """SIGKILL once the first shards are written, rerun: the files are those of an uninterrupted run."""
-    texts = [s.text for s in generate_stories(12_000, seed=4)]
+    texts = [s.text for s in generate_stories(8_000, seed=4)]
     (tmp_path / "big.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     cmd = [sys.executable, "-m", "latentlm", "data", "tokenize", "--tokenizer", str(synthetic_files / "tokenizer"),
            "--data", str(tmp_path / "big.jsonl"), "--shard-tokens", "10000"]
