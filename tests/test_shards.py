@@ -146,3 +146,14 @@ def test_two_torchrun_processes_read_disjoint_windows_whose_union_is_the_batch(c
         assert len(a["reads"]) == len(b["reads"]) == 4  # each reads its 4 rows of 8, no more
         assert sorted(a["reads"] + b["reads"]) == sorted(whole["reads"])
         assert [r for pair in zip(a["rows"], b["rows"]) for r in pair] == whole["rows"]  # rows 0::2 and 1::2
+
+
+def test_a_document_layout_model_trains_from_shards(corpus, synthetic_files, tmp_path):
+    """The autoencoder reads whole documents (document layout) from the shards."""
+    from latentlm.recipes import run_training
+
+    out, _ = corpus
+    run = run_training("autoencoder", [out], tmp_path / "ae", preset="cpu-tiny",
+                       overrides=["train.steps=2", "train.batch_size=4", "model.dim=32", "train.eval_batches=1"],
+                       valid=[synthetic_files / "valid.jsonl"], progress=False)
+    assert run.step == 2 and run.valid_loss is not None
