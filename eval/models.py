@@ -144,14 +144,15 @@ class ARAdapter(LanguageModelAdapter):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
-                 top_p: float = 1.0) -> GenerationOutput:
+                 top_p: float = 1.0, stop_at_eot: bool = True) -> GenerationOutput:
+        """``stop_at_eot=False``: sample all ``max_new_tokens`` (the texts still end at the first end-of-text)."""
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         new, nfe = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long), 0
         for group, x, m in _length_buckets([[eot] + p for p in ids], pad, self.model.device):
             rows, n = ar.generate(self.model, x, max_new_tokens, temperature=temperature, top_p=top_p,
-                                  generator=generator, attention_mask=m)
+                                  generator=generator, attention_mask=m, stop_at_eot=stop_at_eot)
             new[group] = rows.cpu()
             nfe = max(nfe, n)  # a batch stops when its rows have ended
         texts, conts = self._finish(prompts, new)
@@ -189,8 +190,9 @@ class PTPAdapter(ARAdapter):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
-                 top_p: float = 1.0, draft_tokens: int = 0) -> GenerationOutput:
-        """``draft_tokens``: tokens drafted per call (0: as many as the model was trained for)."""
+                 top_p: float = 1.0, draft_tokens: int = 0, stop_at_eot: bool = True) -> GenerationOutput:
+        """``draft_tokens``: tokens drafted per call (0: as many as the model was trained for);
+        ``stop_at_eot`` as the AR's."""
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
@@ -199,7 +201,7 @@ class PTPAdapter(ARAdapter):
         for group, x, m in _length_buckets([[eot] + p for p in ids], pad, self.model.device):  # as the AR's
             rows, stats = ptp.ptp_generate(self.draft, self.model, x, max_new_tokens, draft_tokens=draft_tokens or None,
                                            temperature=temperature, top_p=top_p, generator=generator,
-                                           attention_mask=m)
+                                           attention_mask=m, stop_at_eot=stop_at_eot)
             new[group] = rows.cpu()
             calls = max(calls, stats.calls)
             self.last_stats.calls += stats.calls

@@ -75,6 +75,17 @@ def _prompts(seed: int, b: int = 3, s: int = 6):
 SETTINGS = [(1.0, 1.0), (0.6, 1.0), (1.0, 0.7), (0.8, 0.9), (0.0, 1.0)]
 
 
+def test_past_the_end_of_text_ptp_still_returns_the_ars_tokens(teacher, student):
+    """stop_at_eot=False: rows go on past their end-of-text (a fixed number of tokens, for speed rows)."""
+    for seed in range(3):
+        x, m = _prompts(seed)
+        kw = dict(attention_mask=m, stop_at_eot=False)
+        ref, nfe = generate(teacher, x, 32, generator=torch.Generator().manual_seed(seed), **kw)
+        out, _ = ptp_generate(student, teacher, x, 32, generator=torch.Generator().manual_seed(seed), **kw)
+        assert torch.equal(out, ref) and nfe == 32
+        assert ((ref[:, :-1] == EOT) & (ref[:, 1:] != EOT)).any()  # a row went on after an end-of-text
+
+
 @pytest.mark.parametrize("temperature,top_p", SETTINGS)
 def test_ptp_returns_the_ars_inverse_cdf_sample_token_for_token(teacher, student, temperature, top_p):
     ended_mid_row = 0

@@ -168,6 +168,7 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     attention_mask: torch.Tensor | None = None,
+    stop_at_eot: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """Continue ``input_ids`` (b, s) by ``max_new_tokens`` with the KV cache.
 
@@ -177,7 +178,9 @@ def generate(
     by inverse CDF with u[r, i] of :func:`draw_uniforms` (the generator's first
     draw). Returns the new tokens (b, max_new_tokens) and the number of network
     evaluations (NFE). Rows stop changing after their end-of-text (padded with it),
-    and generation stops when every row has ended.
+    and generation stops when every row has ended; with ``stop_at_eot=False`` rows
+    go on past it, as in the stream of documents the model was trained on (speed
+    measurements of a fixed number of tokens).
     """
     check_sampling(temperature, top_p)
     check_prompt(model, input_ids, max_new_tokens, attention_mask)
@@ -190,8 +193,9 @@ def generate(
     out = torch.full((input_ids.shape[0], max_new_tokens), eot, dtype=torch.long, device=input_ids.device)
     for i in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_p, u[:, i])
-        nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
-        done |= nxt == eot
+        if stop_at_eot:
+            nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
+            done |= nxt == eot
         out[:, i] = nxt
         if i + 1 == max_new_tokens or bool(done.all()):  # every row has ended: the rest is end-of-text
             return out, i + 1

@@ -240,9 +240,8 @@ class _Stream:
         some row needs: a draft's u positions (added after the tokens) and rejected drafts go."""
         self.valid = torch.cat([self.valid, valid], dim=1)
         self.pos = torch.cat([self.pos, pos], dim=1)
-        keep = self.valid.shape[1]
-        while keep > 0 and not bool(self.valid[:, keep - 1].any()):
-            keep -= 1
+        used = self.valid.any(0).nonzero()
+        keep = int(used[-1, 0]) + 1 if len(used) else 0
         self.valid, self.pos = self.valid[:, :keep], self.pos[:, :keep]
         for c in self.caches:
             c.k, c.v = c.k[:, :, :keep], c.v[:, :, :keep]
@@ -260,11 +259,12 @@ def ptp_generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     attention_mask: torch.Tensor | None = None,
+    stop_at_eot: bool = True,
 ) -> tuple[torch.Tensor, PTPStats]:
     """Continue ``input_ids`` (b, s) by ``max_new_tokens``: the AR's own samples, several tokens per call.
 
     Same contract as :func:`latentlm.baselines.autoregressive.generate` (left-padded prompts with
-    ``attention_mask``, u's from :func:`draw_uniforms`, end-of-text padding), so both return the
+    ``attention_mask``, u's from :func:`draw_uniforms`, end-of-text padding, ``stop_at_eot``), so both return the
     same tokens for the same generator state. Each step: the predictor drafts ``draft_tokens`` tokens
     from the next u's in one call; the AR scores the last committed token and the drafts in one call
     and picks with the same u's; the drafts it agrees with, then its own next pick, are committed.
@@ -308,7 +308,7 @@ def ptp_generate(
     pend_valid = torch.cat([prompt_valid, torch.ones(b, 1, dtype=torch.bool, device=device)], 1)
     pend_pos = torch.cat([prompt_pos, torch.full((b, 1), s, device=device)], 1)
     live = torch.ones(b, dtype=torch.bool, device=device)
-    live &= (first != eot) & (n < max_new_tokens)
+    live &= ((first != eot) | (not stop_at_eot)) & (n < max_new_tokens)
     j = torch.arange(k + 1, device=device)
     while bool(live.any()):
         u_next = u_all[rows[:, None], (n[:, None] + j).clamp(max=u_all.shape[1] - 1)]  # of tokens n .. n + k
@@ -338,13 +338,15 @@ def ptp_generate(
         cur = out.gather(1, idx)
         out.scatter_(1, idx, torch.where(commit & live[:, None], chosen, cur))
         stats.tokens_per_call += (accepted + 1)[live].tolist()
-        ended = (chosen == eot) & commit
+        ended = (chosen == eot) & commit & stop_at_eot
         pend_ids, pend_valid = chosen, commit & live[:, None]
         pend_pos = s + n[:, None] + j
         last = chosen.gather(1, accepted[:, None]).squeeze(1)
         n = torch.where(live, n + accepted + 1, n)
         live &= ~ended.any(1) & (n < max_new_tokens)
     new = out[:, :max_new_tokens]
+    if not stop_at_eot:
+        return new, stats
     after_eot = (new == eot).long().cumsum(1) > 0
     after_eot = torch.cat([torch.zeros_like(after_eot[:, :1]), after_eot[:, :-1]], 1)  # after the first EOT
     return new.masked_fill(after_eot, eot), stats
