@@ -61,7 +61,7 @@ class PackedBatches:
 
     Args:
         docs: token ids of each document, or a :class:`~latentlm.data.shards.TokenShards` folder read
-            through memory maps (the same batches as its documents in memory, without holding them).
+            window by window (the same batches as its documents in memory, without holding them).
         seq_len: tokens per row.
         batch_size: rows per (global) batch.
         eot_id: end-of-text token id.

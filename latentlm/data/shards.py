@@ -1,11 +1,11 @@
-"""Tokenized corpora on disk: token shards read through memory maps, for corpora larger than memory.
+"""Tokenized corpora on disk: token shards read window by window, for corpora larger than memory.
 
 A shard folder (``latentlm data tokenize``) holds the token stream of a corpus, every document followed
 by end-of-text, in files ``shard_00000.bin`` (raw uint16 ids when the vocabulary fits, else uint32) of at
 most ``shard_tokens`` tokens each (whole documents), with ``shard_00000.idx.npy`` (the offset of each
 document in its shard) and ``manifest.json``: the tokenizer's fingerprint, the token and document counts,
-each file's SHA-256. Training reads windows and documents through :class:`TokenShards` (``np.memmap``):
-memory does not grow with the corpus.
+each file's SHA-256. Training reads windows and documents through :class:`TokenShards` (``os.pread``
+of each window): memory does not grow with the corpus.
 
 Writing is atomic per shard and resumable: ``progress.json`` lists the finished shards and the documents
 they hold; a rerun after a kill deletes a half-written shard, skips the documents already written and
@@ -160,8 +160,35 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
+class _Reader:
+    """``n`` values of ``dtype`` stored from byte ``offset`` of a file, read with ``os.pread``: no memory map,
+    whose pages (2 MB folios on recent kernels) would count towards the process's resident memory as
+    random windows touch them; the page cache keeps what is read often."""
+
+    def __init__(self, path: Path, dtype: np.dtype, offset: int, n: int) -> None:
+        self.path, self.dtype, self.offset, self.n = path, dtype, offset, n
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop, _ = key.indices(self.n)
+        size = max(0, stop - start) * self.dtype.itemsize
+        data = os.pread(self.fd, size, self.offset + start * self.dtype.itemsize)
+        if len(data) != size:
+            raise DataError(f"shard file {self.path} is shorter than its manifest says")
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (AttributeError, OSError):
+            pass
+
+
 class TokenShards:
-    """The token stream of a shard folder through memory maps: ``len`` tokens, ``num_documents``,
+    """The token stream of a shard folder, read window by window: ``len`` tokens, ``num_documents``,
     ``window(start, n)`` and ``document(i)`` (its ids without the end-of-text). With ``verify`` every
     file is checked against its SHA-256 first (a corrupt shard is refused, named)."""
 
@@ -170,8 +197,8 @@ class TokenShards:
         self.manifest = read_manifest(self.folder)
         self.dtype = np.dtype(self.manifest["dtype"])
         self.eot_id = int(self.manifest["eot_id"])
-        self._tokens: list[np.ndarray] = []
-        self._starts: list[np.ndarray] = []  # each shard's document offsets, memory-mapped too
+        self._tokens: list[_Reader] = []
+        self._starts: list[_Reader] = []  # each shard's document offsets
         for s in self.manifest["shards"]:
             path, idx = self.folder / s["file"], self.folder / s["index"]
             for f, key in ((path, "sha256"), (idx, "index_sha256")):
@@ -183,8 +210,11 @@ class TokenShards:
             if path.stat().st_size != s["tokens"] * self.dtype.itemsize:
                 raise DataError(f"shard file {path} has {path.stat().st_size} bytes, expected "
                                 f"{s['tokens'] * self.dtype.itemsize}")
-            self._tokens.append(np.memmap(path, dtype=self.dtype, mode="r"))
-            self._starts.append(np.load(idx, mmap_mode="r"))
+            self._tokens.append(_Reader(path, self.dtype, 0, s["tokens"]))
+            with open(idx, "rb") as f:  # the .npy header, then int64 offsets
+                np.lib.format.read_array_header_1_0(f) if np.lib.format.read_magic(f) == (1, 0) else \
+                    np.lib.format.read_array_header_2_0(f)
+                self._starts.append(_Reader(idx, np.dtype(np.int64), f.tell(), s["documents"]))
         self._shard_starts = np.cumsum([0] + [s["tokens"] for s in self.manifest["shards"]])
         self._shard_docs = np.cumsum([0] + [s["documents"] for s in self.manifest["shards"]])
 
@@ -213,5 +243,6 @@ class TokenShards:
         shard = int(np.searchsorted(self._shard_docs, i, side="right")) - 1
         j = i - int(self._shard_docs[shard])
         starts = self._starts[shard]
-        end = int(starts[j + 1]) if j + 1 < len(starts) else len(self._tokens[shard])
-        return np.asarray(self._tokens[shard][int(starts[j]) : end - 1], dtype=np.int64)
+        bounds = starts[j : j + 2]
+        end = int(bounds[1]) if len(bounds) == 2 else len(self._tokens[shard])
+        return np.asarray(self._tokens[shard][int(bounds[0]) : end - 1], dtype=np.int64)
