@@ -162,17 +162,9 @@ class ARAdapter(LanguageModelAdapter):
     def _nll(self, texts, prefix_len: int = 0, *, batch_size: int = 16, progress: bool = False) -> NLLOutput:
         units = self._score_units(texts, prefix_len)
         per_text = []
-        eot = self.tokenizer.eos_token_id
-        for i in tqdm(range(0, len(units), batch_size), desc=f"nll {self.name}", disable=not progress):
-            chunk = units[i : i + batch_size]
-            width = max(len(ids) for ids, _ in chunk) + 1
-            x = torch.zeros(len(chunk), width, dtype=torch.long)
-            m = torch.zeros_like(x)
-            for r, (ids, _) in enumerate(chunk):
-                x[r, : len(ids) + 1] = torch.tensor([eot] + ids)
-                m[r, : len(ids) + 1] = 1
-            per_text += ar.sequence_nll(self.model, x.to(self.model.device), m.to(self.model.device),
-                                     prefix_len).tolist()
+        for x, m in _scoring_batches(units, self.tokenizer.eos_token_id, 0, batch_size, self.model.device,
+                                     f"nll {self.name}", progress):
+            per_text += ar.sequence_nll(self.model, x, m, prefix_len).tolist()
         return _summarise(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
 
 
@@ -273,6 +265,20 @@ def _length_buckets(ids: list[list[int]], pad: int, device, size: int | None = N
     return batches
 
 
+def _scoring_batches(units, start_id: int, pad_id: int, batch_size: int, device, desc: str, progress: bool):
+    """Batches of texts to score exactly: each row ``start_id`` then the text's ids, right-padded with
+    ``pad_id``; yields ids (b, s) and the mask of real tokens (b, s) on ``device``."""
+    for i in tqdm(range(0, len(units), batch_size), desc=desc, disable=not progress):
+        chunk = units[i : i + batch_size]
+        width = max(len(ids) for ids, _ in chunk) + 1
+        x = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        m = torch.zeros_like(x)
+        for r, (ids, _) in enumerate(chunk):
+            x[r, : len(ids) + 1] = torch.tensor([start_id] + ids)
+            m[r, : len(ids) + 1] = 1
+        yield x.to(device), m.to(device)
+
+
 def _summarise(per_text: list[float], ses: list[float], units, prefix_len: int, exact: bool) -> NLLOutput:
     return _summary(per_text, ses, [len(ids) - prefix_len for ids, _ in units], [c for _, c in units], exact)
 
@@ -368,15 +374,8 @@ class HFCausalLMAdapter(LanguageModelAdapter):
     def _nll(self, texts, prefix_len: int = 0, *, batch_size: int = 16, progress: bool = False) -> NLLOutput:
         units = self._score_units(texts, prefix_len)
         per_text = []
-        for i in tqdm(range(0, len(units), batch_size), desc=f"nll {self.name}", disable=not progress):
-            chunk = units[i : i + batch_size]
-            width = max(len(ids) for ids, _ in chunk) + 1
-            x = torch.full((len(chunk), width), self.tokenizer.eos_token_id, dtype=torch.long)
-            m = torch.zeros_like(x)
-            for r, (ids, _) in enumerate(chunk):
-                x[r, : len(ids) + 1] = torch.tensor([self._start_id] + ids)
-                m[r, : len(ids) + 1] = 1
-            x, m = x.to(self.model.device), m.to(self.model.device)
+        for x, m in _scoring_batches(units, self._start_id, self.tokenizer.eos_token_id, batch_size,
+                                     self.model.device, f"nll {self.name}", progress):
             logits = self.model(input_ids=x, attention_mask=m).logits[:, :-1].float()
             nll = -logits.log_softmax(-1).gather(-1, x[:, 1:, None]).squeeze(-1) * m[:, 1:]
             nll[:, :prefix_len] = 0
