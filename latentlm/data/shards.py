@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import json
 import os
+from array import array
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,13 +51,38 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class _ShardWriter:
+    """One shard written as its documents come: tokens go straight to ``NAME.bin.tmp`` (hashed on the way),
+    only the document offsets stay in memory; ``finish`` syncs and renames the files into place."""
+
+    def __init__(self, out: Path, name: str) -> None:
+        self.bin, self.idx = out / f"{name}.bin", out / f"{name}.idx.npy"
+        self.file = open(self.bin.with_name(self.bin.name + ".tmp"), "wb")
+        self.hash = hashlib.sha256()
+        self.starts = array("q")  # int64 offsets, 8 bytes a document
+        self.tokens = 0
+
+    def add(self, doc: np.ndarray) -> None:
+        data = doc.tobytes()
+        self.file.write(data)
+        self.hash.update(data)
+        self.starts.append(self.tokens)
+        self.tokens += len(doc)
+
+    def finish(self) -> dict:
+        """Shard and index in place; returns the shard's manifest entry."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.file.name, self.bin)
+        tmp = self.idx.with_name(self.idx.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.frombuffer(self.starts, dtype=np.int64))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.idx)
+        return {"file": self.bin.name, "index": self.idx.name, "tokens": self.tokens, "documents": len(self.starts),
+                "sha256": self.hash.hexdigest(), "index_sha256": _sha256(self.idx)}
 
 
 def write_shards(docs: Iterable[str], tokenizer, out: str | Path, *, shard_tokens: int = DEFAULT_SHARD_TOKENS,
@@ -92,30 +118,18 @@ def write_shards(docs: Iterable[str], tokenizer, out: str | Path, *, shard_token
     if not (out / "tokenizer").is_dir():
         tokenizer.save_pretrained(out / "tokenizer")  # training on the shards uses it
     eot = np.asarray([tokenizer.eos_token_id], dtype=dtype)
-    buffer: list[np.ndarray] = []
-    buffered = 0
     written = sum(s["tokens"] for s in state["shards"])
     bar = tqdm(total=None, initial=written, unit="tok", unit_scale=True, desc=f"tokenize -> {out.name}",
                disable=not progress)
+    shard: _ShardWriter | None = None
 
     def flush() -> None:
-        nonlocal buffer, buffered
-        i = len(state["shards"])
-        lengths = np.fromiter((len(d) for d in buffer), dtype=np.int64, count=len(buffer))
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        tokens = np.concatenate(buffer)
-        name = f"shard_{i:05d}"
-        _write_atomic(out / f"{name}.bin", tokens.tobytes())
-        idx = out / f"{name}.idx.npy"
-        with open(idx.with_name(idx.name + ".tmp"), "wb") as f:
-            np.save(f, starts)
-        os.replace(idx.with_name(idx.name + ".tmp"), idx)
-        state["shards"].append({"file": f"{name}.bin", "index": idx.name, "tokens": int(len(tokens)),
-                                "documents": len(buffer), "sha256": _sha256(out / f"{name}.bin"),
-                                "index_sha256": _sha256(idx)})
-        state["documents_done"] += len(buffer) + state.pop("skipped", 0)
+        nonlocal shard
+        entry = shard.finish()
+        state["shards"].append(entry)
+        state["documents_done"] += entry["documents"] + state.pop("skipped", 0)
         write_text_atomic(out / PROGRESS, json.dumps(state, indent=1))
-        buffer, buffered = [], 0
+        shard = None
 
     stream = itertools.islice(iter(docs), state["documents_done"], None)
     while True:
@@ -127,12 +141,13 @@ def write_shards(docs: Iterable[str], tokenizer, out: str | Path, *, shard_token
                 state["skipped"] = state.get("skipped", 0) + 1
                 continue
             doc = np.concatenate([np.asarray(ids, dtype=dtype), eot])
-            if buffer and buffered + len(doc) > shard_tokens:
+            if shard is not None and shard.tokens + len(doc) > shard_tokens:
                 flush()
-            buffer.append(doc)
-            buffered += len(doc)
+            if shard is None:
+                shard = _ShardWriter(out, f"shard_{len(state['shards']):05d}")
+            shard.add(doc)
             bar.update(len(doc))
-    if buffer:
+    if shard is not None:
         flush()
     bar.close()
     if not state["shards"]:
