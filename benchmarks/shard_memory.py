@@ -2,13 +2,13 @@
 
     python benchmarks/shard_memory.py --tokenizer runs/tok --source ../shared/data/tinystories/train.jsonl \
         --valid ../shared/data/tinystories/valid.jsonl --work /tmp/shard_bench [--small 10000000] \
-        [--large 1000000000] [--steps 20]
+        [--large 1000000000] [--steps 20] [--repeats 5]
 
 Writes two corpora by repeating the documents of ``--source`` (``--small`` and ``--large`` tokens: 20 MB
 and 2 GB of uint16 shards by default), tokenizes each with ``latentlm data tokenize`` (wall-clock,
-tokens/s, peak RSS), trains ``latentlm train ar --preset cpu-small`` on each for ``--steps`` steps (peak
-RSS) and prints a table. Every command runs in its own process; peak RSS is the kernel's maximum
-resident set of that process. The work folder is deleted at the end.
+tokens/s, peak RSS), trains ``latentlm train ar --preset cpu-small`` on each for ``--steps`` steps,
+``--repeats`` times alternating the corpora (peak RSS: median and range) and prints a table. Every
+command runs in its own process; peak RSS is the kernel's maximum resident set of that process. The work folder is deleted at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -55,6 +56,7 @@ def main() -> None:
     p.add_argument("--small", type=int, default=10_000_000)
     p.add_argument("--large", type=int, default=1_000_000_000)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5, help="training runs per corpus (peak RSS: median, range)")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=False)
@@ -71,25 +73,33 @@ def main() -> None:
                                    str(corpus), "--out", str(shards)])
             manifest = json.loads((shards / "manifest.json").read_text())
             corpus.unlink()
-            _, peak_train = _run([*latentlm, "train", "ar", "--preset", "cpu-small", "--set",
-                                  f"train.steps={args.steps}", "--set", "train.eval_every=0", "--set",
-                                  "train.save_every=0", "--set", "train.eval_batches=1", "--data", str(shards),
-                                  "--valid", args.valid, "--out", str(work / f"{name}_ar")])
-            row = {"corpus": name, "tokens": manifest["tokens"],
-                   "shard_bytes": sum(f.stat().st_size for f in shards.glob("shard_*.bin")),
-                   "tokenize_s": secs, "tokens_per_s": manifest["tokens"] / secs, "tokenize_peak_rss": peak_tok,
-                   "train_peak_rss": peak_train}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            shutil.rmtree(shards)
-            shutil.rmtree(work / f"{name}_ar")
+            rows.append({"corpus": name, "shards": shards, "tokens": manifest["tokens"],
+                         "shard_bytes": sum(f.stat().st_size for f in shards.glob("shard_*.bin")),
+                         "tokenize_s": secs, "tokens_per_s": manifest["tokens"] / secs,
+                         "tokenize_peak_rss": peak_tok, "train_peak_rss": []})
+        # a training run's peak RSS varies by a few hundred MB between identical runs (where the
+        # allocator places activations): alternate the corpora and compare medians
+        for i in range(args.repeats):
+            for r in rows:
+                out = work / f"{r['corpus']}_ar"
+                _, peak = _run([*latentlm, "train", "ar", "--preset", "cpu-small", "--set",
+                                f"train.steps={args.steps}", "--set", "train.eval_every=0", "--set",
+                                "train.save_every=0", "--set", "train.eval_batches=1", "--data", str(r["shards"]),
+                                "--valid", args.valid, "--out", str(out)])
+                shutil.rmtree(out)
+                r["train_peak_rss"].append(peak)
+                print(json.dumps({"corpus": r["corpus"], "repeat": i, "train_peak_rss": peak}), flush=True)
+        mb = 2**20
         print("\n| corpus | tokens | shards (GB) | tokenize (s) | tokens/s | tokenize peak RSS (MB) | "
-              f"train ar, {args.steps} steps, peak RSS (MB) |")
+              f"train ar, {args.steps} steps, peak RSS (MB): median [range] of {args.repeats} |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:
+            t = r["train_peak_rss"]
             print(f"| {r['corpus']} | {r['tokens']:,} | {r['shard_bytes'] / 1e9:.3f} | {r['tokenize_s']:.0f} | "
-                  f"{r['tokens_per_s']:,.0f} | {r['tokenize_peak_rss'] / 2**20:.0f} | {r['train_peak_rss'] / 2**20:.0f} |")
-        print(f"\ntraining peak RSS, large - small: {(rows[1]['train_peak_rss'] - rows[0]['train_peak_rss']) / 2**20:.0f} MB")
+                  f"{r['tokens_per_s']:,.0f} | {r['tokenize_peak_rss'] / mb:.0f} | "
+                  f"{statistics.median(t) / mb:.0f} [{min(t) / mb:.0f}, {max(t) / mb:.0f}] |")
+        diff = statistics.median(rows[1]["train_peak_rss"]) - statistics.median(rows[0]["train_peak_rss"])
+        print(f"\ntraining peak RSS, median large - median small: {diff / mb:.0f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
