@@ -4,12 +4,14 @@ and latency.
     python benchmarks/block_latent.py --model b4=runs/den_b4 [--model b1=runs/den_b1 --model full=runs/den ...] \
         --ar runs/ar --judge runs/judge --data ../shared/data/tinystories/valid.jsonl [--prompts 32] \
         [--steps 8 16 32] [--modes block-ar staggered parallel] [--window-blocks 4] [--bound-texts 64] \
-        [--bound-samples 4]
+        [--bound-samples 4] [--train ../shared/data/tinystories/train.jsonl]
 
 For each latent pipeline (a block-causal one in every mode, one with block_size None in parallel mode
 only), each mode and step count, and for the AR (its KV cache, temperature 1):
 the continuations of ``--prompts`` openings (``--new-tokens`` new tokens, the batch of all openings)
-scored by the judge (generation perplexity), unigram entropy and rep-4; then the latency per sample
+scored by the judge (generation perplexity), MAUVE against the real continuations (the real-text row:
+other held-out stories, the data-vs-data ceiling), unigram entropy, rep-4 and, with ``--train`` (the name
+lexicon), entity persistence: the share of name mentions that are the opening's characters; then the latency per sample
 at batch 1 for 128 and 1,024 new tokens (parallel mode: only up to the autoencoder's window); then
 the likelihood bound (the chain over blocks for a block model) against the AR's exact nats/token on
 the first ``--bound-texts`` documents. Prints JSON rows as they come and markdown tables at the end.
@@ -24,8 +26,17 @@ import time
 import torch
 
 from latentlm.data.readers import read_documents
+from latentlm.errors import DataError
+from latentlm.eval import consistency as cons
 from latentlm.eval import metrics as M
-from latentlm.eval.compare import CompareConfig, System, _judge_scores, _ppl, openings
+from latentlm.eval.compare import (
+    CompareConfig,
+    System,
+    _judge_scores,
+    _ppl,
+    mauve_references,
+    openings,
+)
 from latentlm.eval.models import load_language_model
 
 
@@ -52,6 +63,7 @@ def main() -> None:
     p.add_argument("--latency-steps", type=int, default=16)
     p.add_argument("--bound-texts", type=int, default=64)
     p.add_argument("--bound-samples", type=int, default=4)
+    p.add_argument("--train", help="training texts: the name lexicon of entity persistence (skipped without)")
     args = p.parse_args()
     docs = read_documents([args.data])
     cfg = CompareConfig(prompts=args.prompts, max_new_tokens=args.new_tokens)
@@ -70,8 +82,20 @@ def main() -> None:
 
     real = System("real", prompts, [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: args.new_tokens])
                                     for _, c in pairs])
-    rows = [{"model": "real text", "gen_ppl": _ppl(_judge_scores(judge, real)),
-             "entropy": M.unigram_entropy(real.continuations), "rep4": M.rep_n(real.continuations, 4)}]
+    feats_real, feats_ceiling = mauve_references(docs, pairs, real.continuations, tok, cfg)
+    names = cons.name_lexicon(read_documents([args.train])) if args.train else set()
+
+    def scores(s: System, feats) -> dict:
+        row = {"gen_ppl": _ppl(_judge_scores(judge, s)), "mauve": M.mauve_score(feats, feats_real, seed=cfg.seed),
+               "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)}
+        if names:
+            try:
+                row["known_names"] = cons.entity_persistence(s.prompts, s.continuations, names).known_share
+            except DataError:  # no opening names a character, or no continuation mentions one
+                row["known_names"] = None
+        return row
+
+    rows = [{"model": "real text", **scores(real, feats_ceiling)}]
     print(json.dumps(rows[-1]), flush=True)
     runs = [("AR", ar, "ar", None, None)] + [
         (name, lm, mode, steps, args.window_blocks if mode == "staggered" else None)
@@ -84,9 +108,8 @@ def main() -> None:
         s = System(mode, prompts, out.continuations, out.texts)
         label = "AR" if mode == "ar" else f"{name} {mode}"
         samples[(label, steps)] = out.texts
-        rows.append({"model": label, "steps": steps, "window": window,
-                     "nfe": out.nfe, "s_per_sample": dt / len(prompts), "gen_ppl": _ppl(_judge_scores(judge, s)),
-                     "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)})
+        rows.append({"model": label, "steps": steps, "window": window, "nfe": out.nfe,
+                     "s_per_sample": dt / len(prompts), **scores(s, M.sentence_embeddings(s.continuations))})
         print(json.dumps(rows[-1]), flush=True)
     latency = []
     for n in args.latency_tokens:
@@ -116,14 +139,17 @@ def main() -> None:
     print(f"\nsamples of {best['model']} ({best['steps']} steps) and the AR, same openings:\n")
     for a, b in list(zip(samples[(best["model"], best["steps"])], samples[("AR", None)]))[:10]:
         print(f"- latent: {a}\n  AR:     {b}\n")
-    print("| model | mode steps / window | NFE | s/sample (batch) | judge gen. PPL | entropy | rep-4 |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| model | mode steps / window | NFE | s/sample (batch) | judge gen. PPL | MAUVE | entropy | rep-4 | "
+          "known names |\n|---|---|---|---|---|---|---|---|---|")
+
+    def fmt(x, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
     for r in rows:
         sw = "-" if r.get("steps") is None else f"{r['steps']}" + (f" / {r['window']}" if r.get("window") else "")
-        nfe = r.get("nfe")
-        sps = r.get("s_per_sample")
-        print(f"| {r['model']} | {sw} | {'-' if nfe is None else nfe} | {'-' if sps is None else f'{sps:.3f}'} | "
-              f"{r['gen_ppl']:.2f} | {r['entropy']:.2f} | {r['rep4']:.3f} |")
+        print(f"| {r['model']} | {sw} | {fmt(r.get('nfe'), 'd')} | {fmt(r.get('s_per_sample'), '.3f')} | "
+              f"{r['gen_ppl']:.2f} | {r['mauve']:.3f} | {r['entropy']:.2f} | {r['rep4']:.3f} | "
+              f"{fmt(r.get('known_names'), '.3f')} |")
     print("\n| model | new tokens | NFE | s per sample (batch 1) |\n|---|---|---|---|")
     for r in latency:
         print(f"| {r['model']} | {r['new_tokens']} | {r['nfe']} | {r['seconds']:.2f} |")

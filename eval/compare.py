@@ -431,26 +431,34 @@ METRIC_DIRECTION = {  # +1 higher is better, -1 lower is better
 }
 
 
+def mauve_references(docs: list[str], pairs: list[tuple[str, str]], real: list[str], tokenizer,
+                     cfg: CompareConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sentence features of the real continuations ``real`` (of the openings ``pairs``), which every
+    system's MAUVE is measured against, and of the data-vs-data ceiling: real continuations of other
+    held-out openings of ``docs``, cut to the same length. Raises DataError when either has fewer than 10."""
+    used = {p for p, _ in pairs}
+    try:
+        other = [c for p, c in openings(docs, len(docs), cfg, is_synthetic(docs)) if p not in used]
+    except DataError:
+        other = []
+    tok = tokenizer
+    ref_other = [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens])
+                 for c in other[: len(real)]]
+    if len(real) < 10 or len(ref_other) < 10:
+        raise DataError(f"MAUVE needs 10+ openings and 10+ other held-out stories for the data-vs-data "
+                        f"ceiling (have {len(real)} and {len(ref_other)})")
+    return M.sentence_embeddings(real), M.sentence_embeddings(ref_other)
+
+
 def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, skipped) -> dict:
     rows: dict[str, dict] = {}
     index = M.NgramIndex(train_docs, 8) if train_docs else None
     feats_real = feats_ceiling = None
     if cfg.mauve:
-        # the data-vs-data ceiling: real continuations of other held-out openings, cut the same way
-        used = {p for p, _ in pairs}
         try:
-            other = [c for p, c in openings(docs, len(docs), cfg, is_synthetic(docs)) if p not in used]
-        except DataError:
-            other = []
-        tok = tokenizer
-        ref_other = [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens])
-                     for c in other[: len(real.continuations)]]
-        if len(real.continuations) >= 10 and len(ref_other) >= 10:
-            feats_real = M.sentence_embeddings(real.continuations)
-            feats_ceiling = M.sentence_embeddings(ref_other)
-        else:
-            skipped["mauve"] = (f"needs 10+ openings and 10+ other held-out stories for the data-vs-data "
-                                f"ceiling (have {len(real.continuations)} and {len(ref_other)})")
+            feats_real, feats_ceiling = mauve_references(docs, pairs, real.continuations, tokenizer, cfg)
+        except DataError as e:
+            skipped["mauve"] = str(e)
     if judge_lm is None:
         skipped["generation perplexity"] = "no --judge model given"
     for s in tqdm(systems, desc="quality", leave=False):
