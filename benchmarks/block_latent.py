@@ -4,7 +4,7 @@ and latency.
     python benchmarks/block_latent.py --model b4=runs/den_b4 [--model b1=runs/den_b1 --model full=runs/den ...] \
         --ar runs/ar --judge runs/judge --data ../shared/data/tinystories/valid.jsonl [--prompts 32] \
         [--steps 8 16 32] [--modes block-ar staggered parallel] [--window-blocks 4] [--bound-texts 64] \
-        [--bound-samples 4] [--train ../shared/data/tinystories/train.jsonl]
+        [--bound-samples 4] [--train ../shared/data/tinystories/train.jsonl] [--cache runs/block_valid.json]
 
 For each latent pipeline (a block-causal one in every mode, one with block_size None in parallel mode
 only), each mode and step count, and for the AR (its KV cache, temperature 1):
@@ -15,12 +15,17 @@ lexicon), entity persistence: the share of name mentions that are the opening's 
 at batch 1 for 128 and 1,024 new tokens (parallel mode: only up to the autoencoder's window); then
 the likelihood bound (the chain over blocks for a block model) against the AR's exact nats/token on
 the first ``--bound-texts`` documents. Prints JSON rows as they come and markdown tables at the end.
+
+With ``--cache FILE`` every measured row is kept in FILE (rewritten atomically after each), and a rerun
+with the same settings reuses it: an interrupted sweep resumes, and a later run with more models only
+measures theirs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -38,6 +43,30 @@ from latentlm.eval.compare import (
     openings,
 )
 from latentlm.eval.models import load_language_model
+from latentlm.files import write_text_atomic
+
+
+class RowCache:
+    """The rows already measured with these settings, keyed by what they measure; ``None`` keeps nothing."""
+
+    def __init__(self, path: str | None, settings: dict):
+        self.path, self.settings, self.rows = path, settings, {}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved["settings"] != settings:
+                raise SystemExit(f"{path} holds rows measured with {saved['settings']}, not {settings}: "
+                                 "pass another --cache file or rerun with its settings")
+            self.rows = saved["rows"]
+
+    def get(self, *key) -> dict | None:
+        return self.rows.get(json.dumps(key))
+
+    def put(self, row: dict, *key) -> dict:
+        self.rows[json.dumps(key)] = row
+        if self.path:
+            write_text_atomic(self.path, json.dumps({"settings": self.settings, "rows": self.rows}))
+        return row
 
 
 def _generate(lm, prompts, new_tokens, mode, steps, window_blocks, seed=0):
@@ -64,15 +93,20 @@ def main() -> None:
     p.add_argument("--bound-texts", type=int, default=64)
     p.add_argument("--bound-samples", type=int, default=4)
     p.add_argument("--train", help="training texts: the name lexicon of entity persistence (skipped without)")
+    p.add_argument("--cache", help="JSON file of measured rows: reused by a rerun with the same settings")
     args = p.parse_args()
+    cache = RowCache(args.cache, {k: getattr(args, k) for k in
+                                  ("data", "prompts", "new_tokens", "latency_steps", "bound_texts", "bound_samples",
+                                   "train")} | {"ar": os.path.abspath(args.ar), "judge": os.path.abspath(args.judge)})
     docs = read_documents([args.data])
     cfg = CompareConfig(prompts=args.prompts, max_new_tokens=args.new_tokens)
     pairs = openings(docs, args.prompts, cfg, synthetic=False)
     prompts = [o for o, _ in pairs]
-    lms = {}
+    lms, folders = {}, {"AR": os.path.abspath(args.ar)}  # a cached row is keyed by its model's folder
     for spec in args.model:
         name, _, folder = spec.rpartition("=")
         lms[name or "latent"] = load_language_model(folder, name or "latent")
+        folders[name or "latent"] = os.path.abspath(folder)
     ar = load_language_model(args.ar, "ar")
     judge = load_language_model(args.judge, "judge")
     tok = next(iter(lms.values())).tokenizer
@@ -95,45 +129,56 @@ def main() -> None:
                 row["known_names"] = None
         return row
 
-    rows = [{"model": "real text", **scores(real, feats_ceiling)}]
+    rows = [cache.get("real") or cache.put({"model": "real text", **scores(real, feats_ceiling)}, "real")]
     print(json.dumps(rows[-1]), flush=True)
     runs = [("AR", ar, "ar", None, None)] + [
         (name, lm, mode, steps, args.window_blocks if mode == "staggered" else None)
         for name, lm in lms.items() for mode in modes_of(lm) for steps in args.steps]
     samples = {}
     for name, model, mode, steps, window in runs:
-        t0 = time.perf_counter()
-        out = _generate(model, prompts, args.new_tokens, mode, steps, window or 1)
-        dt = time.perf_counter() - t0
-        s = System(mode, prompts, out.continuations, out.texts)
         label = "AR" if mode == "ar" else f"{name} {mode}"
-        samples[(label, steps)] = out.texts
-        rows.append({"model": label, "steps": steps, "window": window, "nfe": out.nfe,
-                     "s_per_sample": dt / len(prompts), **scores(s, M.sentence_embeddings(s.continuations))})
+        key = ("generate", label, steps, window, folders[name])
+        if (row := cache.get(*key)) is None:
+            t0 = time.perf_counter()
+            out = _generate(model, prompts, args.new_tokens, mode, steps, window or 1)
+            dt = time.perf_counter() - t0
+            s = System(mode, prompts, out.continuations, out.texts)
+            row = cache.put({"model": label, "steps": steps, "window": window, "nfe": out.nfe,
+                             "s_per_sample": dt / len(prompts), **scores(s, M.sentence_embeddings(s.continuations)),
+                             "texts": out.texts}, *key)
+        rows.append({k: v for k, v in row.items() if k != "texts"})
+        samples[(label, steps)] = row["texts"]
         print(json.dumps(rows[-1]), flush=True)
     latency = []
     for n in args.latency_tokens:
         for name, model, mode in [("AR", ar, "ar")] + [(k, lm, m) for k, lm in lms.items() for m in modes_of(lm)]:
             if mode == "parallel" and n > model.pipe.autoencoder.config.max_seq_len:
                 continue
-            _generate(model, prompts[:1], 16, mode, 2, args.window_blocks)  # warm-up
-            t0 = time.perf_counter()
-            out = _generate(model, prompts[:1], n, mode, args.latency_steps, args.window_blocks)
-            latency.append({"model": "AR" if mode == "ar" else f"{name} {mode}", "new_tokens": n,
-                            "steps": None if mode == "ar" else args.latency_steps, "nfe": out.nfe,
-                            "seconds": time.perf_counter() - t0,
-                            "tokens_out": len(tok(out.continuations[0], add_special_tokens=False)["input_ids"])})
+            key = ("latency", name, mode, n, folders[name])
+            if (row := cache.get(*key)) is None:
+                _generate(model, prompts[:1], 16, mode, 2, args.window_blocks)  # warm-up
+                t0 = time.perf_counter()
+                out = _generate(model, prompts[:1], n, mode, args.latency_steps, args.window_blocks)
+                row = cache.put({"model": "AR" if mode == "ar" else f"{name} {mode}", "new_tokens": n,
+                                 "steps": None if mode == "ar" else args.latency_steps, "nfe": out.nfe,
+                                 "seconds": time.perf_counter() - t0,
+                                 "tokens_out": len(tok(out.continuations[0], add_special_tokens=False)["input_ids"])},
+                                *key)
+            latency.append(row)
             print(json.dumps(latency[-1]), flush=True)
     bounds = {}
     if args.bound_texts:
         texts = docs[: args.bound_texts]
-        scored = [("AR (exact)", ar, {})] + [(f"{k} (bound)", lm, {"n_samples": args.bound_samples})
-                                             for k, lm in lms.items()]
-        for name, model, kw in scored:
-            t0 = time.perf_counter()
-            r = model.nll(texts, **kw)
-            bounds[name] = {"nats_per_token": r.nats_per_token, "stderr": r.stderr, "texts": len(texts),
-                            "tokens": r.n_tokens, "seconds": time.perf_counter() - t0}
+        scored = [("AR (exact)", ar, {}, folders["AR"])] + [
+            (f"{k} (bound)", lm, {"n_samples": args.bound_samples}, folders[k]) for k, lm in lms.items()]
+        for name, model, kw, folder in scored:
+            key = ("bound", name, folder)
+            if (row := cache.get(*key)) is None:
+                t0 = time.perf_counter()
+                r = model.nll(texts, **kw)
+                row = cache.put({"nats_per_token": r.nats_per_token, "stderr": r.stderr, "texts": len(texts),
+                                 "tokens": r.n_tokens, "seconds": time.perf_counter() - t0}, *key)
+            bounds[name] = row
             print(json.dumps({name: bounds[name]}), flush=True)
     best = min((r for r in rows if r.get("nfe") and r["model"] != "AR"), key=lambda r: r["gen_ppl"])
     print(f"\nsamples of {best['model']} ({best['steps']} steps) and the AR, same openings:\n")
