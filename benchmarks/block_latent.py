@@ -4,10 +4,12 @@ and latency.
     python benchmarks/block_latent.py --model b4=runs/den_b4 [--model b1=runs/den_b1 --model full=runs/den ...] \
         --ar runs/ar --judge runs/judge --data ../shared/data/tinystories/valid.jsonl [--prompts 32] \
         [--steps 8 16 32] [--modes block-ar staggered parallel] [--window-blocks 4] [--bound-texts 64] \
+        [--decoder-temperatures 0 1] \
         [--bound-samples 4] [--train ../shared/data/tinystories/train.jsonl] [--cache runs/block_valid.json]
 
 For each latent pipeline (a block-causal one in every mode, one with block_size None in parallel mode
-only), each mode and step count, and for the AR (its KV cache, temperature 1):
+only), each mode, step count and decoder temperature (``T=`` in the row's name; 0, the most likely
+tokens, unnamed), and for the AR (its KV cache, temperature 1):
 the continuations of ``--prompts`` openings (``--new-tokens`` new tokens, the batch of all openings)
 scored by the judge (generation perplexity), MAUVE against the real continuations (the real-text row:
 other held-out stories, the data-vs-data ceiling), unigram entropy, rep-4 and, with ``--train`` (the name
@@ -69,11 +71,12 @@ class RowCache:
         return row
 
 
-def _generate(lm, prompts, new_tokens, mode, steps, window_blocks, seed=0):
+def _generate(lm, prompts, new_tokens, mode, steps, window_blocks, seed=0, decoder_temperature=0.0):
     gen = torch.Generator().manual_seed(seed)
     if lm.kind == "ar":
         return lm.generate(prompts, new_tokens, generator=gen)
-    return lm.generate(prompts, new_tokens, generator=gen, steps=steps, mode=mode, window_blocks=window_blocks)
+    return lm.generate(prompts, new_tokens, generator=gen, steps=steps, mode=mode, window_blocks=window_blocks,
+                       decoder_temperature=decoder_temperature)
 
 
 def main() -> None:
@@ -88,6 +91,8 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["block-ar", "staggered", "parallel"])
     p.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--window-blocks", type=int, default=4)
+    p.add_argument("--decoder-temperatures", type=float, nargs="+", default=[0.0],
+                   help="latent rows for each: 0 decodes the most likely tokens, T > 0 draws at temperature T")
     p.add_argument("--latency-tokens", type=int, nargs="+", default=[128, 1024])
     p.add_argument("--latency-steps", type=int, default=16)
     p.add_argument("--bound-texts", type=int, default=64)
@@ -131,16 +136,17 @@ def main() -> None:
 
     rows = [cache.get("real") or cache.put({"model": "real text", **scores(real, feats_ceiling)}, "real")]
     print(json.dumps(rows[-1]), flush=True)
-    runs = [("AR", ar, "ar", None, None)] + [
-        (name, lm, mode, steps, args.window_blocks if mode == "staggered" else None)
-        for name, lm in lms.items() for mode in modes_of(lm) for steps in args.steps]
+    runs = [("AR", ar, "ar", None, None, 0.0)] + [
+        (name, lm, mode, steps, args.window_blocks if mode == "staggered" else None, temp)
+        for name, lm in lms.items() for mode in modes_of(lm) for steps in args.steps
+        for temp in args.decoder_temperatures]
     samples = {}
-    for name, model, mode, steps, window in runs:
-        label = "AR" if mode == "ar" else f"{name} {mode}"
+    for name, model, mode, steps, window, temp in runs:
+        label = "AR" if mode == "ar" else f"{name} {mode}" + (f" T={temp:g}" if temp else "")
         key = ("generate", label, steps, window, folders[name])
         if (row := cache.get(*key)) is None:
             t0 = time.perf_counter()
-            out = _generate(model, prompts, args.new_tokens, mode, steps, window or 1)
+            out = _generate(model, prompts, args.new_tokens, mode, steps, window or 1, decoder_temperature=temp)
             dt = time.perf_counter() - t0
             s = System(mode, prompts, out.continuations, out.texts)
             row = cache.put({"model": label, "steps": steps, "window": window, "nfe": out.nfe,

@@ -198,7 +198,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     def check_inputs(self, prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                      num_samples_per_prompt, corrector_steps, output_type, latents,
-                     callback_on_step_end_tensor_inputs, mode: str = "parallel", window_blocks: int = 4) -> list[str]:
+                     callback_on_step_end_tensor_inputs, mode: str = "parallel", window_blocks: int = 4,
+                     decoder_temperature: float = 0.0) -> list[str]:
         """Validate the arguments of ``__call__`` (InputError naming the bad one); returns the prompts."""
         prompts = self._normalise_prompts(prompt)
         if mode not in MODES:
@@ -239,6 +240,10 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                              "not FlowMatchEulerDiscreteScheduler")
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if (isinstance(decoder_temperature, bool) or not isinstance(decoder_temperature, (int, float))
+                or not math.isfinite(decoder_temperature) or decoder_temperature < 0):
+            raise InputError(f"decoder_temperature must be a finite number >= 0 (0: the decoder's most likely "
+                             f"token), got {decoder_temperature!r}")
         limit = self.autoencoder.config.max_seq_len
         if max_new_tokens > limit and mode == "parallel":
             raise InputError(f"max_new_tokens {max_new_tokens} exceeds the autoencoder's maximum of {limit} tokens "
@@ -279,16 +284,28 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=torch.float32)
         return latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)
 
-    def decode(self, latents: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """Clean latents (b, n, d) -> token ids (b, max_new_tokens) on the CPU, each row cut at its first
         end-of-text and padded after it; decoded ``DECODE_CHUNK`` rows at a time (the logits
-        (chunk, n k, vocab) are the largest tensor of a call)."""
-        ae = self.autoencoder
-        seq = torch.cat([ae.decode(latents[i : i + DECODE_CHUNK].to(ae.dtype)).argmax(-1)
+        (chunk, n k, vocab) are the largest tensor of a call). ``temperature``: as in ``tokens_of``."""
+        seq = torch.cat([self.tokens_of(latents[i : i + DECODE_CHUNK], temperature, generator)
                          for i in range(0, len(latents), DECODE_CHUNK)])[:, :max_new_tokens].cpu()
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         ended = (seq == eot).int().cumsum(1) > 0  # the first end-of-text and everything after it
         return seq.masked_fill(ended, pad)
+
+    def tokens_of(self, latents: torch.Tensor, temperature: float = 0.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents (b, n, d) -> token ids (b, n k): the decoder's most likely token at ``temperature`` 0,
+        else a draw from its distribution p(x | z) sharpened by 1 / ``temperature`` (1: the distribution
+        whose likelihood the bound's reconstruction term scores), with ``generator``."""
+        ae = self.autoencoder
+        logits = ae.decode(latents.to(ae.dtype))  # (b, n k, vocab)
+        if temperature == 0:
+            return logits.argmax(-1)
+        probs = (logits.float() / temperature).softmax(-1)
+        return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:2])
 
     # ------------------------------------------------------------------ helpers
     def _n_latents(self, max_new_tokens: int) -> int:
@@ -384,6 +401,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         progress: bool = False,
         mode: str | None = None,
         window_blocks: int | None = None,
+        decoder_temperature: float = 0.0,
     ) -> LatentDiffusionPipelineOutput:
         """Sample continuations of ``prompt``.
 
@@ -420,6 +438,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 ``callback_on_step_end`` then sees the blocks in flight.
             window_blocks: blocks in flight at once in staggered mode (1 is block-ar; None: the
                 pipeline's ``window_blocks``).
+            decoder_temperature: 0 decodes each latent to the decoder's most likely tokens; T > 0 draws
+                them from the decoder's distribution at temperature T (1: the model whose likelihood
+                the bound scores), with ``generator``. Block modes re-encode the drawn tokens.
         """
         mode = self.config.sampling_mode if mode is None else mode
         window_blocks = self.config.window_blocks if window_blocks is None else window_blocks
@@ -429,7 +450,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         # 1. check inputs
         prompts = self.check_inputs(prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                                     num_samples_per_prompt, corrector_steps, output_type, latents, tensor_inputs,
-                                    mode, window_blocks)
+                                    mode, window_blocks, decoder_temperature)
         self._guidance_scale, self._interrupt = float(guidance_scale), False
         device = self._execution_device
         # 2. encode the prompt into clean context latents
@@ -438,7 +459,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             latents, seq, nfe = self._sample_blocks(
                 len(rows), prompt_latents, prompt_mask, max_new_tokens, num_inference_steps,
                 1 if mode == "block-ar" else window_blocks, tuple(map(float, guidance_interval)), generator,
-                device, callback_on_step_end, tensor_inputs)
+                device, callback_on_step_end, tensor_inputs, float(decoder_temperature))
             return self._output(rows, latents, seq, nfe, output_type)
         # 3. timesteps and how each one meets the denoiser
         sched = self.scheduler
@@ -467,15 +488,17 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 returned = callback_on_step_end(self, i, ts, {k: scope[k] for k in tensor_inputs}) or {}
                 x = returned.pop("latents", x)
         latents = x.float()
-        return self._output(rows, latents, None, state["nfe"], output_type, max_new_tokens)
+        return self._output(rows, latents, None, state["nfe"], output_type, max_new_tokens,
+                            float(decoder_temperature), generator)
 
     def _output(self, rows: list[str], latents: torch.Tensor, seq: torch.Tensor | None, nfe: int, output_type: str,
-                max_new_tokens: int | None = None) -> LatentDiffusionPipelineOutput:
+                max_new_tokens: int | None = None, decoder_temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> LatentDiffusionPipelineOutput:
         """6. decode (unless ``seq``, the tokens, is known) and assemble the output."""
         if output_type == "latent":
             return LatentDiffusionPipelineOutput(None, None, latents, nfe)
         if seq is None:
-            seq = self.decode(latents, max_new_tokens)
+            seq = self.decode(latents, max_new_tokens, decoder_temperature, generator)
         texts = None
         if output_type == "text":
             pad = self.tokenizer.pad_token_id
@@ -484,7 +507,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     def _sample_blocks(self, batch: int, prompt_latents, prompt_mask, max_new_tokens: int, num_inference_steps: int,
                        window_blocks: int, guidance_interval: tuple[float, float], generator, device,
-                       callback_on_step_end, tensor_inputs) -> tuple[torch.Tensor, torch.Tensor, int]:
+                       callback_on_step_end, tensor_inputs, decoder_temperature: float = 0.0
+                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Block-causal sampling against a KV cache of clean blocks (``mode`` "block-ar" or "staggered" in
         ``__call__``): up to ``window_blocks`` blocks in flight, block j entering at step j * d,
         d = ceil(num_inference_steps / window_blocks), each with its own copy of the scheduler; every
@@ -535,7 +559,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             if flight[0]["i"] < steps:
                 continue
             x = flight.pop(0)["x"]
-            ids = ae.decode(x.to(ae.dtype)).argmax(-1)  # (b, block k) the committed tokens
+            ids = self.tokens_of(x, decoder_temperature, generator)  # (b, block k) the committed tokens
             blocks.append(x.float())
             tokens.append(ids.cpu())
             ended |= (ids == eot).any(1).cpu()

@@ -149,6 +149,9 @@ def test_interrupt_and_given_latents(pipe):
     (dict(num_samples_per_prompt=0), "num_samples_per_prompt"),
     (dict(corrector_steps=-1), "corrector_steps"),
     (dict(output_type="pil"), "output_type"),
+    (dict(decoder_temperature=-0.5), "decoder_temperature"),
+    (dict(decoder_temperature=float("inf")), "decoder_temperature"),
+    (dict(decoder_temperature="1"), "decoder_temperature"),
 ])
 def test_bad_arguments(pipe, kwargs, message):
     with pytest.raises(InputError, match=message):
@@ -157,6 +160,31 @@ def test_bad_arguments(pipe, kwargs, message):
         pipe(["ok", 3])
     with pytest.raises(InputError, match="prompt must be"):
         pipe([])
+
+
+def test_decoder_temperature_draws_from_the_decoders_distribution(pipe):
+    z = torch.randn(1, 1, 8, generator=gen(3)).expand(4000, 1, 8)  # one latent, 4,000 draws of its tokens
+    with torch.no_grad():
+        probs = pipe.autoencoder.decode(z[:1]).float().softmax(-1)[0, 0]  # the first token's distribution
+        drawn = pipe.tokens_of(z, 1.0, gen(0))[:, 0]
+        sharp = pipe.tokens_of(z, 0.5, gen(0))[:, 0]
+    freq = torch.bincount(drawn, minlength=len(probs)).float() / len(drawn)
+    assert (freq - probs).abs().max() < 0.03  # 4,000 draws: 3 standard errors of a share <= 0.5 is 0.024
+    top = int(probs.argmax())
+    assert freq[top] < (sharp == top).float().mean()  # temperature 0.5 sharpens towards the most likely token
+    assert torch.equal(pipe.tokens_of(z[:2], 0.0), pipe.autoencoder.decode(z[:2]).argmax(-1))
+
+
+def test_decoder_temperature_is_seeded_and_zero_is_the_default(pipe, block_pipe):
+    kw = dict(max_new_tokens=8, num_inference_steps=3)
+    assert torch.equal(pipe("lily", generator=gen(2), **kw).sequences,
+                       pipe("lily", generator=gen(2), decoder_temperature=0.0, **kw).sequences)
+    for p, mode in [(pipe, "parallel"), (block_pipe, "block-ar"), (block_pipe, "staggered")]:
+        a = p(["lily", "tom ran"], generator=gen(2), mode=mode, decoder_temperature=1.0, **kw)
+        b = p(["lily", "tom ran"], generator=gen(2), mode=mode, decoder_temperature=1.0, **kw)
+        c = p(["lily", "tom ran"], generator=gen(2), mode=mode, **kw)
+        assert a.texts == b.texts and torch.equal(a.sequences, b.sequences)
+        assert not torch.equal(a.sequences, c.sequences)  # an untrained decoder's distribution is wide
 
 
 def test_long_prompt_keeps_its_last_tokens(pipe):
