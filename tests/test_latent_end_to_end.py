@@ -38,6 +38,10 @@ def test_generate_cli(pipeline_dir, capsys):
     assert main(["generate", "--model", str(pipeline_dir), "once upon a time", "--max-new-tokens", "16",
                  "--steps", "4", "--scheduler", "ddpm", "--guidance-scale", "2", "--guidance-interval", "0", "0.6"]) == 0
     assert "(NFE 6)" in capsys.readouterr().err  # guided at t = 0.5 and 0.25 of 1, 0.75, 0.5, 0.25
+    assert main(["generate", "--model", str(pipeline_dir), "hi", "--decoder-temperature", "-1"]) == 2
+    assert "decoder_temperature must be a finite number >= 0" in capsys.readouterr().err
+    assert main(["generate", "--model", str(pipeline_dir), "once upon a time", "--max-new-tokens", "8",
+                 "--steps", "2", "--decoder-temperature", "1"]) == 0
 
 
 def test_latent_adapter_nll_is_a_positive_bound(pipeline_dir):
