@@ -3,7 +3,7 @@ and latency.
 
     python benchmarks/block_latent.py --model b4=runs/den_b4 [--model b1=runs/den_b1 --model full=runs/den ...] \
         --ar runs/ar --judge runs/judge --data ../shared/data/tinystories/valid.jsonl [--prompts 32] \
-        [--steps 8 16 32] [--modes block-ar staggered parallel] [--window-blocks 4] [--bound-texts 64] \
+        [--steps 8 16 32] [--modes block-ar staggered parallel] [--window-blocks 4 16] [--bound-texts 64] \
         [--decoder-temperatures 0 1] \
         [--bound-samples 4] [--train ../shared/data/tinystories/train.jsonl] [--cache runs/block_valid.json]
 
@@ -90,7 +90,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--modes", nargs="+", default=["block-ar", "staggered", "parallel"])
     p.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32])
-    p.add_argument("--window-blocks", type=int, default=4)
+    p.add_argument("--window-blocks", type=int, nargs="+", default=[4],
+                   help="blocks in flight in staggered mode: a row for each")
     p.add_argument("--decoder-temperatures", type=float, nargs="+", default=[0.0],
                    help="latent rows for each: 0 decodes the most likely tokens, T > 0 draws at temperature T")
     p.add_argument("--latency-tokens", type=int, nargs="+", default=[128, 1024])
@@ -137,9 +138,9 @@ def main() -> None:
     rows = [cache.get("real") or cache.put({"model": "real text", **scores(real, feats_ceiling)}, "real")]
     print(json.dumps(rows[-1]), flush=True)
     runs = [("AR", ar, "ar", None, None, 0.0)] + [
-        (name, lm, mode, steps, args.window_blocks if mode == "staggered" else None, temp)
+        (name, lm, mode, steps, window, temp)
         for name, lm in lms.items() for mode in modes_of(lm) for steps in args.steps
-        for temp in args.decoder_temperatures]
+        for window in (args.window_blocks if mode == "staggered" else [None]) for temp in args.decoder_temperatures]
     samples = {}
     for name, model, mode, steps, window, temp in runs:
         label = "AR" if mode == "ar" else f"{name} {mode}" + (f" T={temp:g}" if temp else "")
@@ -157,16 +158,19 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     latency = []
     for n in args.latency_tokens:
-        for name, model, mode in [("AR", ar, "ar")] + [(k, lm, m) for k, lm in lms.items() for m in modes_of(lm)]:
+        for name, model, mode, window in [("AR", ar, "ar", None)] + [
+                (k, lm, m, w) for k, lm in lms.items() for m in modes_of(lm)
+                for w in (args.window_blocks if m == "staggered" else [None])]:
             if mode == "parallel" and n > model.pipe.autoencoder.config.max_seq_len:
                 continue
-            key = ("latency", name, mode, n, folders[name])
+            key = ("latency", name, mode, window, n, folders[name])
             if (row := cache.get(*key)) is None:
-                _generate(model, prompts[:1], 16, mode, 2, args.window_blocks)  # warm-up
+                _generate(model, prompts[:1], 16, mode, 2, window or 1)  # warm-up
                 t0 = time.perf_counter()
-                out = _generate(model, prompts[:1], n, mode, args.latency_steps, args.window_blocks)
+                out = _generate(model, prompts[:1], n, mode, args.latency_steps, window or 1)
                 row = cache.put({"model": "AR" if mode == "ar" else f"{name} {mode}", "new_tokens": n,
-                                 "steps": None if mode == "ar" else args.latency_steps, "nfe": out.nfe,
+                                 "window": window, "steps": None if mode == "ar" else args.latency_steps,
+                                 "nfe": out.nfe,
                                  "seconds": time.perf_counter() - t0,
                                  "tokens_out": len(tok(out.continuations[0], add_special_tokens=False)["input_ids"])},
                                 *key)
@@ -201,9 +205,11 @@ def main() -> None:
         print(f"| {r['model']} | {sw} | {fmt(r.get('nfe'), 'd')} | {fmt(r.get('s_per_sample'), '.3f')} | "
               f"{r['gen_ppl']:.2f} | {r['mauve']:.3f} | {r['entropy']:.2f} | {r['rep4']:.3f} | "
               f"{fmt(r.get('known_names'), '.3f')} |")
-    print("\n| model | new tokens | NFE | s per sample (batch 1) |\n|---|---|---|---|")
+    print("\n| model | window | new tokens asked | tokens produced | NFE | s per sample (batch 1) | ms per token |"
+          "\n|---|---|---|---|---|---|---|")
     for r in latency:
-        print(f"| {r['model']} | {r['new_tokens']} | {r['nfe']} | {r['seconds']:.2f} |")
+        print(f"| {r['model']} | {fmt(r.get('window'), 'd')} | {r['new_tokens']} | {r['tokens_out']} | {r['nfe']} | "
+              f"{r['seconds']:.2f} | {1000 * r['seconds'] / max(r['tokens_out'], 1):.1f} |")
     for name, b in bounds.items():
         print(f"\n{name}: {b['nats_per_token']:.4f} +- {b['stderr']:.4f} nats/token on {b['texts']} texts")
 
