@@ -4,12 +4,12 @@ and latency.
     python benchmarks/block_latent.py --model b4=runs/den_b4 [--model b1=runs/den_b1 --model full=runs/den ...] \
         --ar runs/ar --judge runs/judge --data ../shared/data/tinystories/valid.jsonl [--prompts 32] \
         [--steps 8 16 32] [--modes block-ar staggered parallel] [--window-blocks 4 16] [--bound-texts 64] \
-        [--decoder-temperatures 0 1] \
+        [--decoder-temperatures 0 1] [--denoising-ends 0.5 1] \
         [--bound-samples 4] [--train ../shared/data/tinystories/train.jsonl] [--cache runs/block_valid.json]
 
 For each latent pipeline (a block-causal one in every mode, one with block_size None in parallel mode
-only), each mode, step count and decoder temperature (``T=`` in the row's name; 0, the most likely
-tokens, unnamed), and for the AR (its KV cache, temperature 1):
+only), each mode, step count, decoder temperature (``T=`` in the row's name; 0, the most likely
+tokens, unnamed) and denoising end (``end=``; 1, every step, unnamed), and for the AR (its KV cache, temperature 1):
 the continuations of ``--prompts`` openings (``--new-tokens`` new tokens, the batch of all openings)
 scored by the judge (generation perplexity), MAUVE against the real continuations (the real-text row:
 other held-out stories, the data-vs-data ceiling), unigram entropy, rep-4 and, with ``--train`` (the name
@@ -71,12 +71,12 @@ class RowCache:
         return row
 
 
-def _generate(lm, prompts, new_tokens, mode, steps, window_blocks, seed=0, decoder_temperature=0.0):
+def _generate(lm, prompts, new_tokens, mode, steps, window_blocks, seed=0, decoder_temperature=0.0, denoising_end=1.0):
     gen = torch.Generator().manual_seed(seed)
     if lm.kind == "ar":
         return lm.generate(prompts, new_tokens, generator=gen)
     return lm.generate(prompts, new_tokens, generator=gen, steps=steps, mode=mode, window_blocks=window_blocks,
-                       decoder_temperature=decoder_temperature)
+                       decoder_temperature=decoder_temperature, denoising_end=denoising_end)
 
 
 def main() -> None:
@@ -94,6 +94,9 @@ def main() -> None:
                    help="blocks in flight in staggered mode: a row for each")
     p.add_argument("--decoder-temperatures", type=float, nargs="+", default=[0.0],
                    help="latent rows for each: 0 decodes the most likely tokens, T > 0 draws at temperature T")
+    p.add_argument("--denoising-ends", type=float, nargs="+", default=[1.0],
+                   help="latent rows for each: the fraction of the steps run (below 1: decoded from the last clean "
+                        "estimate)")
     p.add_argument("--latency-tokens", type=int, nargs="+", default=[128, 1024])
     p.add_argument("--latency-steps", type=int, default=16)
     p.add_argument("--bound-texts", type=int, default=64)
@@ -137,17 +140,20 @@ def main() -> None:
 
     rows = [cache.get("real") or cache.put({"model": "real text", **scores(real, feats_ceiling)}, "real")]
     print(json.dumps(rows[-1]), flush=True)
-    runs = [("AR", ar, "ar", None, None, 0.0)] + [
-        (name, lm, mode, steps, window, temp)
+    runs = [("AR", ar, "ar", None, None, 0.0, 1.0)] + [
+        (name, lm, mode, steps, window, temp, end)
         for name, lm in lms.items() for mode in modes_of(lm) for steps in args.steps
-        for window in (args.window_blocks if mode == "staggered" else [None]) for temp in args.decoder_temperatures]
+        for window in (args.window_blocks if mode == "staggered" else [None]) for temp in args.decoder_temperatures
+        for end in args.denoising_ends]
     samples = {}
-    for name, model, mode, steps, window, temp in runs:
-        label = "AR" if mode == "ar" else f"{name} {mode}" + (f" T={temp:g}" if temp else "")
+    for name, model, mode, steps, window, temp, end in runs:
+        label = "AR" if mode == "ar" else (f"{name} {mode}" + (f" T={temp:g}" if temp else "")
+                                           + (f" end={end:g}" if end < 1 else ""))
         key = ("generate", label, steps, window, folders[name])
         if (row := cache.get(*key)) is None:
             t0 = time.perf_counter()
-            out = _generate(model, prompts, args.new_tokens, mode, steps, window or 1, decoder_temperature=temp)
+            out = _generate(model, prompts, args.new_tokens, mode, steps, window or 1, decoder_temperature=temp,
+                            denoising_end=end)
             dt = time.perf_counter() - t0
             s = System(mode, prompts, out.continuations, out.texts)
             row = cache.put({"model": label, "steps": steps, "window": window, "nfe": out.nfe,

@@ -306,16 +306,18 @@ class LatentAdapter(LanguageModelAdapter):
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, steps: int = 32,
                  guidance_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                  corrector_steps: int = 0, scheduler: str | None = None, mode: str | None = None,
-                 window_blocks: int | None = None, decoder_temperature: float = 0.0) -> GenerationOutput:
+                 window_blocks: int | None = None, decoder_temperature: float = 0.0,
+                 denoising_end: float = 1.0) -> GenerationOutput:
         """``mode`` and ``window_blocks``: None for the pipeline's own (its preset's ``sampling_mode``);
-        ``decoder_temperature``: as the pipeline's (0: the decoder's most likely tokens)."""
+        ``decoder_temperature`` and ``denoising_end``: as the pipeline's."""
         prompts = _check_prompts(prompts)
         if scheduler is not None:
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.denoiser)
         out = self.pipe(prompts, max_new_tokens=max_new_tokens, num_inference_steps=steps,
                         guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                         corrector_steps=corrector_steps, generator=generator, mode=mode,
-                        window_blocks=window_blocks, decoder_temperature=decoder_temperature)
+                        window_blocks=window_blocks, decoder_temperature=decoder_temperature,
+                        denoising_end=denoising_end)
         conts = [t[len(p):] for t, p in zip(out.texts, prompts)]
         return GenerationOutput(out.texts, conts, out.nfe)
 

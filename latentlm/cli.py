@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "the pipeline's own)")
     gen.add_argument("--decoder-temperature", type=float, default=0.0,
                      help="latent: 0 decodes the most likely tokens, T > 0 draws them at temperature T")
+    gen.add_argument("--denoising-end", type=float, default=1.0,
+                     help="latent: the fraction of the steps to run; below 1 the text is decoded from the clean "
+                          "estimate of the last step run")
     gen.add_argument("--decoder", choices=list(DECODERS), default="ancestral",
                      help="decoder (mdlm)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar, ptp, transformers models)")
@@ -202,7 +205,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                    "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale,
                                   guidance_interval=tuple(args.guidance_interval), scheduler=args.scheduler,
                                   mode=args.mode, window_blocks=args.window_blocks,
-                                  decoder_temperature=args.decoder_temperature)}
+                                  decoder_temperature=args.decoder_temperature, denoising_end=args.denoising_end)}
         out = lm.generate([args.prompt] * args.num_samples, args.max_new_tokens,
                           generator=torch.Generator().manual_seed(args.seed), **options[lm.kind])
         for text in out.texts:

@@ -64,6 +64,11 @@ MAX_NEW_TOKENS_BLOCK_AR = 16_384  # documented limit on one block-ar call (bound
 DECODE_CHUNK = 64  # samples decoded to token logits at once
 
 
+def steps_to_run(n_steps: int, denoising_end: float) -> int:
+    """Steps of ``n_steps`` that a sampler with ``denoising_end`` runs: ceil(denoising_end x n_steps), at least 1."""
+    return max(1, min(n_steps, math.ceil(denoising_end * n_steps - 1e-9)))
+
+
 def check_sampling_mode(mode: str, window_blocks: int, block_size: int | None) -> None:
     """Raise ConfigError unless ``mode`` is one of MODES that a denoiser with ``block_size`` can sample
     (the block modes need a block-causal one) and ``window_blocks`` a positive integer."""
@@ -199,7 +204,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     def check_inputs(self, prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                      num_samples_per_prompt, corrector_steps, output_type, latents,
                      callback_on_step_end_tensor_inputs, mode: str = "parallel", window_blocks: int = 4,
-                     decoder_temperature: float = 0.0) -> list[str]:
+                     decoder_temperature: float = 0.0, denoising_end: float = 1.0) -> list[str]:
         """Validate the arguments of ``__call__`` (InputError naming the bad one); returns the prompts."""
         prompts = self._normalise_prompts(prompt)
         if mode not in MODES:
@@ -244,6 +249,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 or not math.isfinite(decoder_temperature) or decoder_temperature < 0):
             raise InputError(f"decoder_temperature must be a finite number >= 0 (0: the decoder's most likely "
                              f"token), got {decoder_temperature!r}")
+        if (isinstance(denoising_end, bool) or not isinstance(denoising_end, (int, float))
+                or not 0 < denoising_end <= 1):
+            raise InputError(f"denoising_end must be a fraction of the steps in (0, 1], got {denoising_end!r}")
         limit = self.autoencoder.config.max_seq_len
         if max_new_tokens > limit and mode == "parallel":
             raise InputError(f"max_new_tokens {max_new_tokens} exceeds the autoencoder's maximum of {limit} tokens "
@@ -402,6 +410,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         mode: str | None = None,
         window_blocks: int | None = None,
         decoder_temperature: float = 0.0,
+        denoising_end: float = 1.0,
     ) -> LatentDiffusionPipelineOutput:
         """Sample continuations of ``prompt``.
 
@@ -441,6 +450,10 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             decoder_temperature: 0 decodes each latent to the decoder's most likely tokens; T > 0 draws
                 them from the decoder's distribution at temperature T (1: the model whose likelihood
                 the bound scores), with ``generator``. Block modes re-encode the drawn tokens.
+            denoising_end: the fraction of the ``num_inference_steps`` steps to run (diffusers' name, as in
+                its SDXL pipeline); below 1 the sampler stops after ceil(denoising_end x steps) steps and
+                each latent (each block, in the block modes) is the clean estimate of its last step, at the
+                noise level of that step: the low-noise steps are skipped. 1 runs every step.
         """
         mode = self.config.sampling_mode if mode is None else mode
         window_blocks = self.config.window_blocks if window_blocks is None else window_blocks
@@ -450,7 +463,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         # 1. check inputs
         prompts = self.check_inputs(prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                                     num_samples_per_prompt, corrector_steps, output_type, latents, tensor_inputs,
-                                    mode, window_blocks, decoder_temperature)
+                                    mode, window_blocks, decoder_temperature, denoising_end)
         self._guidance_scale, self._interrupt = float(guidance_scale), False
         device = self._execution_device
         # 2. encode the prompt into clean context latents
@@ -459,7 +472,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             latents, seq, nfe = self._sample_blocks(
                 len(rows), prompt_latents, prompt_mask, max_new_tokens, num_inference_steps,
                 1 if mode == "block-ar" else window_blocks, tuple(map(float, guidance_interval)), generator,
-                device, callback_on_step_end, tensor_inputs, float(decoder_temperature))
+                device, callback_on_step_end, tensor_inputs, float(decoder_temperature), float(denoising_end))
             return self._output(rows, latents, seq, nfe, output_type)
         # 3. timesteps and how each one meets the denoiser
         sched = self.scheduler
@@ -467,13 +480,14 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         timesteps = sched.timesteps
         self._num_timesteps = len(timesteps)
         to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)
+        run = steps_to_run(len(timesteps), denoising_end)
         # 4. initial noise (b, n, d)
         x = self.prepare_latents(len(rows), self._n_latents(max_new_tokens), device, generator, latents)
         x0_fn, state = self._x0_fn(prompt_latents, prompt_mask, self._guidance_scale,
                                    tuple(map(float, guidance_interval)))
         # 5. denoising loop: every latent updated in parallel at each step
         x0 = x
-        for i, ts in enumerate(self.progress_bar(timesteps) if progress else timesteps):
+        for i, ts in enumerate(self.progress_bar(timesteps[:run]) if progress else timesteps[:run]):
             if self.interrupt:
                 break
             z_t, t = to_denoiser(x, i, ts)
@@ -487,7 +501,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 scope = {"latents": x, "x0": x0}
                 returned = callback_on_step_end(self, i, ts, {k: scope[k] for k in tensor_inputs}) or {}
                 x = returned.pop("latents", x)
-        latents = x.float()
+        latents = (x if run == len(timesteps) else x0).float()  # stopped early: the last clean estimate
         return self._output(rows, latents, None, state["nfe"], output_type, max_new_tokens,
                             float(decoder_temperature), generator)
 
@@ -507,8 +521,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     def _sample_blocks(self, batch: int, prompt_latents, prompt_mask, max_new_tokens: int, num_inference_steps: int,
                        window_blocks: int, guidance_interval: tuple[float, float], generator, device,
-                       callback_on_step_end, tensor_inputs, decoder_temperature: float = 0.0
-                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
+                       callback_on_step_end, tensor_inputs, decoder_temperature: float = 0.0,
+                       denoising_end: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Block-causal sampling against a KV cache of clean blocks (``mode`` "block-ar" or "staggered" in
         ``__call__``): up to ``window_blocks`` blocks in flight, block j entering at step j * d,
         d = ceil(num_inference_steps / window_blocks), each with its own copy of the scheduler; every
@@ -528,7 +542,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)
-        steps, delay = len(timesteps), -(-len(timesteps) // window_blocks)
+        steps = steps_to_run(len(timesteps), denoising_end)  # a block commits after this many of its steps
+        delay = -(-steps // window_blocks)
         n_blocks = self._n_latents(max_new_tokens) // block
         flight: list[dict] = []  # blocks being denoised, oldest (least noisy) first
         blocks, tokens, started, g = [], [], 0, 0
@@ -558,7 +573,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             g += 1
             if flight[0]["i"] < steps:
                 continue
-            x = flight.pop(0)["x"]
+            front = flight.pop(0)
+            x = front["x"] if steps == len(timesteps) else front["prev"]  # stopped early: its clean estimate
             ids = self.tokens_of(x, decoder_temperature, generator)  # (b, block k) the committed tokens
             blocks.append(x.float())
             tokens.append(ids.cpu())

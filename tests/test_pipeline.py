@@ -152,6 +152,8 @@ def test_interrupt_and_given_latents(pipe):
     (dict(decoder_temperature=-0.5), "decoder_temperature"),
     (dict(decoder_temperature=float("inf")), "decoder_temperature"),
     (dict(decoder_temperature="1"), "decoder_temperature"),
+    (dict(denoising_end=0.0), "denoising_end"),
+    (dict(denoising_end=1.5), "denoising_end"),
 ])
 def test_bad_arguments(pipe, kwargs, message):
     with pytest.raises(InputError, match=message):
@@ -185,6 +187,22 @@ def test_decoder_temperature_is_seeded_and_zero_is_the_default(pipe, block_pipe)
         c = p(["lily", "tom ran"], generator=gen(2), mode=mode, **kw)
         assert a.texts == b.texts and torch.equal(a.sequences, b.sequences)
         assert not torch.equal(a.sequences, c.sequences)  # an untrained decoder's distribution is wide
+
+
+def test_denoising_end_stops_early_and_keeps_the_last_clean_estimate(pipe, block_pipe):
+    kw = dict(max_new_tokens=8, num_inference_steps=4)
+    seen = []
+    out = pipe("lily", generator=gen(4), denoising_end=0.5, callback_on_step_end=lambda p, i, t, d: seen.append(d),
+               callback_on_step_end_tensor_inputs=["x0"], **kw)
+    assert out.nfe == 2 and len(seen) == 2 and torch.equal(out.latents, seen[-1]["x0"].float())
+    full = pipe("lily", generator=gen(4), **kw)
+    assert torch.equal(full.latents, pipe("lily", generator=gen(4), denoising_end=1.0, **kw).latents)
+    assert not torch.equal(full.latents, out.latents)
+    kw["max_new_tokens"] = 16  # 4 latents: 2 blocks x 2 steps
+    bar = block_pipe("tom", generator=gen(4), mode="block-ar", denoising_end=0.5, **kw)
+    assert bar.nfe == 4 and bar.sequences.shape == (1, 16)
+    stag = block_pipe("tom", generator=gen(4), mode="staggered", window_blocks=1, denoising_end=0.5, **kw)
+    assert torch.equal(stag.sequences, bar.sequences) and torch.equal(stag.latents, bar.latents)
 
 
 def test_long_prompt_keeps_its_last_tokens(pipe):
