@@ -228,9 +228,9 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
                             torch.arange(p + (-p) % B, device=device) // B])
         return torch.cat(parts, 1), torch.cat(valid, 1), blocks
 
-    def _run(self, h, cond, positions, mask, caches=None, update_cache=True):
+    def _run(self, h, cond, positions, mask, caches=None, update_cache=True, cond_index=None):
         out, _ = self.backbone(h, cond=cond, positions=positions, mask=mask, kv_caches=caches,
-                               update_cache=update_cache)
+                               update_cache=update_cache, cond_index=cond_index)
         return out
 
     def _forward_blocks(self, z_t, t, prompt, prompt_mask, self_cond, clean, kv_cache) -> torch.Tensor:
@@ -243,8 +243,11 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         if self_cond is None:
             self_cond = torch.zeros_like(z_t)
         noisy = self.in_proj(torch.cat([z_t, self_cond], -1).to(dtype)) + self.type_embed.weight[2]
-        zero = self.time(torch.zeros(1, device=device))  # clean context: t = 0
-        noisy_cond = self.time(t.reshape(-1)).reshape(b, n_blocks, 1, -1).expand(-1, -1, B, -1).reshape(b, n, -1)
+        # the distinct time conditionings (b, 1 + n_blocks, dim): clean context at t = 0, then one per target
+        # block; positions index them (the adaLN projections run once per block, not once per position)
+        conds = torch.cat([self.time(torch.zeros(1, device=device)).expand(b, 1, -1),
+                           self.time(t.reshape(-1)).reshape(b, n_blocks, -1)], 1).to(dtype)
+        noisy_index = 1 + torch.arange(n, device=device) // B
         if kv_cache is not None:
             if prompt is not None or clean is not None:
                 raise InputError("with kv_cache the prompt and the clean blocks are in the cache: "
@@ -257,27 +260,29 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
             k_valid = torch.cat([kv_cache.valid, torch.ones(b, n, dtype=torch.bool, device=device)], 1)
             mask = block_mask(q_blocks, torch.zeros(n, dtype=torch.bool, device=device), k_blocks, k_clean, k_valid,
                               noisy_sees_noisy_past=True)
-            return self.out(self._run(noisy, noisy_cond, positions, mask, kv_cache.layers, update_cache=False))
+            return self.out(self._run(noisy, conds, positions, mask, kv_cache.layers, update_cache=False,
+                                      cond_index=noisy_index))
         ctx, ctx_valid, ctx_blocks = self._context(prompt, prompt_mask, b, device)
         c = ctx.shape[1]
         first = int(ctx_blocks[-1]) + 1 if c > 1 else 0  # block id of the first target block
         tgt_blocks = first + torch.arange(n, device=device) // B
         tgt_positions = c + torch.arange(n, device=device)
-        # segments of the sequence: (states, block ids, clean?, valid (b, len), positions, time conditioning)
-        segments = [(ctx, ctx_blocks, True, ctx_valid, torch.arange(c, device=device), zero.expand(b, c, -1))]
+        # segments of the sequence: (states, block ids, clean?, valid (b, len), positions, index into conds)
+        zeros = torch.zeros(c, dtype=torch.long, device=device)
+        segments = [(ctx, ctx_blocks, True, ctx_valid, torch.arange(c, device=device), zeros)]
         all_valid = torch.ones(b, n, dtype=torch.bool, device=device)
         if clean is not None:
             if clean.shape != z_t.shape:
                 raise InputError(f"clean must have the shape of z_t {tuple(z_t.shape)}, got {tuple(clean.shape)}")
             segments.append((self.ctx_proj(clean.to(dtype)) + self.type_embed.weight[1], tgt_blocks, True,
-                             all_valid, tgt_positions, zero.expand(b, n, -1)))
-        segments.append((noisy, tgt_blocks, False, all_valid, tgt_positions, noisy_cond))
-        parts, blocks, is_clean, valid, positions, conds = zip(*segments)
+                             all_valid, tgt_positions, torch.zeros(n, dtype=torch.long, device=device)))
+        segments.append((noisy, tgt_blocks, False, all_valid, tgt_positions, noisy_index))
+        parts, blocks, is_clean, valid, positions, index = zip(*segments)
         is_clean = [torch.full((len(bl),), flag, dtype=torch.bool, device=device) for bl, flag in zip(blocks, is_clean)]
         blocks_all, clean_all = torch.cat(blocks), torch.cat(is_clean)
         mask = block_mask(blocks_all, clean_all, blocks_all, clean_all, torch.cat(valid, 1),
                           noisy_sees_noisy_past=clean is None)
-        h = self._run(torch.cat(parts, 1), torch.cat(conds, 1).to(dtype), torch.cat(positions), mask)
+        h = self._run(torch.cat(parts, 1), conds, torch.cat(positions), mask, cond_index=torch.cat(index))
         return self.out(h[:, -n:])
 
     def new_cache(self, batch: int, device=None) -> BlockCache:
@@ -298,7 +303,7 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         cache = self.new_cache(b, device)
         clean = torch.ones(len(blocks), dtype=torch.bool, device=device)
         mask = block_mask(blocks, clean, blocks, clean, valid, noisy_sees_noisy_past=False)
-        zero = self.time(torch.zeros(1, device=device)).expand(b, len(blocks), -1)
+        zero = self.time(torch.zeros(1, device=device)).expand(b, 1, -1)  # one modulation for every position
         self._run(ctx, zero.to(ctx.dtype), torch.arange(len(blocks), device=device), mask, cache.layers)
         cache.valid, cache.blocks, cache.next_position = valid, blocks, len(blocks)
         cache.next_block = int(blocks[-1]) + 1 if len(blocks) > 1 else 0
@@ -321,7 +326,7 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         mask = block_mask(q_blocks, torch.ones(m, dtype=torch.bool, device=device), k_blocks, k_clean, k_valid,
                           noisy_sees_noisy_past=False)
         h = self.ctx_proj(clean.to(self.in_proj.weight.dtype)) + self.type_embed.weight[1]
-        zero = self.time(torch.zeros(1, device=device)).expand(b, m, -1)
+        zero = self.time(torch.zeros(1, device=device)).expand(b, 1, -1)
         self._run(h, zero.to(h.dtype), cache.next_position + torch.arange(m, device=device), mask, cache.layers)
         cache.valid, cache.blocks = k_valid, k_blocks
         cache.next_position += m

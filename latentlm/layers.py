@@ -167,7 +167,9 @@ class TransformerBlock(nn.Module):
     With ``cond_dim`` set, adaLN-Zero (Peebles & Xie 2023): a conditioning
     vector (b, cond_dim) or per position (b, s, cond_dim) gives shift, scale
     and gate for both branches; the projection starts at zero so the block
-    starts as the identity.
+    starts as the identity. With ``cond_index`` (s,), ``cond`` (b, u, cond_dim) holds u
+    distinct conditionings and position i takes ``cond[:, cond_index[i]]``: the projection
+    runs on the u rows alone.
     """
 
     def __init__(self, dim: int, n_heads: int, mlp_ratio: float = 4.0, cond_dim: int | None = None) -> None:
@@ -182,7 +184,7 @@ class TransformerBlock(nn.Module):
             nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x, rotary=None, mask=None, cond=None, kv_cache=None, return_weights=False,
-                update_cache=True):
+                update_cache=True, cond_index=None):
         if self.ada is None:
             h, w = self.attn(self.norm1(x), rotary, mask, kv_cache, return_weights, update_cache)
             x = x + h
@@ -190,7 +192,9 @@ class TransformerBlock(nn.Module):
         if cond is None:
             raise InputError("this block is conditioned (adaLN): pass cond")
         mod = self.ada(cond)
-        if mod.dim() == 2:
+        if cond_index is not None:
+            mod = mod[:, cond_index]  # (b, s, 6d) from the (b, u, 6d) distinct ones
+        elif mod.dim() == 2:
             mod = mod[:, None, :]  # (b, 1, 6d): same modulation at every position
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
         h, w = self.attn(self.norm1(x) * (1 + scale1) + shift1, rotary, mask, kv_cache, return_weights,
@@ -224,6 +228,7 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         update_cache: bool = True,
+        cond_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x (b, s, d) -> hidden (b, s, d), attention weights of the last
         ``return_attention_layers`` blocks (each (b, h, s, k)).
@@ -233,6 +238,8 @@ class Transformer(nn.Module):
         the queries (default: they follow the cached ones). ``mask`` (b or 1, 1, s, k), True = may attend: a
         complete mask in place of ``attention_mask`` and ``causal`` (block-causal attention).
         ``update_cache=False``: attend to ``kv_caches`` without adding these positions to them.
+        ``cond_index`` (s,): ``cond`` (b, u, cond_dim) holds u distinct conditionings, position i takes
+        ``cond[:, cond_index[i]]`` (see :class:`TransformerBlock`).
         """
         past = kv_caches[0].length if kv_caches else 0
         s = x.shape[1]
@@ -247,7 +254,8 @@ class Transformer(nn.Module):
         first_returned = len(self.blocks) - return_attention_layers
         for i, block in enumerate(self.blocks):
             cache = kv_caches[i] if kv_caches else None
-            x, w = block(x, rotary, mask, cond, cache, return_weights=i >= first_returned, update_cache=update_cache)
+            x, w = block(x, rotary, mask, cond, cache, return_weights=i >= first_returned, update_cache=update_cache,
+                         cond_index=cond_index)
             if w is not None:
                 weights.append(w)
         return self.norm(x), weights
