@@ -54,8 +54,12 @@ class RowCache:
     def __init__(self, path: str | None, settings: dict):
         self.path, self.settings, self.rows = path, settings, {}
         if path and os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
+            try:
+                with open(path) as f:
+                    saved = json.load(f)
+                saved["settings"], saved["rows"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise SystemExit(f"{path} is not a row cache of this benchmark ({e}): pass another --cache file") from e
             if saved["settings"] != settings:
                 raise SystemExit(f"{path} holds rows measured with {saved['settings']}, not {settings}: "
                                  "pass another --cache file or rerun with its settings")
