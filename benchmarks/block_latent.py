@@ -101,7 +101,8 @@ def main() -> None:
     p.add_argument("--denoising-ends", type=float, nargs="+", default=[1.0],
                    help="latent rows for each: the fraction of the steps run (below 1: decoded from the last clean "
                         "estimate)")
-    p.add_argument("--latency-tokens", type=int, nargs="+", default=[128, 1024])
+    p.add_argument("--latency-tokens", type=int, nargs="*", default=[128, 1024],
+                   help="new tokens of the batch-1 latency rows; none: no latency rows")
     p.add_argument("--latency-steps", type=int, default=16)
     p.add_argument("--bound-texts", type=int, default=64)
     p.add_argument("--bound-samples", type=int, default=4)
@@ -215,8 +216,9 @@ def main() -> None:
         print(f"| {r['model']} | {sw} | {fmt(r.get('nfe'), 'd')} | {fmt(r.get('s_per_sample'), '.3f')} | "
               f"{r['gen_ppl']:.2f} | {r['mauve']:.3f} | {r['entropy']:.2f} | {r['rep4']:.3f} | "
               f"{fmt(r.get('known_names'), '.3f')} |")
-    print("\n| model | window | new tokens asked | tokens produced | NFE | s per sample (batch 1) | ms per token |"
-          "\n|---|---|---|---|---|---|---|")
+    if latency:
+        print("\n| model | window | new tokens asked | tokens produced | NFE | s per sample (batch 1) | ms per token |"
+              "\n|---|---|---|---|---|---|---|")
     for r in latency:
         print(f"| {r['model']} | {fmt(r.get('window'), 'd')} | {r['new_tokens']} | {r['tokens_out']} | {r['nfe']} | "
               f"{r['seconds']:.2f} | {1000 * r['seconds'] / max(r['tokens_out'], 1):.1f} |")
