@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -46,6 +47,7 @@ from latentlm.eval.compare import (
 )
 from latentlm.eval.models import load_language_model
 from latentlm.files import write_text_atomic
+from latentlm.pipeline_latent_diffusion import window_error
 
 
 class RowCache:
@@ -128,6 +130,16 @@ def main() -> None:
     def modes_of(lm) -> list[str]:
         return args.modes if lm.pipe.denoiser.config.block_size is not None else ["parallel"]
 
+    def windows_of(lm, mode: str) -> list[int | None]:
+        """The staggered windows whose blocks fit the denoiser's latents at once (8 blocks of 8 in 64)."""
+        if mode != "staggered":
+            return [None]
+        cfg = lm.pipe.denoiser.config
+        fit = [w for w in args.window_blocks if window_error(w, cfg.block_size, cfg.max_latents) is None]
+        for w in sorted(set(args.window_blocks) - set(fit)):
+            print(f"skipped: {window_error(w, cfg.block_size, cfg.max_latents)}", file=sys.stderr)
+        return fit
+
     real = System("real", prompts, [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: args.new_tokens])
                                     for _, c in pairs])
     feats_real, feats_ceiling = mauve_references(docs, pairs, real.continuations, tok, cfg)
@@ -148,7 +160,7 @@ def main() -> None:
     runs = [("AR", ar, "ar", None, None, 0.0, 1.0)] + [
         (name, lm, mode, steps, window, temp, end)
         for name, lm in lms.items() for mode in modes_of(lm) for steps in args.steps
-        for window in (args.window_blocks if mode == "staggered" else [None]) for temp in args.decoder_temperatures
+        for window in windows_of(lm, mode) for temp in args.decoder_temperatures
         for end in args.denoising_ends]
     samples = {}
     for name, model, mode, steps, window, temp, end in runs:
@@ -171,7 +183,7 @@ def main() -> None:
     for n in args.latency_tokens:
         for name, model, mode, window in [("AR", ar, "ar", None)] + [
                 (k, lm, m, w) for k, lm in lms.items() for m in modes_of(lm)
-                for w in (args.window_blocks if m == "staggered" else [None])]:
+                for w in windows_of(lm, m)]:
             if mode == "parallel" and n > model.pipe.autoencoder.config.max_seq_len:
                 continue
             key = ("latency", name, mode, window, n, folders[name])

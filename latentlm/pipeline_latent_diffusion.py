@@ -69,9 +69,21 @@ def steps_to_run(n_steps: int, denoising_end: float) -> int:
     return max(1, min(n_steps, math.ceil(denoising_end * n_steps - 1e-9)))
 
 
-def check_sampling_mode(mode: str, window_blocks: int, block_size: int | None) -> None:
+def window_error(window_blocks: int, block_size: int, max_latents: int) -> str | None:
+    """Why ``window_blocks`` blocks of ``block_size`` latents cannot be in flight at once in a denoiser
+    that takes ``max_latents`` target latents per call; None when they can."""
+    if window_blocks * block_size <= max_latents:
+        return None
+    return (f"window_blocks={window_blocks} puts {window_blocks * block_size} latents in flight (blocks of "
+            f"{block_size}); this denoiser takes at most {max_latents} per call: use window_blocks <= "
+            f"{max_latents // block_size}")
+
+
+def check_sampling_mode(mode: str, window_blocks: int, block_size: int | None,
+                        max_latents: int | None = None) -> None:
     """Raise ConfigError unless ``mode`` is one of MODES that a denoiser with ``block_size`` can sample
-    (the block modes need a block-causal one) and ``window_blocks`` a positive integer."""
+    (the block modes need a block-causal one) and ``window_blocks`` a positive integer whose blocks fit
+    the denoiser's ``max_latents`` (when given) in staggered mode."""
     check_choice("sampling_mode", mode, MODES)
     if mode in BLOCK_MODES and block_size is None:
         raise ConfigError(f"sampling_mode {mode!r} needs a block-causal denoiser (model.block_size set); this one "
@@ -79,6 +91,9 @@ def check_sampling_mode(mode: str, window_blocks: int, block_size: int | None) -
     if isinstance(window_blocks, bool) or not isinstance(window_blocks, int) or window_blocks < 1:
         raise ConfigError(f"window_blocks must be a positive integer (blocks in flight in staggered mode), "
                           f"got {window_blocks!r}")
+    if mode == "staggered" and max_latents is not None and (msg := window_error(window_blocks, block_size,
+                                                                                 max_latents)):
+        raise ConfigError(msg)
 
 
 def make_scheduler(name: str, denoiser) -> object:
@@ -149,7 +164,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         """``sampling_mode`` and ``window_blocks``: the defaults of ``__call__``'s ``mode`` and
         ``window_blocks``, saved with the pipeline (the preset's ``model.sampling_mode``)."""
         super().__init__()
-        check_sampling_mode(sampling_mode, window_blocks, denoiser.config.block_size)
+        check_sampling_mode(sampling_mode, window_blocks, denoiser.config.block_size, denoiser.config.max_latents)
         for den in (denoiser, denoiser_2):
             if den is not None and autoencoder.config.latent_dim != den.config.latent_dim:
                 raise CheckpointError(
@@ -223,6 +238,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             if isinstance(window_blocks, bool) or not isinstance(window_blocks, int) or window_blocks < 1:
                 raise InputError(f"window_blocks must be a positive integer (blocks denoised at once in staggered "
                                  f"mode), got {window_blocks!r}")
+            cfg = self.denoiser.config
+            if mode == "staggered" and (msg := window_error(window_blocks, cfg.block_size, cfg.max_latents)):
+                raise InputError(msg)
         max_steps = int(getattr(self.scheduler.config, "num_train_timesteps", 1000))
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= max_steps:
             raise InputError(f"num_inference_steps must be an integer in [1, {max_steps}] (the scheduler's "

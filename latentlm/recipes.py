@@ -174,6 +174,8 @@ def _denoiser_recipe() -> Recipe:
         ae = ctx["autoencoder"]
         sampling = {name for name, _, _ in SAMPLING_FIELDS}
         fields = {k: v for k, v in dataclasses.asdict(cfg["model"]).items() if k not in sampling}
+        # before training, not at export: the window must fit the autoencoder's latents
+        check_sampling_mode(cfg["model"].sampling_mode, cfg["model"].window_blocks, fields["block_size"], ae.n_latents)
         return LatentDenoiser(latent_dim=ae.config.latent_dim, max_latents=ae.n_latents, **fields)
 
     def export(model, tok, ctx, folder: Path) -> None:

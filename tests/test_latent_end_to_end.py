@@ -122,9 +122,13 @@ def test_block_causal_denoiser_trains_and_samples_in_its_presets_mode(tiny_autoe
     assert "(NFE 4)" in capsys.readouterr().err
     assert main([*gen, "--mode", "staggered", "--window-blocks", "2"]) == 0
     assert "(NFE 6)" in capsys.readouterr().err  # the second block enters after 2 steps
+    assert main([*gen, "--mode", "staggered", "--window-blocks", "9"]) == 2  # 36 latents in flight, 8 fit
+    assert "use window_blocks <= 8" in capsys.readouterr().err
     for bad, message in ((["model.block_size=5"], "must divide the window of 32"),
                          (["model.block_size=0"], "block_size must be a positive number"),
                          (["model.sampling_mode=staggered"], "needs a block-causal denoiser"),
+                         (["model.block_size=4", "model.sampling_mode=staggered", "model.window_blocks=16"],
+                          "puts 64 latents in flight"),
                          (["model.sampling_mode=sideways"], "sampling_mode must be one of")):
         assert main([*cmd[:-4], "--out", str(tmp_path / "bad"), *[x for b in bad for x in ("--set", b)]]) == 2
         assert message in capsys.readouterr().err

@@ -406,6 +406,8 @@ def test_block_ar_bad_input(block_pipe, pipe):
     for bad in (0, 1.5, True):
         with pytest.raises(InputError, match="window_blocks must be a positive integer"):
             block_pipe("x", max_new_tokens=8, mode="staggered", window_blocks=bad)
+    with pytest.raises(InputError, match="puts 10 latents in flight .* use window_blocks <= 4"):
+        block_pipe("x", max_new_tokens=64, num_inference_steps=8, mode="staggered", window_blocks=5)
     with pytest.raises(InputError, match="does not take corrector_steps"):
         block_pipe("x", max_new_tokens=8, mode="block-ar", corrector_steps=1)
     with pytest.raises(InputError, match="in parallel mode"):
@@ -441,6 +443,9 @@ def test_the_saved_sampling_mode_is_the_default(block_pipe, pipe, tmp_path):
     with pytest.raises(ConfigError, match="window_blocks must be a positive integer"):
         LatentDiffusionPipeline(block_pipe.tokenizer, block_pipe.autoencoder, block_pipe.denoiser,
                                 block_pipe.scheduler, window_blocks=0)
+    with pytest.raises(ConfigError, match="use window_blocks <= 4"):  # 8 latents: 4 blocks of 2
+        LatentDiffusionPipeline(block_pipe.tokenizer, block_pipe.autoencoder, block_pipe.denoiser,
+                                block_pipe.scheduler, sampling_mode="staggered", window_blocks=5)
 
 
 @pytest.mark.parametrize("which", ["parallel", "block"])
