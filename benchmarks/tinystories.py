@@ -1,0 +1,89 @@
+"""The TinyStories protocol in one resumable command: train every model at the preset's full budget,
+compare them on valid.jsonl and test.jsonl, write results.json and the results table.
+
+    python benchmarks/tinystories.py --out runs/ts [--data-dir ../shared/data/tinystories] [--preset cpu-small]
+        [--model ar=runs/other_ar] [--set denoiser.train.steps=4000] [--splits valid test] [--render]
+
+Hours on a 2-core CPU. Rerun the same command after any interruption: finished stages are skipped,
+the running one resumes from its last checkpoint (every ``--save-every`` steps). ``--model
+STAGE=DIR`` swaps in a trained model for a stage (stages: tokenizer, ar, judge, autoencoder,
+denoiser, mdlm, denoiser_block). ``--render`` prints the table of a finished run and, with
+``--write-docs``, puts it into README.md and docs/tinystories.md between their
+``<!-- tinystories-results -->`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from latentlm.errors import InputError, LatentLMError
+from latentlm.protocol import (
+    ProtocolConfig,
+    protocol_compare_config,
+    render_results,
+    tinystories_protocol,
+    write_docs,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="run folder (resumed when it exists)")
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "tinystories"),
+                   help="folder with train.jsonl, valid.jsonl and test.jsonl")
+    p.add_argument("--preset", default="cpu-small")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint interval of every training stage")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.SECTION.KEY=VALUE",
+                   help="override one preset setting of one stage, e.g. --set denoiser.train.steps=4000")
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="STAGE=DIR",
+                   help="use a trained model for a stage instead of training it")
+    p.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
+    p.add_argument("--prompts", type=int, help="openings per split (default: every opening)")
+    p.add_argument("--seeds", type=int, help="samples per opening (default 2)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--render", action="store_true", help="print the table of a finished run; train nothing")
+    p.add_argument("--write-docs", action="store_true", help="with --render: write the table into README and docs")
+    args = p.parse_args(argv)
+    try:
+        out = Path(args.out)
+        if args.render:
+            path = out / "results.json"
+            if not path.is_file():
+                raise InputError(f"{path} does not exist: run the protocol first (without --render)")
+            results = json.loads(path.read_text())
+            print(render_results(results))
+            if args.write_docs:
+                for f in write_docs(results, ROOT):
+                    print(f"wrote the table into {f}")
+            return 0
+        overrides: dict[str, list[str]] = {}
+        for spec in args.overrides:
+            stage, sep, rest = spec.partition(".")
+            if not sep or "=" not in rest:
+                raise InputError(f"--set takes STAGE.SECTION.KEY=VALUE (e.g. denoiser.train.steps=4000), got {spec!r}")
+            overrides.setdefault(stage, []).append(rest)
+        models = {}
+        for spec in args.models:
+            stage, sep, folder = spec.partition("=")
+            if not sep or not stage or not folder:
+                raise InputError(f"--model takes STAGE=DIR, got {spec!r}")
+            models[stage] = folder
+        changes = {k: v for k, v in (("prompts", args.prompts), ("seeds", args.seeds)) if v is not None}
+        cfg = ProtocolConfig(preset=args.preset, save_every=args.save_every, overrides=overrides,
+                             compare=protocol_compare_config(**changes), splits=tuple(args.splits))
+        results = tinystories_protocol(out, args.data_dir, cfg=cfg, models=models, device=args.device)
+        print(render_results(results, args.splits[-1]))
+        print(f"results: {out / 'results.json'}")
+    except LatentLMError as e:
+        print(f"tinystories: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

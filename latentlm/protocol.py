@@ -1,0 +1,347 @@
+"""The TinyStories protocol: every model of the comparison trained and compared in one resumable run.
+
+    tinystories_protocol("runs/ts", data_dir="../shared/data/tinystories")
+
+Stages, in order: the tokenizer, the AR baseline, the judge of ``compare``,
+the autoencoder, the denoiser (parallel sampling), MDLM, a block-causal
+denoiser (block-AR sampling), then ``compare`` on ``valid.jsonl`` and on
+``test.jsonl``. Every training stage uses the preset's full budget and saves
+a checkpoint every ``save_every`` steps: a killed run, rerun with the same
+command, skips every finished stage, resumes the one it was in from its last
+checkpoint, and ``compare`` resumes from its last finished section or batch.
+``protocol.json`` keeps each stage's wall-clock (summed over the run's
+segments, at most ``CLOCK_EVERY`` seconds lost to a kill); ``results.json``
+holds the final table that README and the docs quote (:func:`render_results`).
+A model given in ``models`` (stage name -> trained folder) is used as it is and
+its stage is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from latentlm.data.readers import read_documents
+from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+from latentlm.device import device_name, resolve_device
+from latentlm.errors import DataError, InputError
+from latentlm.eval.compare import CompareConfig, compare
+from latentlm.files import move_tree, write_text_atomic
+from latentlm.recipes import run_training
+
+SPLITS = ("train", "valid", "test")
+CLOCK_EVERY = 10.0  # seconds between writes of a running stage's clock
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    """One model of the protocol: ``kind`` trained with the preset, plus ``overrides``."""
+
+    name: str
+    kind: str
+    overrides: tuple[str, ...] = ()
+    autoencoder: str | None = None  # the stage whose autoencoder a denoiser uses
+    compared: str | None = None  # its name in the compare tables (None: not compared, e.g. the judge)
+
+
+STAGES = (
+    TrainStage("ar", "ar", compared="ar"),
+    TrainStage("judge", "judge"),
+    TrainStage("autoencoder", "autoencoder"),
+    TrainStage("denoiser", "denoiser", autoencoder="autoencoder", compared="latent"),
+    TrainStage("mdlm", "mdlm", compared="mdlm"),
+    TrainStage("denoiser_block", "denoiser", ("model.block_size=4", "model.sampling_mode=block-ar"),
+               autoencoder="autoencoder", compared="latent-block"),
+)
+DIFFUSION_KINDS = ("mdlm", "denoiser")
+
+
+def protocol_compare_config(**changes) -> CompareConfig:
+    """compare's settings for the protocol: every opening of the split, two samples per opening
+    (at least 512 continuations per model on TinyStories valid and test), 128 new tokens."""
+    base = dict(prompts=100_000, seeds=2, max_new_tokens=128, nll_texts=100_000, nll_samples=8,
+                speed_lengths=(128, 1024))
+    return CompareConfig(**{**base, **changes})
+
+
+@dataclass
+class ProtocolConfig:
+    """What the protocol trains and compares (the defaults are the published run)."""
+
+    preset: str = "cpu-small"
+    save_every: int = 100  # steps between checkpoints of every training stage
+    overrides: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra SECTION.KEY=VALUE
+    compare: CompareConfig = field(default_factory=protocol_compare_config)
+    splits: tuple[str, ...] = ("valid", "test")  # compared, in order
+    stages: tuple[TrainStage, ...] = STAGES
+
+    def validate(self) -> None:
+        names = {s.name for s in self.stages}
+        for name in self.overrides:
+            if name not in names:
+                raise InputError(f"overrides for an unknown stage {name!r}; stages: {', '.join(sorted(names))}")
+        for split in self.splits:
+            if split not in ("valid", "test"):
+                raise InputError(f"split {split!r}: compare runs on 'valid' or 'test'")
+        if self.save_every < 1:
+            raise InputError(f"save_every must be positive, got {self.save_every}")
+        self.compare.validate()
+
+
+class StageClock:
+    """Wall-clock of each stage, summed over every run that worked on it, in ``protocol.json``.
+
+    While a stage runs a thread writes its time every ``CLOCK_EVERY`` seconds, so a kill loses at
+    most that much of it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict = {"stages": {}}
+        if path.is_file():
+            try:
+                self.data = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                pass  # a file cut by a crash: the times start over, the models are kept
+
+    def seconds(self, name: str) -> float:
+        return float(self.data["stages"].get(name, {}).get("seconds", 0.0))
+
+    def is_done(self, name: str) -> bool:
+        return bool(self.data["stages"].get(name, {}).get("done"))
+
+    def run(self, name: str, fn: Callable[[], object], **info) -> None:
+        entry = self.data["stages"].setdefault(name, {"seconds": 0.0, "runs": 0})
+        entry.update(info, runs=entry["runs"] + 1)
+        base, t0, stop = entry["seconds"], time.perf_counter(), threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(CLOCK_EVERY):
+                entry["seconds"] = base + time.perf_counter() - t0
+                self._write()
+
+        thread = threading.Thread(target=tick, daemon=True)
+        thread.start()
+        try:
+            fn()
+            entry["done"] = True
+        finally:
+            stop.set()
+            thread.join()
+            entry["seconds"] = base + time.perf_counter() - t0
+            self._write()
+
+    def mark(self, name: str, **info) -> None:
+        self.data["stages"].setdefault(name, {}).update(info)
+        self._write()
+
+    def _write(self) -> None:
+        write_text_atomic(self.path, json.dumps(self.data, indent=1))
+
+
+def _trained(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / "model_index.json").is_file()
+
+
+def split_files(data_dir: str | Path) -> dict[str, Path]:
+    """train/valid/test.jsonl of ``data_dir``; DataError naming what is missing."""
+    data_dir = Path(data_dir)
+    files = {s: data_dir / f"{s}.jsonl" for s in SPLITS}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise DataError(f"the protocol needs train.jsonl, valid.jsonl and test.jsonl in {data_dir}; "
+                        f"missing: {', '.join(missing)}")
+    return files
+
+
+def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: ProtocolConfig | None = None,
+                         models: dict[str, str | Path] | None = None, device: str = "auto",
+                         progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the protocol into ``out``; returns the results written to ``out/results.json``."""
+    cfg = cfg or ProtocolConfig()
+    cfg.validate()
+    models = {k: Path(v) for k, v in (models or {}).items()}
+    for name, folder in models.items():
+        if name not in {s.name for s in cfg.stages}:
+            raise InputError(f"--model {name}=...: no stage {name!r}; stages: "
+                             f"{', '.join(s.name for s in cfg.stages)}")
+        if not _trained(folder):
+            raise InputError(f"--model {name}={folder}: not a trained model folder (no config.json "
+                             "or model_index.json)")
+    files = split_files(data_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = StageClock(out / "protocol.json")
+    n_steps = 1 + len(cfg.stages) + len(cfg.splits)
+    step = 0
+
+    def say(what: str) -> None:
+        log(f"[{step}/{n_steps}] {what}")
+
+    # --- tokenizer ------------------------------------------------------------------
+    step += 1
+    tok_dir = models.get("tokenizer", out / "tokenizer")
+    if not (tok_dir / "tokenizer.json").is_file():
+        def make_tokenizer() -> None:
+            tmp = out / "tokenizer.tmp"
+            train_tokenizer(read_documents([files["train"]]), DEFAULT_VOCAB_SIZE).save_pretrained(tmp)
+            move_tree(tmp, tok_dir)
+        clock.run("tokenizer", make_tokenizer)
+    say(f"tokenizer {tok_dir} ({clock.seconds('tokenizer'):.0f} s)")
+
+    # --- models ---------------------------------------------------------------------
+    folders: dict[str, Path] = {}
+    for stage in cfg.stages:
+        step += 1
+        folder = folders[stage.name] = models.get(stage.name, out / stage.name)
+        if stage.name in models:
+            clock.mark(stage.name, given=str(folder))
+            say(f"{stage.name}: given, {folder}")
+            continue
+        if not _trained(folder):
+            overrides = [f"train.save_every={cfg.save_every}", *stage.overrides, *cfg.overrides.get(stage.name, [])]
+            extra = ({"autoencoder": folders[stage.autoencoder]} if stage.autoencoder
+                     else {"tokenizer": tok_dir})
+            say(f"training {stage.name} ({stage.kind}, {cfg.preset}{', ' if overrides else ''}"
+                f"{' '.join(overrides)})")
+            clock.run(stage.name, lambda stage=stage, folder=folder, overrides=overrides, extra=extra: run_training(
+                stage.kind, [files["train"]], folder, preset=cfg.preset, overrides=overrides,
+                valid=[files["valid"]], progress=progress, **extra), kind=stage.kind, overrides=overrides)
+        say(f"{stage.name} trained, {folder} ({clock.seconds(stage.name):.0f} s)")
+
+    # --- compare --------------------------------------------------------------------
+    compared = {s.compared: folders[s.name] for s in cfg.stages if s.compared}
+    judge = folders.get("judge")
+    reports = {}
+    for split in cfg.splits:
+        step += 1
+        say(f"compare on {split}.jsonl")
+        report = out / f"compare_{split}"
+        clock.run(f"compare_{split}", lambda split=split, report=report: compare(
+            compared, files[split], report, train=files["train"], judge=judge, cfg=cfg.compare,
+            progress=progress, device=device))
+        reports[split] = json.loads((report / "results.json").read_text())
+    results = summarise(clock.data, reports, cfg, device_name(resolve_device(device)))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
+    if cfg.splits:
+        write_text_atomic(out / "results.md", render_results(results, cfg.splits[-1]) + "\n" + render_training(results))
+    return results
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device: str) -> dict:
+    """One record of the run: training wall-clock per stage with each diffusion model's ratio to the
+    AR's, and per split the headline numbers of every compared model."""
+    stages = clock["stages"]
+    ar_s = stages.get("ar", {}).get("seconds")
+    training = {}
+    for s in cfg.stages:
+        sec = stages.get(s.name, {}).get("seconds")
+        row = {"kind": s.kind, "seconds": sec, "given": stages.get(s.name, {}).get("given")}
+        if s.kind in DIFFUSION_KINDS and sec and ar_s:
+            row["x_ar"] = sec / ar_s
+            if s.autoencoder and stages.get(s.autoencoder, {}).get("seconds"):
+                row["x_ar_with_autoencoder"] = (sec + stages[s.autoencoder]["seconds"]) / ar_s
+        training[s.name] = row
+    splits = {split: headline(rep) for split, rep in reports.items()}
+    return {"preset": cfg.preset, "device": device, "training": training, "splits": splits,
+            "compare": asdict(cfg.compare), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+HEADLINE = ("matched_ppl", "matched_mauve", "gen_ppl", "mauve", "mauve_ci", "entropy", "rep4", "known_names",
+            "nats_per_token", "bits_per_char")
+
+
+def headline(report: dict) -> dict[str, dict]:
+    """Per system: the numbers of the results table, read from one compare results dictionary."""
+    s = report["sections"]
+    rows: dict[str, dict] = {}
+    for name, q in s.get("quality", {}).get("rows", {}).items():
+        r = rows.setdefault(name, {})
+        for k in ("gen_ppl", "mauve", "mauve_ci", "entropy", "rep4", "n"):
+            r[k] = q.get(k)
+        r["known_names"] = s.get("consistency", {}).get("entities", {}).get(name, {}).get("known_names")
+        lk = s.get(f"likelihood/{name}")
+        if lk:
+            r.update(nats_per_token=lk["nats_per_token"], bits_per_char=lk["bits_per_char"], exact=lk["exact"])
+    for name, m in s.get("diversity", {}).get("matched", {}).items():
+        rows.setdefault(name, {}).update(matched_ppl=m.get("gen_ppl"), matched_mauve=m.get("mauve"),
+                                         matched_knob=m.get("knob"))
+    return rows
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def render_results(results: dict, split: str = "test") -> str:
+    """The TinyStories results table (markdown) of a protocol run, for README and docs."""
+    rows = results["splits"].get(split)
+    if rows is None:
+        raise InputError(f"the results hold no {split!r} split (have: {', '.join(results['splits'])})")
+    head = ["system", "gen. PPL at real entropy", "MAUVE [95% CI]", "word entropy", "gen. PPL (T=1)", "rep-4",
+            "names from opening", "nats/token", "training"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    training = results["training"]
+    by_compared = {s.compared: s.name for s in STAGES if s.compared}
+    for name, r in rows.items():
+        if name.startswith("sanity") and name not in ("sanity: bigram",):
+            continue
+        ci = r.get("mauve_ci")
+        mauve = _num(r.get("mauve"), "{:.3f}") + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        matched = r.get("matched_ppl")
+        matched_s = "not reached" if matched is None and "matched_knob" in r else _num(matched, "{:.1f}")
+        nll = "-" if r.get("nats_per_token") is None else ("" if r.get("exact") else "<= ") + f"{r['nats_per_token']:.3f}"
+        t = training.get(by_compared.get(name, ""), {})
+        train_s = "-"
+        if t.get("seconds"):
+            train_s = f"{t['seconds'] / 60:.0f} min" + (f" ({t['x_ar']:.2f}x AR)" if t.get("x_ar") else "")
+        lines.append("| " + " | ".join([name, matched_s, mauve, _num(r.get("entropy"), "{:.2f}"),
+                                         _num(r.get("gen_ppl"), "{:.1f}"), _num(r.get("rep4"), "{:.3f}"),
+                                         _num(r.get("known_names"), "{:.3f}"), nll, train_s]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def stage_names(cfg: ProtocolConfig | None = None) -> Sequence[str]:
+    cfg = cfg or ProtocolConfig()
+    return ["tokenizer", *(s.name for s in cfg.stages), *(f"compare_{s}" for s in cfg.splits)]
+
+
+def render_training(results: dict) -> str:
+    """Training wall-clock of every stage, with each diffusion model's ratio to the AR's."""
+    lines = ["| stage | kind | wall-clock | x the AR's |", "|---|---|---|---|"]
+    for name, t in results["training"].items():
+        sec = "given" if t.get("given") else _num(t.get("seconds"), "{:.0f} s")
+        ratio = _num(t.get("x_ar"), "{:.2f}")
+        if t.get("x_ar_with_autoencoder"):
+            ratio += f" ({t['x_ar_with_autoencoder']:.2f} with the autoencoder)"
+        lines.append(f"| {name} | {t['kind']} | {sec} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- tinystories-results:begin -->", "<!-- tinystories-results:end -->"
+
+
+def write_docs(results: dict, root: Path) -> list[Path]:
+    """Put the generated tables between the markers of README.md (test split) and docs/tinystories.md
+    (both splits and the training times); returns the files written."""
+    stamp = f"_Generated from the protocol run of {results['finished']} ({results['device']})._\n\n"
+    blocks = {root / "README.md": stamp + render_results(results, "test"),
+              root / "docs" / "tinystories.md": stamp + "".join(
+                  f"`{split}.jsonl`:\n\n{render_results(results, split)}\n" for split in results["splits"])
+              + "Training:\n\n" + render_training(results)}
+    written = []
+    for path, block in blocks.items():
+        text = path.read_text()
+        if BEGIN not in text or END not in text:
+            raise InputError(f"{path} has no {BEGIN} ... {END} markers to put the table between")
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        write_text_atomic(path, f"{head}{BEGIN}\n{block}{END}{tail}")
+        written.append(path)
+    return written
