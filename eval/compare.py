@@ -44,6 +44,13 @@ from latentlm.files import write_text_atomic
 REAL = "real text"
 DEFAULT_OPTIONS = {"latent": {"steps": 32}, "mdlm": {"steps": 64, "decoder": "ancestral"}, "ar": {}, "ptp": {}}
 STEP_OPTION = {"latent": "steps", "mdlm": "steps"}  # kinds whose NFE is a knob
+# the knobs that trade quality for diversity, one curve each (PTP samples its AR's very texts: no curve)
+DIVERSITY_KNOBS: dict[str, dict[str, tuple]] = {
+    "ar": {"temperature": (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)},
+    "hf": {"temperature": (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)},
+    "mdlm": {"temperature": (0.6, 0.7, 0.8, 0.9, 1.0)},
+    "latent": {"decoder_temperature": (0.0, 0.5, 1.0, 1.5), "steps": (8, 16, 32, 64, 128)},
+}
 
 
 @dataclass
@@ -64,6 +71,9 @@ class CompareConfig:
     window: int = 16  # words per coherence window
     distances: tuple[int, ...] = (1, 2, 4)
     mauve: bool = True
+    mauve_bootstrap: int = 100  # resamples of openings for each MAUVE interval (0: no interval)
+    curves: bool = True  # judge perplexity against word entropy over each model's diversity knob
+    curve_prompts: int = 256  # openings per point of those curves (one sample each)
     bootstrap: int = 200
     batch_size: int = 32  # prompts per generate call
     seed: int = 0
@@ -77,6 +87,11 @@ class CompareConfig:
             raise InputError(f"nll_samples must be at least 2 (for a standard error), got {self.nll_samples}")
         if self.bootstrap < 10:
             raise InputError(f"bootstrap must be at least 10 resamples, got {self.bootstrap}")
+        if self.mauve_bootstrap != 0 and self.mauve_bootstrap < 10:
+            raise InputError(f"mauve_bootstrap must be 0 (no interval) or at least 10, got {self.mauve_bootstrap}")
+        if not isinstance(self.curve_prompts, int) or self.curve_prompts < 10:
+            raise InputError(f"curve_prompts must be an integer of at least 10 (MAUVE needs 10), "
+                             f"got {self.curve_prompts!r}")
         for name in ("nfe_sweep", "speed_lengths", "distances"):
             if any(not isinstance(v, int) or v < 1 for v in getattr(self, name)):
                 raise InputError(f"{name} must hold positive integers, got {getattr(self, name)}")
@@ -225,7 +240,7 @@ def compare(
     tok = next(iter(lms.values())).tokenizer
     real_conts = [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens]) for _, c in pairs]
     n_words = max(1, int(statistics.median(len(c.split()) for c in real_conts)))
-    steps_total = 3 * len(lms) + 3 + (1 if cfg.nfe_sweep else 0)  # likelihood, samples, cloze; the rest
+    steps_total = 3 * len(lms) + 3 + (1 if cfg.nfe_sweep else 0) + (1 if cfg.curves else 0)
     bar = tqdm(total=steps_total, desc="compare", disable=not progress)
     skipped: dict[str, str] = {}
 
@@ -285,8 +300,21 @@ def compare(
     # --- sample quality ---------------------------------------------------------------
     stage("sample quality")
     if not res.done("quality"):
-        res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, tok, cfg, skipped))
+        res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, tok, cfg, skipped,
+                                    out / "quality.partial"))
     bar.update(1)
+
+    # --- quality against diversity --------------------------------------------------
+    if cfg.curves:
+        stage("quality vs entropy")
+        if judge_lm is None:
+            skipped["quality-entropy curves"] = "no --judge model given"
+        else:
+            for name, lm in lms.items():
+                if not res.done(f"diversity/{name}") and lm.kind in DIVERSITY_KNOBS:
+                    res.put(f"diversity/{name}", _diversity_curves(lm, name, opts[name], pairs, judge_lm, cfg, out))
+            res.put("diversity", _matched(res, lms, pairs, cfg))
+        bar.update(1)
 
     # --- long-range consistency -------------------------------------------------------
     stage("consistency")
@@ -450,8 +478,19 @@ def mauve_references(docs: list[str], pairs: list[tuple[str, str]], real: list[s
     return M.sentence_embeddings(real), M.sentence_embeddings(ref_other)
 
 
-def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, skipped) -> dict:
+def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, skipped,
+             cache: Path | None = None) -> dict:
+    """Per system: entropy, distinct-2, rep-4, self-BLEU, memorisation, judge perplexity and MAUVE with
+    their intervals. Each finished system's row is appended to ``cache`` (JSONL) at once, so an
+    interrupted run redoes only the system it was scoring."""
     rows: dict[str, dict] = {}
+    if cache is not None and cache.is_file():
+        for line in cache.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                rows[rec["name"]] = rec["row"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut by the interruption: that system is scored again
     index = M.NgramIndex(train_docs, 8) if train_docs else None
     feats_real = feats_ceiling = None
     if cfg.mauve:
@@ -461,12 +500,14 @@ def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, s
             skipped["mauve"] = str(e)
     if judge_lm is None:
         skipped["generation perplexity"] = "no --judge model given"
+    n = len(real.continuations)  # samples per seed (models hold seeds x openings, opening i at rows i, n + i, ...)
     for s in tqdm(systems, desc="quality", leave=False):
+        if s.name in rows:
+            continue
         c = s.continuations
         r: dict = {"n": len(c)}
         # corpus-level statistics (resampling with replacement would duplicate texts and bias them):
         # the interval is the range over seeds when there are several
-        n = len(real.continuations)  # samples per seed (models hold seeds x openings)
         per_seed = [c[i : i + n] for i in range(0, len(c), n)]
         for key, fn in (("entropy", M.unigram_entropy), ("distinct2", lambda x: M.distinct_n(x, 2))):
             r[key] = fn(c)
@@ -482,11 +523,69 @@ def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, s
             scores = _judge_scores(judge_lm, s)
             r["gen_ppl"], r["gen_ppl_ci"] = _ppl(scores), _ci(scores, _ppl, cfg)
         if feats_real is not None:
-            feats = feats_ceiling if s.name == REAL else M.sentence_embeddings(c)
             # real text is scored against other held-out stories: the data-vs-data ceiling
+            feats = feats_ceiling if s.name == REAL else M.sentence_embeddings(c)
+            groups = [n + i for i in range(len(feats))] if s.name == REAL else [i % n for i in range(len(c))]
             r["mauve"] = M.mauve_score(feats, feats_real, seed=cfg.seed)
+            if cfg.mauve_bootstrap:
+                r["mauve_ci"] = list(M.mauve_interval(feats, feats_real, groups, range(n),
+                                                      n_boot=cfg.mauve_bootstrap, seed=cfg.seed))
         rows[s.name] = r
+        if cache is not None:
+            with cache.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"name": s.name, "row": r}, default=_json_default) + "\n")
+    rows = {s.name: rows[s.name] for s in systems}
     return {"rows": rows, "hackable": _hackable(rows)}
+
+
+def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]], judge, cfg: CompareConfig,
+                      out: Path) -> dict:
+    """Judge perplexity, word entropy and MAUVE of one sample per opening for the first
+    ``cfg.curve_prompts`` openings at each value of each of the model's diversity knobs
+    (``DIVERSITY_KNOBS``); the other options as in the main table. Samples are cached per batch."""
+    pairs = pairs[: cfg.curve_prompts]
+    prompts = [p for p, _ in pairs]
+    feats_real = M.sentence_embeddings(_real_cut(pairs, lm.tokenizer, cfg)) if cfg.mauve else None
+    curves = {}
+    for knob, values in DIVERSITY_KNOBS[lm.kind].items():
+        points = []
+        for v in values:
+            cache = out / "samples" / f"curve_{_slug(name)}_{knob}_{v}.partial"
+            rows, nfe = _generate(lm, prompts, cfg, {**options, knob: v}, seed=cfg.seed, cache=cache)
+            s = System(name, prompts, [c for _, c in rows], [t for t, _ in rows])
+            point = {"value": v, "nfe": nfe, "entropy": M.unigram_entropy(s.continuations),
+                     "rep4": M.rep_n(s.continuations, 4), "gen_ppl": _ppl(_judge_scores(judge, s))}
+            if feats_real is not None:
+                point["mauve"] = M.mauve_score(M.sentence_embeddings(s.continuations), feats_real, seed=cfg.seed)
+            points.append(point)
+        curves[knob] = points
+    return {"curves": curves, "n": len(prompts)}
+
+
+def _real_cut(pairs: list[tuple[str, str]], tokenizer, cfg: CompareConfig) -> list[str]:
+    """The real continuations of ``pairs``, cut to ``cfg.max_new_tokens`` tokens of ``tokenizer``."""
+    return [tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens])
+            for _, c in pairs]
+
+
+def _matched(res: Results, lms: dict, pairs: list[tuple[str, str]], cfg: CompareConfig) -> dict:
+    """Real text's word entropy on the curves' openings, and per model the judge perplexity and MAUVE
+    interpolated where its curves cross it (``gen_ppl`` None: no curve reaches it); of several
+    crossings, the lowest perplexity and its knob."""
+    tok = next(iter(lms.values())).tokenizer
+    target = M.unigram_entropy(_real_cut(pairs[: cfg.curve_prompts], tok, cfg))
+    matched: dict[str, dict] = {}
+    for name in lms:
+        if not res.done(f"diversity/{name}"):
+            continue
+        best = {"gen_ppl": None, "mauve": None, "knob": None}
+        for knob, points in res[f"diversity/{name}"]["curves"].items():
+            pts = [(p["entropy"], math.log(p["gen_ppl"]), p.get("mauve", math.nan)) for p in points]
+            hit = M.value_at(pts, target)
+            if hit is not None and (best["gen_ppl"] is None or math.exp(hit[0]) < best["gen_ppl"]):
+                best = {"gen_ppl": math.exp(hit[0]), "mauve": None if math.isnan(hit[1]) else hit[1], "knob": knob}
+        matched[name] = best
+    return {"real_entropy": target, "matched": matched}
 
 
 def _hackable(rows: dict[str, dict]) -> dict[str, list[str]]:

@@ -121,3 +121,62 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 0) -
     out = mauve.compute_mauve(p_features=p_features, q_features=q_features, num_buckets=k, seed=seed,
                               verbose=False, device_id=-1)
     return float(out.mauve)
+
+
+def mauve_interval(p_features: np.ndarray, q_features: np.ndarray, p_groups: Sequence[int], q_groups: Sequence[int],
+                   *, n_boot: int = 100, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`mauve_score` over groups of rows (openings).
+
+    Row i of ``p_features`` belongs to group ``p_groups[i]`` (the opening it continues; several samples
+    of one opening share it), and likewise for ``q_features``. When both sides hold the same groups
+    (model samples against the real continuations of the same openings) each resample draws openings
+    with replacement and takes every row of each drawn opening on both sides, so the interval covers
+    the spread of the openings and of the samples; otherwise each side is resampled on its own.
+    """
+    p_groups, q_groups = list(p_groups), list(q_groups)
+    if len(p_groups) != len(p_features) or len(q_groups) != len(q_features):
+        raise InputError("mauve_interval: one group id per feature row")
+    if n_boot < 10:
+        raise InputError(f"mauve_interval needs at least 10 resamples, got {n_boot}")
+    rows_p, rows_q = _rows_by_group(p_groups), _rows_by_group(q_groups)
+    paired = rows_p.keys() == rows_q.keys()
+    rng = np.random.default_rng(seed)
+
+    def draw(rows: dict[int, list[int]], ids: np.ndarray) -> np.ndarray:
+        return np.array([i for g in ids for i in rows[g]])
+
+    stats = []
+    for b in range(n_boot):
+        ids_p = rng.choice(list(rows_p), len(rows_p))
+        ids_q = ids_p if paired else rng.choice(list(rows_q), len(rows_q))
+        stats.append(mauve_score(p_features[draw(rows_p, ids_p)], q_features[draw(rows_q, ids_q)], seed=seed + b))
+    stats.sort()
+    return float(stats[int((1 - level) / 2 * (n_boot - 1))]), float(stats[int((1 + level) / 2 * (n_boot - 1))])
+
+
+def _rows_by_group(groups: Sequence[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        out.setdefault(g, []).append(i)
+    return out
+
+
+def value_at(points: Sequence[Sequence[float]], target: float) -> tuple[float, ...] | None:
+    """Where a curve crosses ``x = target``: the other coordinates, linearly interpolated.
+
+    ``points``: (x, y1, y2, ...) in the order of the knob that traces the curve (a temperature, a
+    step count). Every segment between consecutive points whose x values bracket ``target`` gives a
+    crossing (a non-monotone curve can cross more than once); returns the crossing with the lowest y1
+    (the best a model reaches at that x when y1 is a perplexity), or None when no segment brackets
+    ``target`` (the curve does not reach it). A single point counts only when it lies on ``target``.
+    """
+    pts = [tuple(float(v) for v in p) for p in points]
+    if any(len(p) < 2 or len(p) != len(pts[0]) for p in pts):
+        raise InputError("value_at: every point needs the same number (two or more) of coordinates")
+    hits = [p[1:] for p in pts if p[0] == target]
+    for a, b in zip(pts, pts[1:]):
+        lo, hi = min(a[0], b[0]), max(a[0], b[0])
+        if lo < target < hi:
+            w = (target - a[0]) / (b[0] - a[0])
+            hits.append(tuple(ya + w * (yb - ya) for ya, yb in zip(a[1:], b[1:])))
+    return min(hits, key=lambda h: h[0]) if hits else None

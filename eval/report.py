@@ -40,7 +40,7 @@ def summary_table(results: dict) -> str:
         lk = s.get(f"likelihood/{name}")
         nll = "-" if not lk else ("" if lk["exact"] else "<= ") + f"{lk['nats_per_token']:.3f}"
         cz = s.get(f"cloze/{name}", {})
-        row = [name, nll, _fmt(q[name].get("gen_ppl"), "{:.2f}"), _fmt(q[name].get("mauve"), "{:.3f}"),
+        row = [name, nll, _fmt(q[name].get("gen_ppl"), "{:.2f}"), _fmt(q[name].get("mauve"), "{:.3f}", q[name].get("mauve_ci")),
                _fmt(q[name].get("rep4"), "{:.3f}")]
         if probe:
             row += [_fmt(probe.get(name, {}).get(k), "{:.3f}") for k in ("well_formed", "consistent")]
@@ -96,6 +96,26 @@ def write_report(results: dict, out: Path) -> Path:
         if hack:
             lines += ["", "Hackable: " + "; ".join(f"{m} (beaten by {', '.join(v)})" for m, v in hack.items())]
         lines.append("")
+
+    div = s.get("diversity")
+    if div:
+        lines += ["## Quality against diversity", "",
+                  f"Judge perplexity against word entropy along each model's diversity knob "
+                  f"({cfg.get('curve_prompts')} openings, one sample each); real text's entropy on the same "
+                  f"openings: {div['real_entropy']:.2f} bits. Perplexity and MAUVE at that entropy are "
+                  "interpolated between the two points whose entropies bracket it (linear in log perplexity); "
+                  "'not reached' when no curve crosses it.", "", "![quality vs entropy](quality_vs_entropy.png)",
+                  "", _table(["model", "gen. PPL at real entropy", "MAUVE there", "knob"], [
+                      [n, "not reached" if m["gen_ppl"] is None else f"{m['gen_ppl']:.2f}",
+                       _fmt(m["mauve"], "{:.3f}"), m["knob"] or "-"] for n, m in div["matched"].items()]), ""]
+        rows = []
+        for k, v in s.items():
+            if k.startswith("diversity/"):
+                for knob, points in v["curves"].items():
+                    rows += [[k.split("/", 1)[1], f"{knob} = {p['value']}", str(p["nfe"]), f"{p['entropy']:.2f}",
+                              f"{p['gen_ppl']:.2f}", _fmt(p.get("mauve"), "{:.3f}"), f"{p['rep4']:.3f}"]
+                             for p in points]
+        lines += [_table(["model", "setting", "NFE", "entropy (bits)", "gen. PPL", "MAUVE", "rep-4"], rows), ""]
 
     c = s.get("consistency", {})
     if c or any(k.startswith("cloze/") for k in s):
@@ -192,7 +212,33 @@ def _line_plot(path: Path, curves: dict[str, list[tuple]], xlabel: str, ylabel: 
     plt.close(fig)
 
 
+def _entropy_plot(s: dict, out: Path) -> None:
+    """quality_vs_entropy.png: judge perplexity (log) against word entropy, a line per model and knob,
+    real text's entropy marked."""
+    import matplotlib  # optional: the [eval] extra, and only for plots
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for k, v in s.items():
+        if k.startswith("diversity/"):
+            for knob, points in v["curves"].items():
+                ax.plot([p["entropy"] for p in points], [p["gen_ppl"] for p in points], marker="o",
+                        label=f"{k.split('/', 1)[1]} ({knob})")
+    ax.axvline(s["diversity"]["real_entropy"], color="black", linestyle="--", label="real text")
+    ax.set_yscale("log")
+    ax.set_xlabel("word entropy (bits)")
+    ax.set_ylabel("judge perplexity")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "quality_vs_entropy.png", dpi=120)
+    plt.close(fig)
+
+
 def _plots(s: dict, out: Path) -> None:
+    if s.get("diversity"):
+        _entropy_plot(s, out)
     sweep = s.get("nfe_sweep")
     if sweep:
         key = "gen_ppl" if any("gen_ppl" in r for r in sweep) else (

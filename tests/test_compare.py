@@ -14,7 +14,8 @@ from latentlm.cli import main
 from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.diffusion import LatentDenoiser
 from latentlm.errors import DataError, InputError
-from latentlm.eval.compare import CompareConfig, compare
+from latentlm.eval import compare as compare_module
+from latentlm.eval.compare import DIVERSITY_KNOBS, REAL, CompareConfig, compare
 from latentlm.pipeline_latent_diffusion import make_scheduler
 
 
@@ -41,7 +42,8 @@ def folders(tmp_path_factory, tiny_tokenizer):
 
 def small_config(**kw):
     base = dict(prompts=12, max_new_tokens=16, nll_texts=4, nll_samples=2, cloze_items=6, nfe_sweep=(2, 4),
-                sweep_prompts=4, speed_lengths=(8, 4096), speed_batch=2, window=4, bootstrap=20)
+                sweep_prompts=4, speed_lengths=(8, 4096), speed_batch=2, window=4, bootstrap=20,
+                mauve_bootstrap=10, curve_prompts=12)
     return CompareConfig(**{**base, **kw})
 
 
@@ -59,6 +61,9 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     assert rows["sanity: copy train"]["memorised8"] > 0.9  # copies of training stories are memorised
     assert rows["ar"]["rep4_ci"][0] <= rows["ar"]["rep4"] <= rows["ar"]["rep4_ci"][1]
     assert "entropy_ci" not in rows["ar"]  # corpus statistics get a range over seeds only
+    for name in ("ar", "latent", REAL):  # every MAUVE has its interval
+        assert rows[name]["mauve_ci"][0] <= rows[name]["mauve_ci"][1]
+    assert "diversity" not in s and "quality-entropy curves" in s["skipped"]  # they need a judge
     # PTP decodes its AR's samples: identical, so its quality rows are the AR's; its likelihood is the AR's
     assert s["lossless/ptp"] == {"identical": 12, "n": 12}
     assert rows["ptp"] == rows["ar"]
@@ -85,6 +90,38 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
                     options={"latent": {"steps": 2}, "mdlm": {"steps": 4}}, progress=False)
     assert again["sections"]["quality"] == s["quality"]
     assert "speed" in again["sections"]
+
+
+def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, tiny_tokenizer, monkeypatch):
+    knobs = {"ar": {"temperature": (0.5, 1.0, 2.0)}, "mdlm": {"temperature": (0.5, 1.0)},
+             "latent": {"decoder_temperature": (0.0, 1.0), "steps": (2, 4)}}  # the preset's knobs, fewer values
+    assert all(set(knobs[k]) == set(DIVERSITY_KNOBS[k]) for k in knobs)
+    monkeypatch.setattr(compare_module, "DIVERSITY_KNOBS", knobs)
+    judge = tmp_path / "judge"
+    torch.manual_seed(1)
+    CausalLM(vocab_size=len(tiny_tokenizer), dim=32, depth=1, n_heads=4, max_seq_len=256).save_pretrained(judge)
+    tiny_tokenizer.save_pretrained(judge)
+    models = {k: folders / k for k in ("latent", "mdlm", "ar")}
+    out = tmp_path / "report"
+    cfg = small_config(nfe_sweep=(), speed_lengths=(8,), nll_texts=2, cloze_items=2, mauve_bootstrap=0)
+    res = compare(models, folders / "valid.jsonl", out, judge=judge, cfg=cfg,
+                  options={"latent": {"steps": 2}, "mdlm": {"steps": 4}}, progress=False)
+    s = res["sections"]
+    for name, kind in (("ar", "ar"), ("mdlm", "mdlm"), ("latent", "latent")):
+        curves = s[f"diversity/{name}"]["curves"]
+        assert set(curves) == set(knobs[kind])
+        for knob, points in curves.items():
+            assert [p["value"] for p in points] == list(knobs[kind][knob])
+            assert all(p["gen_ppl"] > 1 and p["entropy"] > 0 and 0 <= p["mauve"] <= 1 for p in points)
+    div = s["diversity"]
+    assert div["real_entropy"] > 0 and set(div["matched"]) == set(models)
+    for name, m in div["matched"].items():  # a perplexity where a curve crosses real text's entropy, else None
+        assert (m["gen_ppl"] is None) == (m["knob"] is None)
+        if m["knob"]:
+            ppl = [p["gen_ppl"] for p in s[f"diversity/{name}"]["curves"][m["knob"]]]
+            assert min(ppl) <= m["gen_ppl"] <= max(ppl)
+    assert (out / "quality_vs_entropy.png").is_file()
+    assert "## Quality against diversity" in (out / "report.md").read_text()
 
 
 def test_compare_on_an_explicit_device_names_it_and_rejects_unknown_ones(folders, tmp_path):

@@ -67,6 +67,66 @@ def test_mauve_separates_distributions():
         M.mauve_score(p[:5], q)
 
 
+def test_mauve_interval_resamples_openings_with_the_known_spread_of_a_mean(monkeypatch):
+    """With MAUVE replaced by a statistic whose sampling spread is known (the mean of 400 openings'
+    values, sd 1: a 95% interval of +-1.96 / 20), the interval has that width; model rows and real rows
+    of the same openings are drawn together, and each side alone when their openings differ."""
+    rng = np.random.default_rng(0)
+    g = 400
+    effect = rng.normal(size=g)
+    groups = [i % g for i in range(2 * g)]  # two samples per opening, as seeds x openings
+    p = np.stack([effect[groups] + 0.01 * rng.normal(size=2 * g), np.array(groups, float)], 1)
+    q = np.stack([effect, np.arange(g, dtype=float)], 1)
+    paired = []
+
+    def mean_of_p(pf, qf, seed=0):
+        paired.append(sorted(set(pf[:, 1])) == sorted(set(qf[:, 1])))
+        return float(pf[:, 0].mean())
+
+    monkeypatch.setattr(M, "mauve_score", mean_of_p)
+    lo, hi = M.mauve_interval(p, q, groups, range(g), n_boot=400, seed=1)
+    assert lo < effect.mean() < hi
+    assert 0.85 * 1.96 / 20 < (hi - lo) / 2 < 1.15 * 1.96 / 20, (lo, hi)
+    assert all(paired)
+    paired.clear()
+    M.mauve_interval(p, q, groups, [g + i for i in range(g)], n_boot=20)  # other openings: drawn apart
+    assert not any(paired)
+    with pytest.raises(InputError, match="one group id per feature row"):
+        M.mauve_interval(p, q, groups[:-1], range(g))
+    with pytest.raises(InputError, match="at least 10"):
+        M.mauve_interval(p, q, groups, range(g), n_boot=5)
+
+
+def test_mauve_interval_brackets_the_score():
+    rng = np.random.default_rng(0)
+    p, q, far = rng.normal(size=(120, 8)), rng.normal(size=(60, 8)), rng.normal(loc=5.0, size=(120, 8))
+    groups = [i % 60 for i in range(120)]
+    lo, hi = M.mauve_interval(p, q, groups, range(60), n_boot=10)
+    assert 0.5 < lo <= hi <= 1.0
+    lo, hi = M.mauve_interval(far, q, groups, range(60), n_boot=10)
+    assert hi < 0.1
+
+
+@pytest.mark.parametrize("points, target, expected", [
+    ([(7.0, 10.0), (8.0, 20.0), (9.0, 40.0)], 8.5, (30.0,)),  # crossing: interpolated in its segment
+    ([(9.0, 40.0), (8.0, 20.0)], 8.25, (25.0,)),  # a falling curve crosses the same way
+    ([(6.0, 5.0), (6.5, 8.0)], 8.8, None),  # never reaches the target
+    ([(9.5, 50.0), (9.2, 45.0)], 8.8, None),  # above it everywhere
+    ([(7.0, 30.0), (9.0, 50.0), (8.0, 10.0), (10.0, 30.0)], 8.5, (15.0,)),  # non-monotone: three
+    # crossings (45, 30, 15): the lowest perplexity
+    ([(8.8, 12.0)], 8.8, (12.0,)),  # a point on the target
+    ([(7.0, 10.0, 0.2), (9.0, 30.0, 0.6)], 8.0, (20.0, 0.4)),  # every coordinate is interpolated
+])
+def test_value_at_matched_entropy(points, target, expected):
+    hit = M.value_at(points, target)
+    assert hit == (None if expected is None else pytest.approx(expected))
+
+
+def test_value_at_rejects_ragged_points():
+    with pytest.raises(InputError):
+        M.value_at([(1.0, 2.0), (1.0,)], 1.0)
+
+
 def test_synthetic_probe_true_and_corrupted_continuations():
     stories = generate_stories(60, seed=5)
     prompts = [s.split()[0] for s in stories]
