@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     except LatentLMError as e:
         print(f"tinystories: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"tinystories: interrupted ({e or 'signal'}); checkpoints are saved: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

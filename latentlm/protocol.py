@@ -165,10 +165,12 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
     cfg.validate()
     models = {k: Path(v) for k, v in (models or {}).items()}
     for name, folder in models.items():
-        if name not in {s.name for s in cfg.stages}:
-            raise InputError(f"--model {name}=...: no stage {name!r}; stages: "
+        if name not in {"tokenizer", *(s.name for s in cfg.stages)}:
+            raise InputError(f"--model {name}=...: no stage {name!r}; stages: tokenizer, "
                              f"{', '.join(s.name for s in cfg.stages)}")
-        if not _trained(folder):
+        if name == "tokenizer" and not (folder / "tokenizer.json").is_file():
+            raise InputError(f"--model tokenizer={folder}: no tokenizer.json in that folder")
+        if name != "tokenizer" and not _trained(folder):
             raise InputError(f"--model {name}={folder}: not a trained model folder (no config.json "
                              "or model_index.json)")
     files = split_files(data_dir)
@@ -207,9 +209,14 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
                      else {"tokenizer": tok_dir})
             say(f"training {stage.name} ({stage.kind}, {cfg.preset}{', ' if overrides else ''}"
                 f"{' '.join(overrides)})")
-            clock.run(stage.name, lambda stage=stage, folder=folder, overrides=overrides, extra=extra: run_training(
-                stage.kind, [files["train"]], folder, preset=cfg.preset, overrides=overrides,
-                valid=[files["valid"]], progress=progress, **extra), kind=stage.kind, overrides=overrides)
+
+            def fit(stage=stage, folder=folder, overrides=overrides, extra=extra) -> None:
+                result = run_training(stage.kind, [files["train"]], folder, preset=cfg.preset, overrides=overrides,
+                                      valid=[files["valid"]], progress=progress, **extra)
+                if result.interrupted:  # a signal: the checkpoint is saved, the stage is not done
+                    raise KeyboardInterrupt(f"{stage.name} interrupted at step {result.step}")
+
+            clock.run(stage.name, fit, kind=stage.kind, overrides=overrides)
         say(f"{stage.name} trained, {folder} ({clock.seconds(stage.name):.0f} s)")
 
     # --- compare --------------------------------------------------------------------
@@ -224,7 +231,7 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
             compared, files[split], report, train=files["train"], judge=judge, cfg=cfg.compare,
             progress=progress, device=device))
         reports[split] = json.loads((report / "results.json").read_text())
-    results = summarise(clock.data, reports, cfg, device_name(resolve_device(device)))
+    results = summarise(clock.data, reports, cfg, device_name(resolve_device(device)), folders)
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     if cfg.splits:
         write_text_atomic(out / "results.md", render_results(results, cfg.splits[-1]) + "\n" + render_training(results))
@@ -234,20 +241,50 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
 # ----------------------------------------------------------------------------- results
 
 
-def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device: str) -> dict:
-    """One record of the run: training wall-clock per stage with each diffusion model's ratio to the
-    AR's, and per split the headline numbers of every compared model."""
-    stages = clock["stages"]
-    ar_s = stages.get("ar", {}).get("seconds")
+def steady_seconds(metrics_file: Path) -> tuple[float, int] | None:
+    """(median seconds per training step x steps, steps) from a run's ``metrics.jsonl``: the training
+    time of the run on a machine it has to itself, robust to intervals slowed by other work (evaluation,
+    checkpoints and export excluded). None when the file has no timed interval."""
+    if not metrics_file.is_file():
+        return None
+    per_step, prev, last = [], 0, 0
+    for line in metrics_file.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        step = rec.get("step", 0)
+        if step > prev and rec.get("seconds"):  # a resumed run logs from its checkpoint again: skipped
+            per_step.append(rec["seconds"] / (step - prev))
+        prev, last = step, max(last, step)
+    if not per_step:
+        return None
+    per_step.sort()
+    return per_step[len(per_step) // 2] * last, last
+
+
+def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device: str,
+              folders: dict[str, Path] | None = None) -> dict:
+    """One record of the run: per training stage its wall-clock (summed over the run's segments) and its
+    steady training time (:func:`steady_seconds`), each diffusion model's ratio to the AR's (on the
+    steady time when both have one), and per split the headline numbers of every compared model."""
+    stages, folders = clock["stages"], folders or {}
     training = {}
     for s in cfg.stages:
-        sec = stages.get(s.name, {}).get("seconds")
-        row = {"kind": s.kind, "seconds": sec, "given": stages.get(s.name, {}).get("given")}
-        if s.kind in DIFFUSION_KINDS and sec and ar_s:
-            row["x_ar"] = sec / ar_s
-            if s.autoencoder and stages.get(s.autoencoder, {}).get("seconds"):
-                row["x_ar_with_autoencoder"] = (sec + stages[s.autoencoder]["seconds"]) / ar_s
-        training[s.name] = row
+        info = stages.get(s.name, {})
+        steady = steady_seconds(folders[s.name] / "metrics.jsonl") if s.name in folders else None
+        training[s.name] = {"kind": s.kind, "seconds": info.get("seconds"), "given": info.get("given"),
+                            "steady_seconds": steady[0] if steady else None, "steps": steady[1] if steady else None}
+
+    def cost(name: str) -> float | None:
+        t = training.get(name, {})
+        return t.get("steady_seconds") or t.get("seconds")
+
+    for s in cfg.stages:
+        if s.kind in DIFFUSION_KINDS and cost(s.name) and cost("ar"):
+            training[s.name]["x_ar"] = cost(s.name) / cost("ar")
+            if s.autoencoder and cost(s.autoencoder):
+                training[s.name]["x_ar_with_autoencoder"] = (cost(s.name) + cost(s.autoencoder)) / cost("ar")
     splits = {split: headline(rep) for split, rep in reports.items()}
     return {"preset": cfg.preset, "device": device, "training": training, "splits": splits,
             "compare": asdict(cfg.compare), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -298,9 +335,8 @@ def render_results(results: dict, split: str = "test") -> str:
         matched_s = "not reached" if matched is None and "matched_knob" in r else _num(matched, "{:.1f}")
         nll = "-" if r.get("nats_per_token") is None else ("" if r.get("exact") else "<= ") + f"{r['nats_per_token']:.3f}"
         t = training.get(by_compared.get(name, ""), {})
-        train_s = "-"
-        if t.get("seconds"):
-            train_s = f"{t['seconds'] / 60:.0f} min" + (f" ({t['x_ar']:.2f}x AR)" if t.get("x_ar") else "")
+        sec = t.get("steady_seconds") or t.get("seconds")
+        train_s = "-" if not sec else f"{sec / 60:.0f} min" + (f" ({t['x_ar']:.2f}x AR)" if t.get("x_ar") else "")
         lines.append("| " + " | ".join([name, matched_s, mauve, _num(r.get("entropy"), "{:.2f}"),
                                          _num(r.get("gen_ppl"), "{:.1f}"), _num(r.get("rep4"), "{:.3f}"),
                                          _num(r.get("known_names"), "{:.3f}"), nll, train_s]) + " |")
@@ -313,14 +349,15 @@ def stage_names(cfg: ProtocolConfig | None = None) -> Sequence[str]:
 
 
 def render_training(results: dict) -> str:
-    """Training wall-clock of every stage, with each diffusion model's ratio to the AR's."""
-    lines = ["| stage | kind | wall-clock | x the AR's |", "|---|---|---|---|"]
+    """Training time of every stage, with each diffusion model's ratio to the AR's."""
+    lines = ["| stage | kind | steps | steady training time | wall-clock, all runs | x the AR's |", "|---|---|---|---|---|---|"]
     for name, t in results["training"].items():
         sec = "given" if t.get("given") else _num(t.get("seconds"), "{:.0f} s")
         ratio = _num(t.get("x_ar"), "{:.2f}")
         if t.get("x_ar_with_autoencoder"):
             ratio += f" ({t['x_ar_with_autoencoder']:.2f} with the autoencoder)"
-        lines.append(f"| {name} | {t['kind']} | {sec} | {ratio} |")
+        lines.append(f"| {name} | {t['kind']} | {_num(t.get('steps'), '{}')} | "
+                     f"{_num(t.get('steady_seconds'), '{:.0f} s')} | {sec} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 

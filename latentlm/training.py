@@ -390,7 +390,7 @@ def train(
             if state.step % cfg.log_every == 0 or state.step == end:
                 elapsed = time.perf_counter() - t0
                 record = {"step": state.step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                          "tokens_per_s": tokens_seen / max(elapsed, 1e-9), **step_metrics}
+                          "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "seconds": elapsed, **step_metrics}
                 if cfg.eval_every and state.step % cfg.eval_every == 0:
                     valid_loss = record["valid_loss"] = evaluate()
                 history.append(record)

@@ -1,0 +1,109 @@
+"""The TinyStories protocol's resume logic on a tiny budget (cpu-tiny models of a few steps, synthetic
+stories standing in for the three splits)."""
+
+import json
+
+import pytest
+
+from latentlm import protocol as P
+from latentlm.data.synthetic import generate_stories, write_jsonl
+from latentlm.errors import DataError, InputError
+from latentlm.eval.compare import CompareConfig
+from latentlm.training import TrainResult
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ts")
+    for split, n, seed in (("train", 300, 0), ("valid", 40, 1), ("test", 40, 2)):
+        write_jsonl(generate_stories(n, seed=seed), root / f"{split}.jsonl")
+    return root
+
+
+STAGES = P.STAGES[:4]  # AR, judge, autoencoder, denoiser: enough for the logic, and fast
+
+
+def tiny_cfg(**kw) -> P.ProtocolConfig:
+    steps = ["train.steps=3", "train.warmup_steps=1", "train.eval_every=3", "train.batch_size=4"]
+    compare = CompareConfig(prompts=12, seeds=1, max_new_tokens=8, nll_texts=2, nll_samples=2, cloze_items=2,
+                            nfe_sweep=(), speed_lengths=(8,), speed_batch=1, mauve=False, curves=False,
+                            bootstrap=10, window=4)
+    base = dict(preset="cpu-tiny", save_every=2, overrides={s.name: steps for s in STAGES}, splits=("valid",),
+                stages=STAGES, compare=compare)
+    return P.ProtocolConfig(**{**base, **kw})
+
+
+def test_protocol_skips_finished_stages_and_resumes_the_interrupted_one(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = []
+    real = P.run_training
+
+    def signalled_at_autoencoder(kind, *a, **kw):
+        calls.append(kind)
+        if kind == "autoencoder":  # as a SIGTERM: the trainer saves a checkpoint and returns interrupted
+            return TrainResult(step=1, train_loss=0.0, valid_loss=None, out_dir=a[1], interrupted=True)
+        return real(kind, *a, **kw)
+
+    monkeypatch.setattr(P, "run_training", signalled_at_autoencoder)
+    with pytest.raises(KeyboardInterrupt, match="autoencoder interrupted"):
+        P.tinystories_protocol(out, data_dir, cfg=tiny_cfg(), progress=False, log=lambda _: None)
+    assert calls == ["ar", "judge", "autoencoder"]
+    clock = json.loads((out / "protocol.json").read_text())["stages"]
+    assert clock["ar"]["done"] and clock["judge"]["done"] and not clock["autoencoder"].get("done")
+    first_ar = clock["ar"]["seconds"]
+
+    calls.clear()
+    monkeypatch.setattr(P, "run_training", lambda kind, *a, **kw: calls.append(kind) or real(kind, *a, **kw))
+    results = P.tinystories_protocol(out, data_dir, cfg=tiny_cfg(), progress=False, log=lambda _: None)
+    assert calls == ["autoencoder", "denoiser"]  # finished stages are not trained again
+    clock = json.loads((out / "protocol.json").read_text())["stages"]
+    assert clock["autoencoder"]["runs"] == 2 and clock["ar"]["runs"] == 1 and clock["ar"]["seconds"] == first_ar
+    rows = results["splits"]["valid"]
+    assert {"ar", "latent", "real text"} <= set(rows)
+    assert rows["ar"]["nats_per_token"] > 0 and rows["ar"]["exact"] and not rows["latent"]["exact"]
+    t = results["training"]
+    assert t["ar"]["steps"] == t["denoiser"]["steps"] == 3 and t["ar"]["steady_seconds"] > 0
+    assert t["denoiser"]["x_ar"] == pytest.approx(t["denoiser"]["steady_seconds"] / t["ar"]["steady_seconds"])
+    assert t["judge"].get("x_ar") is None  # the judge is no diffusion model
+    table = P.render_results(results, "valid")
+    assert table.count("\n") == 2 + sum(1 for n in rows if not n.startswith("sanity") or n == "sanity: bigram")
+    assert (out / "results.md").is_file() and (out / "compare_valid" / "report.md").is_file()
+
+    # a finished run reruns nothing and gives the same table; a stage's model can be swapped in by path
+    calls.clear()
+    again = P.tinystories_protocol(out, data_dir, cfg=tiny_cfg(), progress=False, log=lambda _: None)
+    assert calls == [] and again["splits"] == results["splits"]
+    given = P.tinystories_protocol(tmp_path / "swap", data_dir, cfg=tiny_cfg(splits=()), progress=False,
+                                   log=lambda _: None, models={k: out / k for k in ("tokenizer", "ar", "judge",
+                                                                                   "autoencoder", "denoiser")})
+    assert calls == [] and given["training"]["ar"]["given"] == str(out / "ar")
+
+
+def test_protocol_bad_input(data_dir, tmp_path):
+    with pytest.raises(DataError, match="test.jsonl"):
+        P.tinystories_protocol(tmp_path / "o", tmp_path, cfg=tiny_cfg())
+    with pytest.raises(InputError, match="no stage 'gpt'"):
+        P.tinystories_protocol(tmp_path / "o", data_dir, cfg=tiny_cfg(), models={"gpt": tmp_path})
+    with pytest.raises(InputError, match="not a trained model folder"):
+        P.tinystories_protocol(tmp_path / "o", data_dir, cfg=tiny_cfg(), models={"ar": tmp_path})
+    with pytest.raises(InputError, match="unknown stage"):
+        P.ProtocolConfig(overrides={"gpt": ["train.steps=1"]}).validate()
+    with pytest.raises(InputError, match="split"):
+        P.ProtocolConfig(splits=("train",)).validate()
+
+
+def test_write_docs_replaces_only_the_marked_block(tmp_path):
+    results = {"finished": "2026-01-01 00:00:00", "device": "cpu", "splits": {"test": {
+        "ar": {"gen_ppl": 40.0, "mauve": 0.6, "mauve_ci": [0.55, 0.65], "entropy": 8.9, "matched_ppl": 38.0,
+               "matched_knob": "temperature", "nats_per_token": 3.1, "exact": True}}},
+        "training": {"ar": {"kind": "ar", "seconds": 600.0}}}
+    (tmp_path / "docs").mkdir()
+    for f in ("README.md", "docs/tinystories.md"):
+        (tmp_path / f).write_text(f"before\n{P.BEGIN}\nold table\n{P.END}\nafter\n")
+    P.write_docs(results, tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("before\n") and text.endswith(f"{P.END}\nafter\n") and "old table" not in text
+    assert "| ar | 38.0 | 0.600 [0.550, 0.650] | 8.90 | 40.0 |" in text and "10 min" in text
+    (tmp_path / "README.md").write_text("no markers")
+    with pytest.raises(InputError, match="markers"):
+        P.write_docs(results, tmp_path)
