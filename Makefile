@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench tinystories clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The TinyStories protocol (hours on 2 CPU cores; rerun to resume): every model, compared on valid and test.
+tinystories: $(STAMP)
+	$(BIN)/python benchmarks/tinystories.py --out runs/ts
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training_loop.py
