@@ -277,7 +277,7 @@ def compare(
             path = out / "samples" / f"{name}_seed{s}.jsonl"
             rows = _load_samples(path, len(prompts))
             if rows is None:
-                rows, _ = _generate(lm, prompts, cfg, opts[name], seed=cfg.seed + s,
+                rows, _ = generate_samples(lm, prompts, cfg, opts[name], seed=cfg.seed + s,
                                     cache=path.with_suffix(".partial"))
                 _write_samples(path, prompts, rows)
             conts += [c for _, c in rows]
@@ -412,7 +412,7 @@ def _check_options(options: dict[str, dict], lms: dict) -> None:
                 raise InputError(f"generation option {name}.{key} must be of type {want.__name__}, got {value!r}")
 
 
-def _generate(lm, prompts: list[str], cfg: CompareConfig, options: dict, seed: int,
+def generate_samples(lm, prompts: list[str], cfg: CompareConfig, options: dict, seed: int,
               cache: Path | None = None) -> tuple[list[tuple[str, str]], int]:
     """(text, continuation) per prompt and the NFE per sample; batch i is seeded by (seed, i), so a
     resumed run gives the samples of an uninterrupted one."""
@@ -431,7 +431,7 @@ def _generate(lm, prompts: list[str], cfg: CompareConfig, options: dict, seed: i
 def _lossless(lm, prompts: list[str], cfg: CompareConfig, options: dict, rows: list[tuple[str, str]]) -> dict:
     """PTP's samples against its own AR's at the same seed, sampled token by token: they must be identical."""
     ar_options = {k: v for k, v in options.items() if k != "draft_tokens"}
-    reference, _ = _generate(ARAdapter(lm.model, lm.tokenizer, lm.name), prompts, cfg, ar_options, seed=cfg.seed)
+    reference, _ = generate_samples(ARAdapter(lm.model, lm.tokenizer, lm.name), prompts, cfg, ar_options, seed=cfg.seed)
     return {"identical": sum(a == b for a, b in zip(reference, rows)), "n": len(rows)}
 
 
@@ -551,7 +551,7 @@ def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]]
         points = []
         for v in values:
             cache = out / "samples" / f"curve_{_slug(name)}_{knob}_{v}.partial"
-            rows, nfe = _generate(lm, prompts, cfg, {**options, knob: v}, seed=cfg.seed, cache=cache)
+            rows, nfe = generate_samples(lm, prompts, cfg, {**options, knob: v}, seed=cfg.seed, cache=cache)
             s = System(name, prompts, [c for _, c in rows], [t for t, _ in rows])
             point = {"value": v, "nfe": nfe, "entropy": M.unigram_entropy(s.continuations),
                      "rep4": M.rep_n(s.continuations, 4), "gen_ppl": _ppl(_judge_scores(judge, s))}
@@ -688,7 +688,7 @@ def _nfe_sweep(lms, opts, prompts, judge_lm, synthetic, cfg) -> list[dict]:
         values = cfg.nfe_sweep if knob else [None]
         for v in values:
             o = dict(opts[name], **({knob: v} if knob else {}))
-            gen, nfe = _generate(lm, prompts, cfg, o, seed=cfg.seed)
+            gen, nfe = generate_samples(lm, prompts, cfg, o, seed=cfg.seed)
             s = System(name, prompts, [c for _, c in gen], [t for t, _ in gen])
             row = {"model": name, "steps": v, "nfe": nfe,
                    "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)}
