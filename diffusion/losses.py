@@ -24,6 +24,10 @@ time per row, one per block with each block seeing the noisy blocks before it (D
 arXiv:2407.01392), one per block in the [clean ; noisy] layout with each block seeing the clean blocks
 before it (BD3-LM, arXiv:2503.09573), or the last two on alternate batches at random ("mix").
 
+Two steps, each readable alone: :func:`prepare_denoiser_batch` (split, encode, drop the prompt:
+what the pipeline would see) and :func:`diffusion_loss` over its (z0, prompt, mask) (times, noise,
+self-conditioning, the weighted error); :func:`denoiser_loss` runs both.
+
 The cross-entropy term sends the decoder's token loss through the frozen
 decoder into the clean-latent estimate: the MSE alone treats every latent
 direction alike, the decoder knows which ones change tokens.
@@ -156,10 +160,31 @@ def split_points(ids: torch.Tensor, lengths: torch.Tensor, cfg: DenoiserLossConf
     return split * (torch.rand(b, device=device) >= cfg.p_unconditional)
 
 
-def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: DenoiserLossConfig,
-                  sentence_ends: torch.Tensor | None = None, latent_cache=None) -> LossOutput:
-    """The loss of one batch; ``latent_cache`` (a ``ChunkLatentCache`` of ``autoencoder``), when given,
-    encodes in its place."""
+@dataclass
+class DenoiserBatch:
+    """A batch as the pipeline would see it: the clean continuation latents and the encoded prompts."""
+
+    z0: torch.Tensor  # (b, n, d) continuation latents
+    prompt: torch.Tensor | None  # (b, p, d) left-padded prompt latents (None: every prompt empty)
+    prompt_mask: torch.Tensor | None  # (b, p) 1 = a real prompt latent (0 for a dropped prompt)
+    tokens: torch.Tensor  # (b, n k) the continuation's tokens, padding past the text
+    token_mask: torch.Tensor  # (b, n k) 1 = a token of the text (its end-of-text included)
+    known: torch.Tensor  # (b, n) latents of known text: all but those past the cut of a longer document
+    ended: torch.Tensor  # (b,) the document ends inside the row (it has an end-of-text)
+
+    @property
+    def padding(self) -> torch.Tensor:
+        """(b, n) latents that are all padding after the end-of-text."""
+        k = self.tokens.shape[1] // self.z0.shape[1]
+        return ~self.token_mask.reshape(len(self.z0), -1, k).bool().any(-1) & self.ended[:, None]
+
+
+def prepare_denoiser_batch(batch: dict[str, torch.Tensor], *, autoencoder, cfg: DenoiserLossConfig,
+                           block_size: int | None = None, sentence_ends: torch.Tensor | None = None,
+                           latent_cache=None) -> DenoiserBatch:
+    """Split each document into prompt and continuation (:func:`split_points`), encode both with the frozen
+    ``autoencoder`` (or ``latent_cache``, a ``ChunkLatentCache`` of it) as the pipeline will, and drop
+    prompts for classifier-free guidance. A block-causal denoiser (``block_size``) gets whole blocks."""
     ids, mask = batch["input_ids"], batch["attention_mask"]  # (b, s) documents + eot + pads
     device = ids.device
     autoencoder = autoencoder.to(device).eval()
@@ -170,9 +195,8 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     limit = autoencoder.config.max_seq_len
     n_max = min(s, limit) // k  # the continuation: at most what the autoencoder encodes in one row
     n = int(torch.randint(max(1, int(n_max * cfg.min_latents_fraction)), n_max + 1, ()).item())
-    block = model.config.block_size
-    if block is not None:  # a block-causal denoiser takes whole blocks (the window is a multiple of them)
-        n = max(block, n // block * block)
+    if block_size is not None:  # a block-causal denoiser takes whole blocks (the window is a multiple of them)
+        n = max(block_size, n // block_size * block_size)
     pad = autoencoder.config.pad_token_id
     # the continuation: tokens split .. split + n k - 1 of each row, pads past the text; one gather,
     # since per-row slices with device indices cost a GPU sync each (input-bound at large batches)
@@ -189,6 +213,20 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
         if prompt is not None:
             keep = (torch.rand(b, device=device) >= cfg.p_prompt_drop).long()[:, None]
             prompt_mask = prompt_mask * keep
+    # a document cut by the row length (no end-of-text) continues past the row: its latents there are
+    # unknown text, not padding, and get no loss (else the model learns to stop mid-sentence)
+    ended = (ids == autoencoder.config.eot_token_id).any(1)  # (b,)
+    known = cont_mask.reshape(b, n, k).all(-1) | ended[:, None]  # (b, n)
+    return DenoiserBatch(z0, prompt, prompt_mask, cont, cont_mask, known, ended)
+
+
+def diffusion_loss(model, x: DenoiserBatch, cfg: DenoiserLossConfig, autoencoder=None) -> LossOutput:
+    """The denoiser's loss on a prepared batch: draw times and noise, self-condition, weigh the error over
+    the known latents; with ``cfg.decoder_ce`` the frozen ``autoencoder``'s decoder scores the estimate."""
+    z0, prompt, prompt_mask = x.z0, x.prompt, x.prompt_mask
+    b, n, _ = z0.shape
+    device = z0.device
+    block = model.config.block_size
     schedule = model.schedule
     # validation (model.eval()) always at uniform times: its loss stays comparable across time densities
     time_cfg = cfg if model.training else DenoiserLossConfig()
@@ -211,21 +249,27 @@ def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: De
     f = by_prompt_length(model, cfg.prompt_groups, z_t, t, prompt, prompt_mask, self_cond, **block_inputs).float()
     p = model.config.parameterisation
     target = {"x0": z0, "eps": eps, "v": alpha * eps - sigma * z0}[p]
-    # a document cut by the row length (no end-of-text) continues past the row: its latents there are
-    # unknown text, not padding, and get no loss (else the model learns to stop mid-sentence)
-    ended = (ids == autoencoder.config.eot_token_id).any(1)  # (b,)
-    known = cont_mask.reshape(b, n, k).all(-1) | ended[:, None]  # (b, n)
-    w = known.float() / known.float().sum().clamp_min(1)
+    known = x.known.float()
+    w = known / known.sum().clamp_min(1)
     mse = (((f - target) ** 2).mean(-1) * w).sum()
     x0_hat = model.x0_from_output(f, z_t, t)
     metrics = {"x0_mse": float((((x0_hat.detach() - z0) ** 2).mean(-1) * w).sum())}
     loss = mse
     if cfg.decoder_ce > 0:
         logits = autoencoder.decode(x0_hat).float()  # (b, n k, vocab); decoder frozen, grads reach x0_hat
-        ce = F.cross_entropy(logits.transpose(1, 2), cont, reduction="none")  # (b, n k)
-        real = cont_mask.bool()
-        weight = torch.where(real, 1.0, cfg.pad_weight) * (real | ended[:, None])  # a cut document: no padding
+        ce = F.cross_entropy(logits.transpose(1, 2), x.tokens, reduction="none")  # (b, n k)
+        real = x.token_mask.bool()
+        weight = torch.where(real, 1.0, cfg.pad_weight) * (real | x.ended[:, None])  # a cut document: no padding
         ce = (ce * weight).sum() / weight.sum()
         loss = mse + cfg.decoder_ce * ce
         metrics.update(mse=float(mse.detach()), decoder_ce=float(ce.detach()))
     return LossOutput(loss, metrics)
+
+
+def denoiser_loss(model, batch: dict[str, torch.Tensor], *, autoencoder, cfg: DenoiserLossConfig,
+                  sentence_ends: torch.Tensor | None = None, latent_cache=None) -> LossOutput:
+    """The loss of one batch of documents: :func:`prepare_denoiser_batch`, then :func:`diffusion_loss`;
+    ``latent_cache`` (a ``ChunkLatentCache`` of ``autoencoder``), when given, encodes in its place."""
+    x = prepare_denoiser_batch(batch, autoencoder=autoencoder, cfg=cfg, block_size=model.config.block_size,
+                               sentence_ends=sentence_ends, latent_cache=latent_cache)
+    return diffusion_loss(model, x, cfg, autoencoder)

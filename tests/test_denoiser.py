@@ -260,6 +260,62 @@ def test_rows_grouped_by_prompt_length_run_with_their_groups_padding_only():
         DenoiserLossConfig(prompt_groups=0).validate()
 
 
+# ----------------------------------------------------------------------------- the loss in two steps
+
+# denoiser_loss of each case before it was split into batch preparation and the diffusion loss, float32
+# on CPU; within rtol 1e-5 on any machine (the sums differ by a few ulps between kernel sets)
+LOSS_BEFORE_THE_SPLIT = {
+    'x0, seed 0': 1.7182092666625977,
+    'x0, seed 1': 1.8400371074676514,
+    'x0, seed 2': 1.8778969049453735,
+    'eps, logit-normal, sentence splits, seed 0': 0.8717789053916931,
+    'eps, logit-normal, sentence splits, seed 1': 1.520081639289856,
+    'eps, logit-normal, sentence splits, seed 2': 1.3622722625732422,
+    'v, decoder CE, self-conditioning always, seed 0': 7.710169315338135,
+    'v, decoder CE, self-conditioning always, seed 1': 7.540833473205566,
+    'v, decoder CE, self-conditioning always, seed 2': 7.548854827880859,
+    'blocks of 2, mix, seed 0': 1.7778733968734741,
+    'blocks of 2, mix, seed 1': 1.8629428148269653,
+    'blocks of 2, mix, seed 2': 1.926666498184204,
+}
+
+
+def _loss_cases(ae, tok):
+    """(name, loss) of fixed-seed batches under several settings (every branch of the loss)."""
+    from latentlm.data.tokenizer import sentence_end_ids
+    texts = ["lily had a red kite. the sun was warm. she ran to the park.", "tom smiled.",
+             "a cat sat on the mat. " * 4, "the dog barked at the big red ball and ran. " * 8]
+    b = batch(tok, texts)
+    long = tok(texts[3], add_special_tokens=False)["input_ids"][:32]
+    b["input_ids"][3], b["attention_mask"][3] = torch.tensor(long), 1  # a document cut by the row: no end-of-text
+    ends = torch.tensor(sentence_end_ids(tok))
+    settings = {
+        "x0": ({}, {}),
+        "eps, logit-normal, sentence splits": (dict(parameterisation="eps"),
+                                               dict(time_sampling="logit_normal", time_mean=0.25, time_std=0.15,
+                                                    p_sentence_split=0.5)),
+        "v, decoder CE, self-conditioning always": (dict(parameterisation="v"), dict(decoder_ce=1.0, p_self_cond=1.0)),
+        "blocks of 2, mix": (dict(block_size=2, max_latents=8), dict(prompt_groups=2)),
+    }
+    out = []
+    for name, (model_kw, loss_kw) in settings.items():
+        torch.manual_seed(0)
+        den = _randomised(LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, **{"max_latents": 8, **model_kw}))
+        den.train()
+        for seed in range(3):
+            torch.manual_seed(seed)
+            out.append((f"{name}, seed {seed}", float(denoiser_loss(den, b, autoencoder=ae, cfg=DenoiserLossConfig(**loss_kw),
+                                                               sentence_ends=ends).loss.detach())))
+    return out
+
+
+def test_the_split_loss_gives_the_loss_of_before_for_the_same_seed(ae, tiny_tokenizer):
+    got = dict(_loss_cases(ae, tiny_tokenizer))
+    assert got.keys() == LOSS_BEFORE_THE_SPLIT.keys()
+    for name, value in LOSS_BEFORE_THE_SPLIT.items():
+        assert got[name] == pytest.approx(value, rel=1e-5), name
+
+
 # ----------------------------------------------------------------------------- block-causal
 
 
