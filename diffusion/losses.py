@@ -11,7 +11,8 @@ frozen autoencoder, exactly as the pipeline will encode them:
     z0     = encode(continuation)                    # (b, n, d), n random in [n_min, n_max] per batch
     prompt = encode(prefix[-max_seq_len:])           # (b, p, d), left-padded, dropped w.p. p_drop (CFG)
     t ~ U(0, 1) stratified, or logit-normal: t = sigmoid(m + s n), n ~ N(0, 1) stratified
-        (Esser et al. 2024; more of the training at mid noise, where the prompt decides the content);
+        (Esser et al. 2024; more of the training at mid noise, where the prompt decides the content),
+        with a share of the rows uniform instead (time_uniform_share: mass at every t the sampler visits);
         validation (model in eval mode) always draws uniform t, so its loss compares across densities
     z_t = alpha_t z0 + sigma_t eps
     self-conditioning: with prob. 1/2, x0_sc = stopgrad(x0_hat(z_t, t, prompt, 0)) is fed as input
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
+from latentlm.diffusion.time_density import time_density_spec
 from latentlm.errors import ConfigError, check_choice
 from latentlm.outputs import LossOutput
 
@@ -66,6 +68,7 @@ class DenoiserLossConfig:
     time_sampling: str = "uniform"  # or "logit_normal": density of the training times t
     time_mean: float = 0.0  # logit-normal location m (0 = centred on t = 0.5)
     time_std: float = 1.0  # logit-normal scale s
+    time_uniform_share: float = 0.0  # rows whose time is drawn uniform instead: mass at every t (a mixture)
     # training rows in autoencoder lengths: 2 also shows a long prompt followed by a long continuation
     # (better-formed text after long prompts, but the prompt's names are copied less; docs/latent_diffusion.md)
     row_lengths: int = 1
@@ -92,6 +95,8 @@ class DenoiserLossConfig:
             raise ConfigError(f"loss.time_mean must be a finite number, got {self.time_mean}")
         if not (math.isfinite(self.time_std) and self.time_std > 0):
             raise ConfigError(f"loss.time_std must be a finite number > 0, got {self.time_std}")
+        if not 0 <= self.time_uniform_share <= 1:
+            raise ConfigError(f"loss.time_uniform_share must be in [0, 1], got {self.time_uniform_share}")
         if self.row_lengths not in (1, 2):
             raise ConfigError(f"loss.row_lengths must be 1 or 2 (autoencoder lengths per row), got {self.row_lengths}")
         if self.prompt_groups < 1:
@@ -106,7 +111,15 @@ def sample_times(b: int, cfg: DenoiserLossConfig, device) -> torch.Tensor:
     if cfg.time_sampling == "uniform":
         return u.float()
     n = torch.special.ndtri(u.double().clamp(1e-6, 1 - 1e-6))  # stratified standard normal
-    return torch.sigmoid(cfg.time_mean + cfg.time_std * n).float()
+    t = torch.sigmoid(cfg.time_mean + cfg.time_std * n).float()
+    if cfg.time_uniform_share > 0:  # a share of the rows, at random, uniform times instead
+        t = torch.where(torch.rand(b, device=device) < cfg.time_uniform_share, torch.rand(b, device=device), t)
+    return t
+
+
+def time_density_of(cfg: DenoiserLossConfig) -> dict:
+    """The training-time density of ``cfg`` as saved with a pipeline (diffusion/time_density.py)."""
+    return time_density_spec(cfg.time_sampling, cfg.time_mean, cfg.time_std, cfg.time_uniform_share)
 
 
 def by_prompt_length(call, groups: int, z_t, t, prompt, prompt_mask, self_cond=None, **rows) -> torch.Tensor:

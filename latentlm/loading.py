@@ -7,6 +7,7 @@ unpickled and no remote code is ever trusted.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ def load_pipeline(folder: str | Path):
     return LatentDiffusionPipeline(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
                                    scheduler=scheduler, denoiser_2=denoiser_2, boundary=spec.get("boundary"),
                                    sampling_mode=spec.get("sampling_mode", "parallel"),  # saved before modes: parallel
-                                   window_blocks=spec.get("window_blocks", 4))
+                                   window_blocks=spec.get("window_blocks", 4),
+                                   training_times=spec.get("training_times"))  # saved before the check: None
 
 
 def load_ptp(folder: str | Path) -> tuple[ParallelTokenPredictor, CausalLM]:
@@ -136,6 +138,14 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _coverage(pipe, steps: int = 32) -> dict[str, Any]:
+    """The times of the saved sampler's ``steps`` steps at which the denoiser hardly trained."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bad = pipe.check_time_coverage(steps)
+    return {f"untrained_steps_at_{steps}": [round(t, 3) for t in bad]} if pipe.config.training_times else {}
+
+
 def describe(folder: str | Path) -> dict[str, Any]:
     """Class, parameter count and config of a saved model or pipeline (``latentlm info``)."""
     folder = Path(folder)
@@ -149,6 +159,7 @@ def describe(folder: str | Path) -> dict[str, Any]:
                                 if not k.startswith("_") and k != "token_texts"},
                 "denoiser": {k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")},
                 "sampling_mode": pipe.config.sampling_mode,
+                "training_times": pipe.config.training_times, **_coverage(pipe),
                 **({"boundary": pipe.config.boundary} if pipe.denoiser_2 is not None else {})}
     cfg = read_model_config(folder)
     model = load_model(folder)

@@ -45,6 +45,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.diffusion.sampling import langevin_correct
+from latentlm.diffusion.time_density import warn_untrained
 from latentlm.errors import CheckpointError, ConfigError, InputError, check_choice, check_text
 
 SCHEDULERS = {
@@ -160,9 +161,13 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "x0"]  # x0: the step's clean-latent estimate
 
     def __init__(self, tokenizer, autoencoder, denoiser, scheduler, denoiser_2=None,
-                 boundary: float | None = None, sampling_mode: str = "parallel", window_blocks: int = 4) -> None:
+                 boundary: float | None = None, sampling_mode: str = "parallel", window_blocks: int = 4,
+                 training_times: dict | None = None) -> None:
         """``sampling_mode`` and ``window_blocks``: the defaults of ``__call__``'s ``mode`` and
-        ``window_blocks``, saved with the pipeline (the preset's ``model.sampling_mode``)."""
+        ``window_blocks``, saved with the pipeline (the preset's ``model.sampling_mode``).
+        ``training_times``: the density the denoiser's training times were drawn from
+        (:func:`~latentlm.diffusion.time_density.time_density_spec`; the training recipe saves it), so that
+        sampling warns (``UntrainedTimesWarning``) when its steps fall where the denoiser hardly trained."""
         super().__init__()
         check_sampling_mode(sampling_mode, window_blocks, denoiser.config.block_size, denoiser.config.max_latents)
         for den in (denoiser, denoiser_2):
@@ -177,7 +182,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 f"{autoencoder.config.vocab_size}: the tokenizer folder belongs to another model")
         self.register_modules(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
                               scheduler=scheduler, denoiser_2=denoiser_2)
-        self.register_to_config(boundary=boundary, sampling_mode=sampling_mode, window_blocks=window_blocks)
+        self.register_to_config(boundary=boundary, sampling_mode=sampling_mode, window_blocks=window_blocks,
+                                training_times=training_times)
+        self._coverage_checked: set = set()
 
     @torch.no_grad()
     def predict_x0(self, z_t: torch.Tensor, t: torch.Tensor, prompt: torch.Tensor | None = None,
@@ -406,6 +413,26 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
         return vp_to_denoiser, lambda x0, x, i: x0
 
+    def check_time_coverage(self, num_inference_steps: int, device=None) -> list[float]:
+        """The denoiser times of the scheduler's ``num_inference_steps`` steps that fall where the saved
+        training density has almost no mass (``UntrainedTimesWarning``, once per scheduler and step count)."""
+        spec = getattr(self.config, "training_times", None)
+        key = (type(self.scheduler).__name__, num_inference_steps)
+        if not spec or key in self._coverage_checked:
+            return []
+        self._coverage_checked.add(key)
+        device = device or torch.device("cpu")
+        sched = copy.deepcopy(self.scheduler)  # set_timesteps changes the scheduler's state
+        sched.set_timesteps(num_inference_steps, device=device)
+        saved, self.scheduler = self.scheduler, sched
+        try:
+            to_denoiser, _ = self._scheduler_adapters(sched.timesteps, device)
+            probe = torch.zeros(1, 1, self.denoiser.config.latent_dim, device=device)
+            times = [float(to_denoiser(probe, i, ts)[1][0]) for i, ts in enumerate(sched.timesteps)]
+        finally:
+            self.scheduler = saved
+        return warn_untrained(spec, times, f"{key[0]} at {num_inference_steps} steps")
+
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(
@@ -482,6 +509,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         prompts = self.check_inputs(prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                                     num_samples_per_prompt, corrector_steps, output_type, latents, tensor_inputs,
                                     mode, window_blocks, decoder_temperature, denoising_end)
+        self.check_time_coverage(num_inference_steps)
         self._guidance_scale, self._interrupt = float(guidance_scale), False
         device = self._execution_device
         # 2. encode the prompt into clean context latents

@@ -39,7 +39,7 @@ from latentlm.data.tokenizer import (
     sentence_end_ids,
     train_tokenizer,
 )
-from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss
+from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss, time_density_of
 from latentlm.diffusion.modeling_denoiser import LatentDenoiser
 from latentlm.errors import ConfigError, DataError, check_choice
 from latentlm.files import move_tree
@@ -180,7 +180,8 @@ def _denoiser_recipe() -> Recipe:
 
     def export(model, tok, ctx, folder: Path) -> None:
         pipe = LatentDiffusionPipeline(tok, ctx["autoencoder"], model, make_scheduler(ctx["sampler"], model),
-                                       sampling_mode=ctx["sampling_mode"], window_blocks=ctx["window_blocks"])
+                                       sampling_mode=ctx["sampling_mode"], window_blocks=ctx["window_blocks"],
+                                       training_times=ctx.get("training_times"))
         pipe.save_pretrained(folder)
 
     def make_loss(cfg: dict[str, Any], ctx: dict[str, Any]) -> LossFn:
@@ -325,7 +326,7 @@ def _export_time_experts(out_dir: Path, boundary: float) -> None:
     high, low = load_pipeline(out_dir / "high_noise"), load_pipeline(out_dir / "low_noise")
     pipe = LatentDiffusionPipeline(high.tokenizer, high.autoencoder, high.denoiser, high.scheduler,
                                    denoiser_2=low.denoiser, boundary=boundary, sampling_mode=high.config.sampling_mode,
-                                   window_blocks=high.config.window_blocks)
+                                   window_blocks=high.config.window_blocks, training_times=None)  # two densities
     tmp = out_dir / ".export-tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -350,7 +351,8 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         if type(ae).__name__ != "TextAutoencoder":
             raise ConfigError(f"{autoencoder} holds a {type(ae).__name__}, not a TextAutoencoder")
         ae.requires_grad_(False).eval()
-        ctx = {"autoencoder": ae, **{name: getattr(cfg["model"], name) for name, _, _ in SAMPLING_FIELDS}}
+        ctx = {"autoencoder": ae, **{name: getattr(cfg["model"], name) for name, _, _ in SAMPLING_FIELDS},
+               "training_times": time_density_of(cfg["loss"])}
         tokenizer = autoencoder
         # rows of loss.row_lengths autoencoder lengths (2: a prompt of up to max_seq_len tokens followed by a
         # continuation of up to max_seq_len, the most the pipeline takes and samples)

@@ -463,3 +463,52 @@ def test_the_bound_pays_nothing_for_the_padding_after_the_end_of_text(pipe, bloc
     after = pipeline_nll_bound(p, [ids], n_samples=4, seed=0)[0][0]
     # the padding's own nats would have grown by 50 a position; the text's can only fall (pad's share is gone)
     assert after <= before + 1e-6 and before - after < 1.0
+
+
+# ----------------------------------------------------------------------------- training-time coverage
+
+
+def _with_times(pipe, spec):
+    return LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser, pipe.scheduler,
+                                   training_times=spec)
+
+
+def test_a_narrow_training_density_warns_at_the_steps_it_never_trained(pipe, tmp_path):
+    import warnings
+
+    from latentlm.diffusion.time_density import UntrainedTimesWarning, time_density_spec
+
+    narrow = _with_times(pipe, time_density_spec("logit_normal", 0.25, 0.15))  # 99.8% of t in 0.45-0.67
+    with pytest.warns(UntrainedTimesWarning, match=r"of the 32 steps of DDIMScheduler at 32 steps") as seen:
+        narrow("lily", max_new_tokens=8, num_inference_steps=32, generator=gen())
+    flagged = narrow.check_time_coverage.__self__._coverage_checked
+    assert ("DDIMScheduler", 32) in flagged and len(seen) == 1
+    n_bad = int(str(seen[0].message).split(" of the ")[0])
+    assert 20 <= n_bad <= 28  # about 11 steps above t = 0.67 and 14 below 0.45
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedTimesWarning)
+        narrow("lily", max_new_tokens=8, num_inference_steps=32, generator=gen())  # once per step count
+        for spec in (time_density_spec("uniform"), time_density_spec("logit_normal", 0.0, 1.0),
+                     time_density_spec("logit_normal", 0.25, 0.15, uniform_share=0.2), None):
+            _with_times(pipe, spec)("lily", max_new_tokens=8, num_inference_steps=32, generator=gen())
+    narrow.save_pretrained(tmp_path / "p")  # saved with the pipeline
+    assert load_pipeline(tmp_path / "p").config.training_times == time_density_spec("logit_normal", 0.25, 0.15)
+    from latentlm.loading import describe
+
+    assert len(describe(tmp_path / "p")["untrained_steps_at_32"]) == n_bad  # `latentlm info` lists them
+
+
+def test_training_time_cdf_matches_the_draws():
+    from latentlm.diffusion.losses import DenoiserLossConfig, sample_times, time_density_of
+    from latentlm.diffusion.time_density import time_cdf
+
+    torch.manual_seed(0)
+    for cfg in (DenoiserLossConfig(), DenoiserLossConfig(time_sampling="logit_normal", time_mean=0.25, time_std=0.15),
+                DenoiserLossConfig(time_sampling="logit_normal", time_mean=0.25, time_std=0.15,
+                                   time_uniform_share=0.2)):
+        t = torch.cat([sample_times(256, cfg, "cpu") for _ in range(40)]).double()
+        grid = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+        empirical = (t[None, :] <= grid[:, None]).double().mean(1)
+        assert torch.allclose(empirical, time_cdf(time_density_of(cfg), grid), atol=0.02), cfg
+    mixed = torch.cat([sample_times(256, cfg, "cpu") for _ in range(40)])
+    assert 0.06 < float((mixed < 0.4).double().mean()) < 0.10  # 0.2 x 0.4: the uniform share reaches low times
