@@ -524,3 +524,29 @@ def test_block_regimes_give_the_denoiser_the_inputs_they_name(ae, tiny_tokenizer
         assert {c for _, _, c in calls} == {True, False}  # both layouts over the four batches
     with pytest.raises(ConfigError, match="block_regime"):
         DenoiserLossConfig(block_regime="diagonal").validate()
+
+
+def test_padding_weight_and_min_snr_weighting_follow_their_formulas(ae, tiny_tokenizer):
+    from latentlm.diffusion.losses import diffusion_loss, prepare_denoiser_batch, sample_times
+
+    texts = ["lily had a red kite.", "tom smiled.", "a cat sat on the mat. " * 4]
+    torch.manual_seed(0)
+    x = prepare_denoiser_batch(batch(tiny_tokenizer, texts), autoencoder=ae, cfg=DenoiserLossConfig(p_unconditional=1.0))
+    pad = x.padding
+    assert pad.any() and not pad[2].any()  # short stories end early; the long one fills its row
+    assert torch.equal(pad, x.known & ~x.token_mask.reshape(3, x.z0.shape[1], -1).bool().any(-1))
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8, self_conditioning=False).train()
+    err = (x.z0 ** 2).mean(-1)  # the zero-initialised output head estimates x0 = 0
+    for cfg in (DenoiserLossConfig(latent_pad_weight=0.0), DenoiserLossConfig(latent_pad_weight=0.3),
+                DenoiserLossConfig(time_weighting="min_snr", min_snr_gamma=2.0)):
+        torch.manual_seed(1)
+        loss = diffusion_loss(den, x, cfg).loss
+        torch.manual_seed(1)
+        alpha, sigma = den.schedule.alpha_sigma(sample_times(3, cfg, "cpu"))
+        w = x.known.float() * torch.where(pad, cfg.latent_pad_weight, 1.0)
+        weight_t = (alpha / sigma).pow(2).clamp(max=cfg.min_snr_gamma)[:, None] if cfg.time_weighting != "none" else 1
+        assert float(loss) == pytest.approx(float((err * weight_t * w).sum() / w.sum()), rel=1e-5), cfg
+    for bad, match in (({"latent_pad_weight": 2.0}, "latent_pad_weight"), ({"time_weighting": "snr"}, "time_weighting"),
+                       ({"min_snr_gamma": 0.0}, "min_snr_gamma")):
+        with pytest.raises(ConfigError, match=match):
+            DenoiserLossConfig(**bad).validate()
