@@ -1,10 +1,13 @@
-"""At which noise levels does a latent pipeline's text turn generic? The unigram entropy of the decoded
-clean-latent estimate x0 after each sampling step (parallel mode), next to real continuations'.
+"""At which noise levels does a latent pipeline lose the text? The per-t map, then the sampling trace.
 
-    python benchmarks/x0_entropy.py --model runs/ts/den_b4 --data ../shared/data/tinystories/valid.jsonl \
-        [--prompts 64] [--steps 32 128] [--new-tokens 128]
+    python benchmarks/x0_entropy.py --model runs/ts/denoiser --data ../shared/data/tinystories/valid.jsonl \
+        [--prompts 64] [--steps 32 128] [--new-tokens 128] [--grid 0.02 0.05 ... 0.95]
 
-Prints one JSON line per step count: (step, timestep, entropy in bits) for every step.
+The map (latentlm.eval.per_t): real continuations of the openings noised to each t of ``--grid``, and
+the token accuracy and word entropy of the decoded rescaled noisy latent and of the denoiser's clean
+estimate (without and with self-conditioning), next to the training-time density there. The trace:
+the unigram entropy of the decoded clean estimate after each sampling step (parallel mode), one JSON
+line per step count with (step, timestep, entropy in bits).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from latentlm import LatentDiffusionPipeline
 from latentlm.data.readers import read_documents
 from latentlm.eval import metrics as M
 from latentlm.eval.compare import CompareConfig, openings
+from latentlm.eval.per_t import DEFAULT_GRID, map_table, per_t_map
 
 
 def main() -> None:
@@ -27,6 +31,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--steps", type=int, nargs="+", default=[32, 128])
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--grid", type=float, nargs="+", default=list(DEFAULT_GRID), help="times of the per-t map")
     args = p.parse_args()
     pipe = LatentDiffusionPipeline.from_pretrained(args.model)
     tok = pipe.tokenizer
@@ -34,6 +39,9 @@ def main() -> None:
                      CompareConfig(prompts=args.prompts, max_new_tokens=args.new_tokens), synthetic=False)
     real = [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: args.new_tokens]) for _, c in pairs]
     print(json.dumps({"real continuations": M.unigram_entropy(real)}), flush=True)
+    rows = per_t_map(pipe, [o for o, _ in pairs], [c for _, c in pairs], args.grid, max_new_tokens=args.new_tokens)
+    print(map_table(rows, M.unigram_entropy(real)), flush=True)
+    print(json.dumps({"per_t": [r.__dict__ for r in rows]}), flush=True)
 
     def texts(ids: torch.Tensor) -> list[str]:
         return [tok.decode([t for t in row if t != tok.pad_token_id]) for row in ids.tolist()]

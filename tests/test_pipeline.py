@@ -512,3 +512,41 @@ def test_training_time_cdf_matches_the_draws():
         assert torch.allclose(empirical, time_cdf(time_density_of(cfg), grid), atol=0.02), cfg
     mixed = torch.cat([sample_times(256, cfg, "cpu") for _ in range(40)])
     assert 0.06 < float((mixed < 0.4).double().mean()) < 0.10  # 0.2 x 0.4: the uniform share reaches low times
+
+
+def test_per_t_map_known_answers(tiny_autoencoder_dir, monkeypatch):
+    from latentlm.data.tokenizer import load_tokenizer
+    from latentlm.diffusion.time_density import time_density_spec
+    from latentlm.eval.per_t import continuation_ids, per_t_map
+    from latentlm.loading import load_model
+
+    ae, tok = load_model(tiny_autoencoder_dir).eval(), load_tokenizer(tiny_autoencoder_dir)
+    torch.manual_seed(0)
+    den = LatentDenoiser(latent_dim=ae.config.latent_dim, dim=32, depth=1, n_heads=4, max_latents=ae.n_latents)
+    pipe = LatentDiffusionPipeline(tok, ae, den.eval(), make_scheduler("ddpm", den),
+                                   training_times=time_density_spec("logit_normal", 0.25, 0.15))
+    from latentlm.data.synthetic import generate_stories
+    from latentlm.eval.compare import CompareConfig, openings
+
+    pairs = openings([s.text for s in generate_stories(8, seed=5)], 8, CompareConfig(), synthetic=True)
+    prompts, conts = [p for p, _ in pairs], [c for _, c in pairs]
+    k = ae.config.tokens_per_latent
+    ids, mask = continuation_ids(tok, conts, 16, k)
+    assert ids.shape == (len(conts), 16) and bool(mask.all())  # longer than 16 tokens: cut, no end-of-text
+    short, short_mask = continuation_ids(tok, ["the end."], 16, k)
+    assert int(short_mask.sum()) == len(tok("the end.")["input_ids"]) + 1 and short[0, int(short_mask.sum()) - 1] == tok.eos_token_id
+    recon = pipe.tokens_of(ae.encode(ids, mask))
+    recon_acc = float((recon[mask.bool()] == ids[mask.bool()]).float().mean())
+    assert recon_acc > 0.7  # split continuations of synthetic stories (whole stories: about 1.0)
+    rows = per_t_map(pipe, prompts, conts, (0.001, 0.95), max_new_tokens=16)
+    assert rows[0].noisy_accuracy == pytest.approx(recon_acc)  # no noise: the autoencoder's own reconstruction
+    assert rows[1].noisy_accuracy < 0.5 and rows[0].x0_sc_accuracy is not None
+    assert rows[0].training_mass < 0.01 < per_t_map(pipe, prompts[:2], conts[:2], (0.55,), max_new_tokens=16)[0].training_mass
+    # a denoiser replaced by the exact clean latent: its estimate decodes as the reconstruction at every t
+    seen = []
+    encode = ae.encode
+    monkeypatch.setattr(ae, "encode", lambda *a, **kw: seen.append(encode(*a, **kw)) or seen[-1])
+    monkeypatch.setattr(pipe, "predict_x0", lambda z_t, t, *a, **kw: next(z for z in reversed(seen) if z.shape == z_t.shape))
+    exact = per_t_map(pipe, prompts, conts, (0.02, 0.5, 0.95), max_new_tokens=16)
+    assert [r.x0_accuracy for r in exact] == pytest.approx([recon_acc] * 3)
+    assert exact[2].noisy_accuracy < exact[0].noisy_accuracy  # the noisy latent loses the text
