@@ -21,7 +21,13 @@ import numpy as np
 from latentlm.data.readers import read_documents
 from latentlm.device import resolve_device
 from latentlm.eval import metrics as M
-from latentlm.eval.compare import DEFAULT_OPTIONS, CompareConfig, generate_samples, is_synthetic, openings
+from latentlm.eval.compare import (
+    DEFAULT_OPTIONS,
+    CompareConfig,
+    generate_samples,
+    is_synthetic,
+    openings,
+)
 from latentlm.eval.models import load_language_model
 
 

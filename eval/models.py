@@ -307,9 +307,9 @@ class LatentAdapter(LanguageModelAdapter):
                  guidance_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                  corrector_steps: int = 0, scheduler: str | None = None, mode: str | None = None,
                  window_blocks: int | None = None, decoder_temperature: float = 0.0,
-                 denoising_end: float = 1.0) -> GenerationOutput:
+                 denoising_end: float = 1.0, project_below: float = 0.0) -> GenerationOutput:
         """``mode`` and ``window_blocks``: None for the pipeline's own (its preset's ``sampling_mode``);
-        ``decoder_temperature`` and ``denoising_end``: as the pipeline's."""
+        ``decoder_temperature``, ``denoising_end`` and ``project_below``: as the pipeline's."""
         prompts = _check_prompts(prompts)
         if scheduler is not None:
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.denoiser)
@@ -317,7 +317,7 @@ class LatentAdapter(LanguageModelAdapter):
                         guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                         corrector_steps=corrector_steps, generator=generator, mode=mode,
                         window_blocks=window_blocks, decoder_temperature=decoder_temperature,
-                        denoising_end=denoising_end)
+                        denoising_end=denoising_end, project_below=project_below)
         conts = [t[len(p):] for t, p in zip(out.texts, prompts)]
         return GenerationOutput(out.texts, conts, out.nfe)
 

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--denoising-end", type=float, default=1.0,
                      help="latent: the fraction of the steps to run; below 1 the text is decoded from the clean "
                           "estimate of the last step run")
+    gen.add_argument("--project-below", type=float, default=0.0,
+                     help="latent, parallel mode: below this time t each step's clean estimate is replaced by the "
+                          "latents of its decoded tokens (0: never)")
     gen.add_argument("--decoder", choices=list(DECODERS), default="ancestral",
                      help="decoder (mdlm)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar, ptp, transformers models)")
@@ -205,7 +208,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                    "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale,
                                   guidance_interval=tuple(args.guidance_interval), scheduler=args.scheduler,
                                   mode=args.mode, window_blocks=args.window_blocks,
-                                  decoder_temperature=args.decoder_temperature, denoising_end=args.denoising_end)}
+                                  decoder_temperature=args.decoder_temperature, denoising_end=args.denoising_end,
+                                  project_below=args.project_below)}
         out = lm.generate([args.prompt] * args.num_samples, args.max_new_tokens,
                           generator=torch.Generator().manual_seed(args.seed), **options[lm.kind])
         for text in out.texts:

@@ -226,7 +226,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     def check_inputs(self, prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                      num_samples_per_prompt, corrector_steps, output_type, latents,
                      callback_on_step_end_tensor_inputs, mode: str = "parallel", window_blocks: int = 4,
-                     decoder_temperature: float = 0.0, denoising_end: float = 1.0) -> list[str]:
+                     decoder_temperature: float = 0.0, denoising_end: float = 1.0,
+                     project_below: float = 0.0) -> list[str]:
         """Validate the arguments of ``__call__`` (InputError naming the bad one); returns the prompts."""
         prompts = self._normalise_prompts(prompt)
         if mode not in MODES:
@@ -277,6 +278,12 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         if (isinstance(denoising_end, bool) or not isinstance(denoising_end, (int, float))
                 or not 0 < denoising_end <= 1):
             raise InputError(f"denoising_end must be a fraction of the steps in (0, 1], got {denoising_end!r}")
+        if (isinstance(project_below, bool) or not isinstance(project_below, (int, float))
+                or not 0 <= project_below <= 1):
+            raise InputError(f"project_below must be a time in [0, 1] (0: no projection), got {project_below!r}")
+        if project_below > 0 and mode != "parallel":
+            raise InputError(f"project_below applies to parallel sampling; mode {mode!r} re-encodes each block's "
+                             "tokens as it commits them")
         limit = self.autoencoder.config.max_seq_len
         if max_new_tokens > limit and mode == "parallel":
             raise InputError(f"max_new_tokens {max_new_tokens} exceeds the autoencoder's maximum of {limit} tokens "
@@ -341,6 +348,13 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:2])
 
     # ------------------------------------------------------------------ helpers
+    def project(self, x0: torch.Tensor) -> torch.Tensor:
+        """Clean latents (b, n, d) -> the latents of their decoded most likely tokens (encode(decode(x0))):
+        the nearest codes of real token groups, as the autoencoder maps them."""
+        tokens = self.tokens_of(x0)
+        z = self.autoencoder.encode(tokens, torch.ones_like(tokens))
+        return z.to(x0.dtype)
+
     def _n_latents(self, max_new_tokens: int) -> int:
         """Latents sampled for ``max_new_tokens``: whole latents, and whole blocks for a block-causal
         denoiser (the decoded tokens are cut to ``max_new_tokens``)."""
@@ -456,6 +470,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         window_blocks: int | None = None,
         decoder_temperature: float = 0.0,
         denoising_end: float = 1.0,
+        project_below: float = 0.0,
     ) -> LatentDiffusionPipelineOutput:
         """Sample continuations of ``prompt``.
 
@@ -499,6 +514,10 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 its SDXL pipeline); below 1 the sampler stops after ceil(denoising_end x steps) steps and
                 each latent (each block, in the block modes) is the clean estimate of its last step, at the
                 noise level of that step: the low-noise steps are skipped. 1 runs every step.
+            project_below: at the steps whose time t is below this, the clean estimate is replaced by
+                the latents of its decoded most likely tokens (decode, re-encode: a projection onto the
+                codes of real token groups, Diffusion-LM's clamping, arXiv:2205.14217) before the
+                scheduler's step; 0 (the default) never. Parallel mode only.
         """
         mode = self.config.sampling_mode if mode is None else mode
         window_blocks = self.config.window_blocks if window_blocks is None else window_blocks
@@ -508,7 +527,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         # 1. check inputs
         prompts = self.check_inputs(prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                                     num_samples_per_prompt, corrector_steps, output_type, latents, tensor_inputs,
-                                    mode, window_blocks, decoder_temperature, denoising_end)
+                                    mode, window_blocks, decoder_temperature, denoising_end, project_below)
         self.check_time_coverage(num_inference_steps)
         self._guidance_scale, self._interrupt = float(guidance_scale), False
         device = self._execution_device
@@ -538,6 +557,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 break
             z_t, t = to_denoiser(x, i, ts)
             x0 = x0_fn(z_t, t)
+            if project_below and float(t[0]) < project_below:
+                x0 = self.project(x0)
             x = sched.step(to_scheduler(x0, x, i), ts, x, generator=generator).prev_sample
             if corrector_steps and i + 1 < len(timesteps):
                 t_next = to_denoiser(x, i + 1, timesteps[i + 1])[1]

@@ -550,3 +550,22 @@ def test_per_t_map_known_answers(tiny_autoencoder_dir, monkeypatch):
     exact = per_t_map(pipe, prompts, conts, (0.02, 0.5, 0.95), max_new_tokens=16)
     assert [r.x0_accuracy for r in exact] == pytest.approx([recon_acc] * 3)
     assert exact[2].noisy_accuracy < exact[0].noisy_accuracy  # the noisy latent loses the text
+
+
+def test_projection_replaces_the_estimate_below_its_time(pipe, monkeypatch):
+    kw = dict(max_new_tokens=8, num_inference_steps=8)
+    plain = pipe("lily", generator=gen(1), **kw)
+    assert torch.equal(plain.latents, pipe("lily", generator=gen(1), project_below=0.0, **kw).latents)
+    calls, seen = [], []
+    project = pipe.project
+    monkeypatch.setattr(pipe, "project", lambda x0: calls.append(1) or project(x0))
+    out = pipe("lily", generator=gen(1), project_below=0.5, callback_on_step_end_tensor_inputs=["x0"],
+               callback_on_step_end=lambda p, i, ts, tensors: seen.append(float(ts)) or {}, **kw)
+    assert len(calls) == sum((ts + 1) / 1000 < 0.5 for ts in seen) > 0  # the steps below t = 0.5
+    assert not torch.equal(out.latents, plain.latents)
+    z = torch.randn(2, 2, 8)
+    tokens = pipe.tokens_of(z)
+    assert torch.equal(project(z), pipe.autoencoder.encode(tokens, torch.ones_like(tokens)))
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(InputError, match="project_below"):
+            pipe("lily", project_below=bad, **kw)
