@@ -71,7 +71,7 @@ class CompareConfig:
     window: int = 16  # words per coherence window
     distances: tuple[int, ...] = (1, 2, 4)
     mauve: bool = True
-    mauve_bootstrap: int = 100  # resamples of openings for each MAUVE interval (0: no interval)
+    mauve_bootstrap: int = 100  # half-samples of openings for each MAUVE interval (0: no interval)
     curves: bool = True  # judge perplexity against word entropy over each model's diversity knob
     curve_prompts: int = 256  # openings per point of those curves (one sample each)
     bootstrap: int = 200
@@ -527,9 +527,9 @@ def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, s
             feats = feats_ceiling if s.name == REAL else M.sentence_embeddings(c)
             groups = [n + i for i in range(len(feats))] if s.name == REAL else [i % n for i in range(len(c))]
             r["mauve"] = M.mauve_score(feats, feats_real, seed=cfg.seed)
-            if cfg.mauve_bootstrap:
-                r["mauve_ci"] = list(M.mauve_interval(feats, feats_real, groups, range(n),
-                                                      n_boot=cfg.mauve_bootstrap, seed=cfg.seed))
+            if cfg.mauve_bootstrap and n >= 20:  # half-samples of 10+ openings
+                r["mauve_ci"] = list(M.mauve_interval(feats, feats_real, groups, range(n), n_boot=cfg.mauve_bootstrap,
+                                                      seed=cfg.seed, point=r["mauve"]))
         rows[s.name] = r
         if cache is not None:
             with cache.open("a", encoding="utf-8") as f:

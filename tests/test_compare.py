@@ -41,7 +41,7 @@ def folders(tmp_path_factory, tiny_tokenizer):
 
 
 def small_config(**kw):
-    base = dict(prompts=12, max_new_tokens=16, nll_texts=4, nll_samples=2, cloze_items=6, nfe_sweep=(2, 4),
+    base = dict(prompts=20, max_new_tokens=16, nll_texts=4, nll_samples=2, cloze_items=6, nfe_sweep=(2, 4),
                 sweep_prompts=4, speed_lengths=(8, 4096), speed_batch=2, window=4, bootstrap=20,
                 mauve_bootstrap=10, curve_prompts=12)
     return CompareConfig(**{**base, **kw})
@@ -65,7 +65,7 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
         assert rows[name]["mauve_ci"][0] <= rows[name]["mauve_ci"][1]
     assert "diversity" not in s and "quality-entropy curves" in s["skipped"]  # they need a judge
     # PTP decodes its AR's samples: identical, so its quality rows are the AR's; its likelihood is the AR's
-    assert s["lossless/ptp"] == {"identical": 12, "n": 12}
+    assert s["lossless/ptp"] == {"identical": 20, "n": 20}
     assert rows["ptp"] == rows["ar"]
     assert s["likelihood/ptp"]["nats_per_token"] == s["likelihood/ar"]["nats_per_token"]
     assert s["consistency"]["probe"]["real text"]["consistent"] == 1.0  # the true continuations
@@ -78,7 +78,7 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
               "consistency_vs_distance.png", "samples/latent_seed0.jsonl"):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
-    assert "hackable" in report and "| ar |" in report and "| ptp | 12 / 12 |" in report
+    assert "hackable" in report and "| ar |" in report and "| ptp | 20 / 20 |" in report
     # "auto" runs on the GPU when there is one, and the report names the device that ran
     assert s["meta"]["device"].startswith("cpu") == (not torch.cuda.is_available())
 

@@ -67,34 +67,40 @@ def test_mauve_separates_distributions():
         M.mauve_score(p[:5], q)
 
 
-def test_mauve_interval_resamples_openings_with_the_known_spread_of_a_mean(monkeypatch):
+def test_mauve_interval_half_samples_openings_with_the_known_spread_of_a_mean(monkeypatch):
     """With MAUVE replaced by a statistic whose sampling spread is known (the mean of 400 openings'
-    values, sd 1: a 95% interval of +-1.96 / 20), the interval has that width; model rows and real rows
-    of the same openings are drawn together, and each side alone when their openings differ."""
+    values, sd 0.05: a 95% interval of +-1.96 x 0.05 / 20), the interval has that width around the full-sample
+    value; model rows and real rows of the same openings are drawn together, each side alone when their
+    openings differ, and no opening twice."""
     rng = np.random.default_rng(0)
     g = 400
-    effect = rng.normal(size=g)
+    effect = 0.5 + 0.05 * rng.normal(size=g)  # inside [0, 1], as MAUVE
     groups = [i % g for i in range(2 * g)]  # two samples per opening, as seeds x openings
-    p = np.stack([effect[groups] + 0.01 * rng.normal(size=2 * g), np.array(groups, float)], 1)
+    p = np.stack([effect[groups] + 0.0005 * rng.normal(size=2 * g), np.array(groups, float)], 1)
     q = np.stack([effect, np.arange(g, dtype=float)], 1)
     paired = []
 
     def mean_of_p(pf, qf, seed=0):
         paired.append(sorted(set(pf[:, 1])) == sorted(set(qf[:, 1])))
+        assert len(set(qf[:, 1])) == len(qf)  # without replacement
         return float(pf[:, 0].mean())
 
     monkeypatch.setattr(M, "mauve_score", mean_of_p)
     lo, hi = M.mauve_interval(p, q, groups, range(g), n_boot=400, seed=1)
     assert lo < effect.mean() < hi
-    assert 0.85 * 1.96 / 20 < (hi - lo) / 2 < 1.15 * 1.96 / 20, (lo, hi)
+    assert 0.85 * 1.96 * 0.05 / 20 < (hi - lo) / 2 < 1.15 * 1.96 * 0.05 / 20, (lo, hi)
+    shifted = M.mauve_interval(p, q, groups, range(g), n_boot=400, seed=1, point=float(p[:, 0].mean()) + 0.1)
+    assert shifted == pytest.approx((lo + 0.1, hi + 0.1))  # the spread, placed around the given score
     assert all(paired)
     paired.clear()
-    M.mauve_interval(p, q, groups, [g + i for i in range(g)], n_boot=20)  # other openings: drawn apart
+    M.mauve_interval(p, q, groups, [g + i for i in range(g)], n_boot=20, point=0.5)  # other openings: drawn apart
     assert not any(paired)
     with pytest.raises(InputError, match="one group id per feature row"):
         M.mauve_interval(p, q, groups[:-1], range(g))
     with pytest.raises(InputError, match="at least 10"):
         M.mauve_interval(p, q, groups, range(g), n_boot=5)
+    with pytest.raises(InputError, match="20"):
+        M.mauve_interval(p[:20], q[:10], groups[:20], range(10))
 
 
 def test_mauve_interval_brackets_the_score():
@@ -102,7 +108,7 @@ def test_mauve_interval_brackets_the_score():
     p, q, far = rng.normal(size=(120, 8)), rng.normal(size=(60, 8)), rng.normal(loc=5.0, size=(120, 8))
     groups = [i % 60 for i in range(120)]
     lo, hi = M.mauve_interval(p, q, groups, range(60), n_boot=10)
-    assert 0.5 < lo <= hi <= 1.0
+    assert 0.5 < lo <= M.mauve_score(p, q) <= hi <= 1.0
     lo, hi = M.mauve_interval(far, q, groups, range(60), n_boot=10)
     assert hi < 0.1
 
