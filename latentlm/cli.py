@@ -45,6 +45,7 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in --out")
     p.add_argument("--autoencoder", help="trained autoencoder folder (denoiser only)")
     p.add_argument("--teacher", help="trained AR folder to distil (ptp only); its tokenizer is used")
+    p.add_argument("--pipeline", help="trained latent pipeline folder whose decoder to adapt (decoder only)")
     p.add_argument("--init-from", metavar="DIR",
                    help="fine-tune: start from the weights of a trained model of this kind and architecture "
                         "(fresh optimizer and learning-rate schedule; its tokenizer is used)")
@@ -82,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("mdlm", "the masked-diffusion baseline"),
                        ("judge", "the judge of `compare` (an AR model larger and trained longer than the baseline)"),
                        ("denoiser", "the latent denoiser (exports a complete pipeline)"),
-                       ("ptp", "a Parallel Token Prediction model distilled from a trained AR (--teacher)")):
+                       ("ptp", "a Parallel Token Prediction model distilled from a trained AR (--teacher)"),
+                       ("decoder", "adapt the decoder of a trained latent pipeline (--pipeline) to its denoiser's "
+                                   "estimates")):
         _add_train_common(tr.add_parser(kind, help=f"train {what}"))
 
     ev = sub.add_parser("eval", help="evaluate a saved model").add_subparsers(dest="eval_kind", required=True)
@@ -176,7 +179,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = run_training(args.kind, args.data, args.out, preset=args.preset,
                               config_file=args.config, overrides=args.overrides, valid=args.valid,
                               tokenizer=args.tokenizer, resume=not args.no_resume,
-                              autoencoder=args.autoencoder, init_from=args.init_from, teacher=args.teacher)
+                              autoencoder=args.autoencoder, init_from=args.init_from, teacher=args.teacher,
+                              pipeline=args.pipeline)
         if result.interrupted:
             print(f"interrupted at step {result.step}; checkpoint saved, rerun the command to resume")
             return 130

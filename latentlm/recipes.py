@@ -8,8 +8,10 @@ exported model through the one training loop.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+import json
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,6 +40,11 @@ from latentlm.data.tokenizer import (
     load_tokenizer,
     sentence_end_ids,
     train_tokenizer,
+)
+from latentlm.diffusion.decoder_adaptation import (
+    DecoderAdaptationConfig,
+    decoder_adaptation_loss,
+    freeze_encoder,
 )
 from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss, time_density_of
 from latentlm.diffusion.modeling_denoiser import LatentDenoiser
@@ -87,6 +94,7 @@ class Recipe:
     extra_sections: dict[str, type] = dataclasses.field(default_factory=dict)
     needs_autoencoder: bool = False
     needs_teacher: bool = False
+    needs_pipeline: bool = False  # a trained latent pipeline (--pipeline): decoder adaptation
     export: Callable[[torch.nn.Module, Any, dict[str, Any], Path], None] | None = None
 
     def schema(self) -> dict[str, type]:
@@ -240,9 +248,41 @@ def _ptp_recipe() -> Recipe:
                   extra_sections={"loss": PTPLossConfig}, needs_teacher=True, export=export)
 
 
+@dataclass
+class DecoderModelConfig:
+    """Model section of a decoder adaptation run (``[decoder.model]``): none; the architecture is the
+    pipeline's autoencoder."""
+
+
+def _decoder_recipe() -> Recipe:
+    """Decoder adaptation (diffusion/decoder_adaptation.py): the pipeline's autoencoder with only its
+    decoder side trainable, on the frozen denoiser's clean estimates; the export is the whole pipeline
+    with the adapted autoencoder."""
+    def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
+        ae = copy.deepcopy(ctx["pipeline"].autoencoder)
+        freeze_encoder(ae)
+        return ae
+
+    def make_loss(cfg: dict[str, Any], ctx: dict[str, Any]) -> LossFn:
+        return functools.partial(decoder_adaptation_loss, denoiser=ctx["pipeline"].denoiser, cfg=cfg["loss"],
+                                 split_cfg=ctx["split_cfg"], sentence_ends=ctx["sentence_ends"])
+
+    def export(model, tok, ctx, folder: Path) -> None:
+        pipe = ctx["pipeline"]
+        adapted = LatentDiffusionPipeline(tok, model.eval(), pipe.denoiser, pipe.scheduler,
+                                          denoiser_2=pipe.denoiser_2, boundary=pipe.config.boundary,
+                                          sampling_mode=pipe.config.sampling_mode,
+                                          window_blocks=pipe.config.window_blocks,
+                                          training_times=pipe.config.training_times)
+        adapted.save_pretrained(folder)
+
+    return Recipe("decoder", DecoderModelConfig, build, make_loss, layout="document",
+                  extra_sections={"loss": DecoderAdaptationConfig}, needs_pipeline=True, export=export)
+
+
 RECIPES: dict[str, Callable[[], Recipe]] = {
     "ar": _ar_recipe, "judge": _judge_recipe, "autoencoder": _autoencoder_recipe, "mdlm": _mdlm_recipe,
-    "denoiser": _denoiser_recipe, "ptp": _ptp_recipe,
+    "denoiser": _denoiser_recipe, "ptp": _ptp_recipe, "decoder": _decoder_recipe,
 }
 
 
@@ -276,6 +316,7 @@ def run_training(
     autoencoder: str | Path | None = None,
     init_from: str | Path | None = None,
     teacher: str | Path | None = None,
+    pipeline: str | Path | None = None,
 ) -> TrainResult:
     """Train a model of ``kind`` on text files/folders ``data`` and export it to ``out_dir``.
 
@@ -296,10 +337,13 @@ def run_training(
 
     A ``ptp`` run distils a trained AR, ``teacher`` (its folder): the predictor
     starts from its weights and uses its tokenizer.
+
+    A ``decoder`` run adapts the decoder of a trained latent ``pipeline`` (its folder) to its
+    denoiser's clean estimates and exports the pipeline with the adapted autoencoder.
     """
     cfg = resolve_run_config(kind, preset, config_file, overrides)
     kwargs = dict(valid=valid, tokenizer=tokenizer, resume=resume, progress=progress, autoencoder=autoencoder,
-                  teacher=teacher)
+                  teacher=teacher, pipeline=pipeline)
     origin = {"preset": preset, "config_file": config_file, "overrides": list(overrides or [])}
     experts = cfg.get("experts")
     if experts is None or experts.boundary is None:
@@ -337,7 +381,7 @@ def _export_time_experts(out_dir: Path, boundary: float) -> None:
 def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_dir: str | Path, *,
                origin: dict[str, Any], valid: Sequence[str | Path] | None, tokenizer: str | Path | None, resume: bool, progress: bool,
                autoencoder: str | Path | None, init_from: str | Path | None = None,
-               teacher: str | Path | None = None) -> TrainResult:
+               teacher: str | Path | None = None, pipeline: str | Path | None = None) -> TrainResult:
     """One training run of ``kind`` with the resolved sections ``cfg`` (see :func:`run_training`);
     ``origin``: the preset, config file and overrides they came from (saved with the run)."""
     recipe = get_recipe(kind)
@@ -357,8 +401,20 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         # rows of loss.row_lengths autoencoder lengths (2: a prompt of up to max_seq_len tokens followed by a
         # continuation of up to max_seq_len, the most the pipeline takes and samples)
         data_cfg = dataclasses.replace(data_cfg, seq_len=cfg["loss"].row_lengths * ae.config.max_seq_len)
+    elif recipe.needs_pipeline:
+        if pipeline is None or not is_pipeline_folder(pipeline):
+            raise ConfigError(f"training a {kind} needs --pipeline DIR (a trained latent pipeline: "
+                              f"latentlm train denoiser), got {pipeline!r}")
+        pipe = load_pipeline(pipeline)
+        pipe.denoiser.requires_grad_(False).eval()
+        split_cfg = _saved_denoiser_loss(Path(pipeline))
+        ctx = {"pipeline": pipe, "split_cfg": split_cfg}
+        tokenizer = Path(pipeline) / "tokenizer"
+        data_cfg = dataclasses.replace(data_cfg, seq_len=split_cfg.row_lengths * pipe.autoencoder.config.max_seq_len)
     elif teacher is not None and not recipe.needs_teacher:
         raise ConfigError(f"--teacher is for PTP runs (latentlm train ptp), not for a {kind}")
+    if pipeline is not None and not recipe.needs_pipeline:
+        raise ConfigError(f"--pipeline is for decoder adaptation (latentlm train decoder), not for a {kind}")
     if recipe.needs_teacher:
         ctx["teacher"] = _load_teacher(teacher, tokenizer)
         tokenizer = teacher
@@ -382,7 +438,7 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         if not recipe.needs_autoencoder:
             tokenizer = _init_tokenizer(init_from, tokenizer)
     tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(docs, data_cfg.vocab_size)
-    if recipe.needs_autoencoder:
+    if recipe.needs_autoencoder or recipe.needs_pipeline:
         ctx["sentence_ends"] = torch.tensor(sentence_end_ids(tok))
     for source in (shards, valid_shards):
         if source is not None and source.manifest["tokenizer_sha256"] != tokenizer_fingerprint(tok):
@@ -414,6 +470,17 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
                   **{k: dataclasses.asdict(v) for k, v in cfg.items()}}
     return train(model, recipe.make_loss(cfg, ctx), batches, train_cfg, out_dir, valid_batches=valid_batches,
                  resume=resume, export=export, run_config=run_config, progress=progress)
+
+
+def _saved_denoiser_loss(pipeline: Path) -> DenoiserLossConfig:
+    """The loss section the pipeline's denoiser trained with (its run_config.json), for splitting documents
+    the same way; the defaults when the folder has none."""
+    try:
+        saved = json.loads((pipeline / "run_config.json").read_text())["loss"]
+        known = {f.name for f in dataclasses.fields(DenoiserLossConfig)}
+        return DenoiserLossConfig(**{k: v for k, v in saved.items() if k in known})
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        return DenoiserLossConfig()
 
 
 def _shard_folder(paths: Sequence[str | Path], flag: str) -> TokenShards | None:

@@ -132,3 +132,28 @@ def test_block_causal_denoiser_trains_and_samples_in_its_presets_mode(tiny_autoe
                          (["model.sampling_mode=sideways"], "sampling_mode must be one of")):
         assert main([*cmd[:-4], "--out", str(tmp_path / "bad"), *[x for b in bad for x in ("--set", b)]]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_decoder_adaptation_trains_the_decoder_alone_and_exports_the_pipeline(pipeline_dir, synthetic_files, tmp_path,
+                                                                               capsys):
+    from latentlm.loading import load_pipeline
+
+    out = tmp_path / "adapted"
+    assert main(["train", "decoder", "--preset", "cpu-tiny", "--pipeline", str(pipeline_dir),
+                 "--data", str(synthetic_files / "train.jsonl"), "--valid", str(synthetic_files / "valid.jsonl"),
+                 "--out", str(out), "--set", "train.steps=3", "--set", "train.eval_every=3"]) == 0
+    before, after = load_pipeline(pipeline_dir), load_pipeline(out)
+    old, new = before.autoencoder.state_dict(), after.autoencoder.state_dict()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith(("from_latent.", "decoder.", "head.")) for k in changed), changed
+    assert all(torch.equal(a, b) for a, b in zip(before.denoiser.state_dict().values(),
+                                                 after.denoiser.state_dict().values()))
+    assert after.config.training_times == before.config.training_times
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"estimate_acc", "noisy_acc"} <= set(metrics[0])
+    capsys.readouterr()
+    common = ["--data", str(synthetic_files / "train.jsonl"), "--out", str(tmp_path / "x"), "--preset", "cpu-tiny"]
+    assert main(["train", "decoder", *common]) == 2
+    assert "needs --pipeline" in capsys.readouterr().err
+    assert main(["train", "ar", *common, "--pipeline", str(pipeline_dir)]) == 2
+    assert "--pipeline is for decoder adaptation" in capsys.readouterr().err
