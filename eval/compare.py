@@ -238,7 +238,7 @@ def compare(
     pairs = openings(docs, cfg.prompts, cfg, synthetic)
     prompts = [p for p, _ in pairs]
     tok = next(iter(lms.values())).tokenizer
-    real_conts = [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens]) for _, c in pairs]
+    real_conts = _cut([c for _, c in pairs], tok, cfg)
     n_words = max(1, int(statistics.median(len(c.split()) for c in real_conts)))
     steps_total = 3 * len(lms) + 3 + (1 if cfg.nfe_sweep else 0) + (1 if cfg.curves else 0)
     bar = tqdm(total=steps_total, desc="compare", disable=not progress)
@@ -469,9 +469,7 @@ def mauve_references(docs: list[str], pairs: list[tuple[str, str]], real: list[s
         other = [c for p, c in openings(docs, len(docs), cfg, is_synthetic(docs)) if p not in used]
     except DataError:
         other = []
-    tok = tokenizer
-    ref_other = [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens])
-                 for c in other[: len(real)]]
+    ref_other = _cut(other[: len(real)], tokenizer, cfg)
     if len(real) < 10 or len(ref_other) < 10:
         raise DataError(f"MAUVE needs 10+ openings and 10+ other held-out stories for the data-vs-data "
                         f"ceiling (have {len(real)} and {len(ref_other)})")
@@ -545,7 +543,7 @@ def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]]
     (``DIVERSITY_KNOBS``); the other options as in the main table. Samples are cached per batch."""
     pairs = pairs[: cfg.curve_prompts]
     prompts = [p for p, _ in pairs]
-    feats_real = M.sentence_embeddings(_real_cut(pairs, lm.tokenizer, cfg)) if cfg.mauve else None
+    feats_real = M.sentence_embeddings(_cut([c for _, c in pairs], lm.tokenizer, cfg)) if cfg.mauve else None
     curves = {}
     for knob, values in DIVERSITY_KNOBS[lm.kind].items():
         points = []
@@ -562,10 +560,10 @@ def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]]
     return {"curves": curves, "n": len(prompts)}
 
 
-def _real_cut(pairs: list[tuple[str, str]], tokenizer, cfg: CompareConfig) -> list[str]:
-    """The real continuations of ``pairs``, cut to ``cfg.max_new_tokens`` tokens of ``tokenizer``."""
+def _cut(texts: list[str], tokenizer, cfg: CompareConfig) -> list[str]:
+    """``texts`` (real continuations) cut to ``cfg.max_new_tokens`` tokens of ``tokenizer``."""
     return [tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens])
-            for _, c in pairs]
+            for c in texts]
 
 
 def _matched(res: Results, lms: dict, pairs: list[tuple[str, str]], cfg: CompareConfig) -> dict:
@@ -573,7 +571,7 @@ def _matched(res: Results, lms: dict, pairs: list[tuple[str, str]], cfg: Compare
     interpolated where its curves cross it (``gen_ppl`` None: no curve reaches it); of several
     crossings, the lowest perplexity and its knob."""
     tok = next(iter(lms.values())).tokenizer
-    target = M.unigram_entropy(_real_cut(pairs[: cfg.curve_prompts], tok, cfg))
+    target = M.unigram_entropy(_cut([c for _, c in pairs[: cfg.curve_prompts]], tok, cfg))
     matched: dict[str, dict] = {}
     for name in lms:
         if not res.done(f"diversity/{name}"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -341,11 +341,6 @@ def render_results(results: dict, split: str = "test") -> str:
                                          _num(r.get("gen_ppl"), "{:.1f}"), _num(r.get("rep4"), "{:.3f}"),
                                          _num(r.get("known_names"), "{:.3f}"), nll, train_s]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def stage_names(cfg: ProtocolConfig | None = None) -> Sequence[str]:
-    cfg = cfg or ProtocolConfig()
-    return ["tokenizer", *(s.name for s in cfg.stages), *(f"compare_{s}" for s in cfg.splits)]
 
 
 def render_training(results: dict) -> str:
