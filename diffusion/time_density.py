@@ -67,9 +67,12 @@ def warn_untrained(spec: dict | None, times: list[float], what: str) -> list[flo
     trained; returns those times."""
     bad = untrained_times(spec, times)
     if bad:
+        low = [t for t in bad if float(time_cdf(spec, torch.tensor(t))) < 0.5]  # below the training times
+        high = [t for t in bad if t not in low]
+        where = " and ".join(([f"t <= {max(low):.2f}"] if low else []) + ([f"t >= {min(high):.2f}"] if high else []))
         warnings.warn(
             f"{len(bad)} of the {len(times)} steps of {what} fall at times the denoiser was hardly trained at "
-            f"(t = {min(bad):.2f} to {max(bad):.2f}; its training times: {spec['sampling']}"
+            f"({where}; its training times: {spec['sampling']}"
             + (f"({spec['mean']:g}, {spec['std']:g})" if spec["sampling"] != "uniform" else "")
             + (f" with {spec['uniform_share']:g} uniform" if spec.get("uniform_share") else "")
             + "): its estimates there are untrained. Train with times that cover the sampler's steps "
