@@ -8,8 +8,11 @@ by repetition, high entropy by noise, high MAUVE by copying.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -118,9 +121,24 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 0) -
     if len(p_features) < 10 or len(q_features) < 10:
         raise InputError(f"MAUVE needs at least 10 texts per side, got {len(p_features)} and {len(q_features)}")
     k = max(2, min(len(p_features), len(q_features)) // 10)
-    out = mauve.compute_mauve(p_features=p_features, q_features=q_features, num_buckets=k, seed=seed,
-                              verbose=False, device_id=-1)
+    with _native_stderr_silenced():  # faiss's k-means warns on stderr about small sets, once per call
+        out = mauve.compute_mauve(p_features=p_features, q_features=q_features, num_buckets=k, seed=seed,
+                                  verbose=False, device_id=-1)
     return float(out.mauve)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 (where C++ libraries print) to /dev/null for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def mauve_interval(p_features: np.ndarray, q_features: np.ndarray, p_groups: Sequence[int], q_groups: Sequence[int],
