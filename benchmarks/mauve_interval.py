@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from latentlm.data.readers import read_documents
 from latentlm.device import resolve_device
+from latentlm.errors import LatentLMError
 from latentlm.eval import metrics as M
 from latentlm.eval.compare import (
     DEFAULT_OPTIONS,
@@ -32,7 +34,7 @@ from latentlm.eval.compare import (
 from latentlm.eval.models import load_language_model
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
@@ -43,6 +45,15 @@ def main() -> None:
     p.add_argument("--cache", help="folder for the samples (default: none)")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
+    try:
+        run(args)
+    except LatentLMError as e:
+        print(f"mauve_interval: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
     cfg = CompareConfig(prompts=args.prompts, max_new_tokens=args.new_tokens, seeds=max(args.seeds),
                         mauve_bootstrap=args.bootstrap)
     docs = read_documents([args.data])
@@ -80,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
