@@ -25,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from latentlm.cost import cost_record, run_cost
 from latentlm.data.readers import read_documents
 from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 from latentlm.device import device_name, resolve_device
-from latentlm.errors import DataError, InputError
+from latentlm.errors import DataError, InputError, LatentLMError
 from latentlm.eval.compare import CompareConfig, compare
 from latentlm.files import move_tree, write_text_atomic
 from latentlm.recipes import run_training
@@ -234,7 +235,9 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
     results = summarise(clock.data, reports, cfg, device_name(resolve_device(device)), folders)
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     if cfg.splits:
-        write_text_atomic(out / "results.md", render_results(results, cfg.splits[-1]) + "\n" + render_training(results))
+        write_text_atomic(out / "results.md", "\n".join([render_results(results, cfg.splits[-1]),
+                                                         render_training(results),
+                                                         render_sampling(results, cfg.splits[-1])]))
     return results
 
 
@@ -274,20 +277,38 @@ def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device
         info = stages.get(s.name, {})
         steady = steady_seconds(folders[s.name] / "metrics.jsonl") if s.name in folders else None
         training[s.name] = {"kind": s.kind, "seconds": info.get("seconds"), "given": info.get("given"),
-                            "steady_seconds": steady[0] if steady else None, "steps": steady[1] if steady else None}
+                            "steady_seconds": steady[0] if steady else None, "steps": steady[1] if steady else None,
+                            **_cost_of(folders.get(s.name))}
 
     def cost(name: str) -> float | None:
         t = training.get(name, {})
         return t.get("steady_seconds") or t.get("seconds")
+
+    def flops(name: str) -> float | None:
+        return training.get(name, {}).get("total_flops")
 
     for s in cfg.stages:
         if s.kind in DIFFUSION_KINDS and cost(s.name) and cost("ar"):
             training[s.name]["x_ar"] = cost(s.name) / cost("ar")
             if s.autoencoder and cost(s.autoencoder):
                 training[s.name]["x_ar_with_autoencoder"] = (cost(s.name) + cost(s.autoencoder)) / cost("ar")
+        if s.kind in DIFFUSION_KINDS and flops(s.name) and flops("ar"):
+            own = flops(s.name) + ((flops(s.autoencoder) or 0) if s.autoencoder else 0)
+            training[s.name]["flops_x_ar"] = own / flops("ar")  # with the autoencoder, for a latent model
     splits = {split: headline(rep) for split, rep in reports.items()}
     return {"preset": cfg.preset, "device": device, "training": training, "splits": splits,
             "compare": asdict(cfg.compare), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _cost_of(folder: Path | None) -> dict:
+    """Parameters and training FLOPs of the run in ``folder`` (:func:`latentlm.cost.run_cost`)."""
+    if folder is None:
+        return {}
+    try:
+        cost = run_cost(folder)
+    except (LatentLMError, OSError) as e:
+        return {"cost_error": str(e)}
+    return cost_record(cost) if cost else {}
 
 
 HEADLINE = ("matched_ppl", "matched_mauve", "gen_ppl", "mauve", "mauve_ci", "entropy", "rep4", "known_names",
@@ -309,6 +330,12 @@ def headline(report: dict) -> dict[str, dict]:
     for name, m in s.get("diversity", {}).get("matched", {}).items():
         rows.setdefault(name, {}).update(matched_ppl=m.get("gen_ppl"), matched_mauve=m.get("mauve"),
                                          matched_knob=m.get("knob"))
+    for sp in s.get("speed", []):  # batch-1 latency per length; sampling FLOPs per new token
+        if sp.get("latency_s") is None or sp["model"] not in rows:
+            continue
+        r = rows[sp["model"]]
+        r.setdefault("latency_s", {})[str(sp["new_tokens"])] = sp["latency_s"]
+        r.setdefault("sample_flops_per_token", sp["gflops_per_sample"] * 1e9 / sp["new_tokens"])
     return rows
 
 
@@ -344,15 +371,36 @@ def render_results(results: dict, split: str = "test") -> str:
 
 
 def render_training(results: dict) -> str:
-    """Training time of every stage, with each diffusion model's ratio to the AR's."""
-    lines = ["| stage | kind | steps | steady training time | wall-clock, all runs | x the AR's |", "|---|---|---|---|---|---|"]
+    """Training time and compute of every stage, with each diffusion model's ratios to the AR's."""
+    lines = ["| stage | kind | trained params | training MFLOPs/token | training PFLOPs | x the AR's FLOPs | steps "
+             "| steady training time | wall-clock, all runs | x the AR's time |", "|" + "---|" * 10]
     for name, t in results["training"].items():
         sec = "given" if t.get("given") else _num(t.get("seconds"), "{:.0f} s")
         ratio = _num(t.get("x_ar"), "{:.2f}")
         if t.get("x_ar_with_autoencoder"):
             ratio += f" ({t['x_ar_with_autoencoder']:.2f} with the autoencoder)"
-        lines.append(f"| {name} | {t['kind']} | {_num(t.get('steps'), '{}')} | "
+        params = _num(t.get("trained_params"), "{:,}")
+        if t.get("frozen_params"):
+            params += f" (+{t['frozen_params']:,} frozen)"
+        lines.append(f"| {name} | {t['kind']} | {params} | {_num(t.get('flops_per_token'), '{:.1e}')} | "
+                     f"{_num(t.get('total_flops') and t['total_flops'] / 1e15, '{:.3f}')} | "
+                     f"{_num(t.get('flops_x_ar'), '{:.2f}')} | {_num(t.get('steps'), '{}')} | "
                      f"{_num(t.get('steady_seconds'), '{:.0f} s')} | {sec} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_sampling(results: dict, split: str = "test") -> str:
+    """Sampling cost of every compared model: FLOPs per new token and batch-1 latency."""
+    rows = results["splits"].get(split, {})
+    lengths = sorted({int(n) for r in rows.values() for n in r.get("latency_s", {})})
+    head = ["system", "sampling MFLOPs/token", *(f"latency, {n} tokens (s)" for n in lengths)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rows.items():
+        if "sample_flops_per_token" not in r:
+            continue
+        lat = r.get("latency_s", {})
+        lines.append("| " + " | ".join([name, f"{r['sample_flops_per_token'] / 1e6:.1f}",
+                                         *(_num(lat.get(str(n)), "{:.2f}") for n in lengths)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -362,11 +410,13 @@ BEGIN, END = "<!-- tinystories-results:begin -->", "<!-- tinystories-results:end
 def write_docs(results: dict, root: Path) -> list[Path]:
     """Put the generated tables between the markers of README.md (test split) and docs/tinystories.md
     (both splits and the training times); returns the files written."""
+    last = next(reversed(results["splits"]), None)
     stamp = f"_Generated from the protocol run of {results['finished']} ({results['device']})._\n\n"
     blocks = {root / "README.md": stamp + render_results(results, "test"),
               root / "docs" / "tinystories.md": stamp + "".join(
                   f"`{split}.jsonl`:\n\n{render_results(results, split)}\n" for split in results["splits"])
-              + "Training:\n\n" + render_training(results)}
+              + "Training:\n\n" + render_training(results)
+              + ("\nSampling (batch 1, this machine):\n\n" + render_sampling(results, last) if last else "")}
     written = []
     for path, block in blocks.items():
         text = path.read_text()

@@ -64,34 +64,21 @@ def test_unknown_kind_and_bad_file(tmp_path):
         resolve_run_config("ar", config_file=str(unknown))
 
 
-@pytest.mark.parametrize("preset, vocab", [("cpu-tiny", 680), ("cpu-tiny", 800), ("cpu-small", 4096),
-                                           ("gpu-base", 4096)])
-def test_baseline_presets_match_latent_model_parameters(preset, vocab):
-    """AR and MDLM presets are within 10% of autoencoder + denoiser parameters of the same preset,
-    at the vocabulary the preset is for (synthetic stories: under 1,000 tokens; TinyStories: 4,096)."""
-    import dataclasses
+@pytest.mark.parametrize("preset, vocab", [("cpu-tiny", 800), ("cpu-small", 4096), ("gpu-base", 4096)])
+def test_presets_follow_the_compute_rule(preset, vocab):
+    """Models are compared at matched training compute, not matched parameters: each diffusion model of a
+    preset trains on at most twice the AR's training FLOPs (the latent model counts its autoencoder's run
+    with its denoiser's), counted by latentlm.cost at the vocabulary the preset is for (synthetic stories:
+    under 1,000 tokens; TinyStories: 4,096). The rule's other half, at most twice the AR's wall-clock on
+    the same machine, depends on the machine: the TinyStories protocol measures and prints it. Parameters
+    and FLOPs per token are reported, not matched; MDLM stays the AR's network (same depth and width) with
+    bidirectional attention, so that the two differ by their objective only."""
+    from latentlm.cost import preset_costs
 
-    import torch
-
-    from latentlm.recipes import get_recipe
-
-    class FakeTok:  # what build_model reads from a tokenizer
-        pad_token_id, eos_token_id, mask_token_id = 0, 1, 2
-
-        def __len__(self):
-            return vocab
-
-    def params(model):
-        return sum(p.numel() for p in model.parameters())
-
-    with torch.device("meta"):
-        ae_cfg = resolve_run_config("autoencoder", preset)
-        ae = get_recipe("autoencoder").build_model(ae_cfg, FakeTok(), {})
-        den = get_recipe("denoiser").build_model(resolve_run_config("denoiser", preset), FakeTok(),
-                                                 {"autoencoder": ae})
-        latent = params(ae) + params(den)
-        for kind in ("ar", "mdlm"):
-            cfg = resolve_run_config(kind, preset)
-            n = params(get_recipe(kind).build_model(cfg, FakeTok(), {}))
-            assert abs(n / latent - 1) <= 0.10, (preset, kind, n, latent)
-            assert dataclasses.asdict(cfg["model"])["depth"] == resolve_run_config("ar", preset)["model"].depth
+    costs = preset_costs(preset, vocab)
+    ar = costs["ar"].total_flops
+    latent = costs["autoencoder"].total_flops + costs["denoiser"].total_flops
+    assert latent <= 2 * ar, (preset, latent / ar)
+    assert costs["mdlm"].total_flops <= 2 * ar, (preset, costs["mdlm"].total_flops / ar)
+    ar_model, mdlm_model = resolve_run_config("ar", preset)["model"], resolve_run_config("mdlm", preset)["model"]
+    assert (ar_model.depth, ar_model.dim) == (mdlm_model.depth, mdlm_model.dim)

@@ -65,6 +65,13 @@ def test_protocol_skips_finished_stages_and_resumes_the_interrupted_one(data_dir
     assert t["ar"]["steps"] == t["denoiser"]["steps"] == 3 and t["ar"]["steady_seconds"] > 0
     assert t["denoiser"]["x_ar"] == pytest.approx(t["denoiser"]["steady_seconds"] / t["ar"]["steady_seconds"])
     assert t["judge"].get("x_ar") is None  # the judge is no diffusion model
+    # compute: counted per run from its run_config.json; the latent model's includes its autoencoder's
+    assert t["ar"]["flops_per_token"] > 0 and t["ar"]["frozen_params"] == 0
+    assert t["denoiser"]["frozen_params"] == t["autoencoder"]["trained_params"] > 0
+    assert t["denoiser"]["flops_x_ar"] == pytest.approx(
+        (t["denoiser"]["total_flops"] + t["autoencoder"]["total_flops"]) / t["ar"]["total_flops"])
+    assert rows["latent"]["sample_flops_per_token"] > 0 and rows["ar"]["latency_s"]["8"] > 0
+    assert "| denoiser | denoiser |" in P.render_training(results) and "| latent |" in P.render_sampling(results, "valid")
     table = P.render_results(results, "valid")
     assert table.count("\n") == 2 + sum(1 for n in rows if not n.startswith("sanity") or n == "sanity: bigram")
     assert (out / "results.md").is_file() and (out / "compare_valid" / "report.md").is_file()

@@ -1,0 +1,151 @@
+"""What a training run costs: parameters and training FLOPs per token, counted rather than estimated.
+
+    cost = preset_costs("cpu-small", vocab_size=4096)["denoiser"]
+    cost.flops_per_token, cost.total_flops
+
+FLOPs are counted by ``torch.utils.flop_counter`` on one training step of one row at the run's shapes
+(random weights and tokens: the count depends on shapes only): the loss's forward, its backward, and the
+forward of every frozen network it calls (a denoiser's autoencoder encoding its batch). Matrix
+multiplications and attention are counted, elementwise work is not. Per token means per text token of
+the batch (``seq_len`` per row), for every kind, so an AR and a latent model are counted in one unit.
+Sampling FLOPs are counted the same way by ``compare``'s speed section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from latentlm.config import from_dict
+from latentlm.data.tokenizer import load_tokenizer
+from latentlm.errors import CheckpointError
+from latentlm.loading import is_pipeline_folder, load_model
+from latentlm.recipes import get_recipe, resolve_run_config
+
+# the kinds a preset trains for the comparison; the latent model is autoencoder + denoiser
+PRESET_KINDS = ("ar", "mdlm", "autoencoder", "denoiser")
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    """Parameters and training compute of one run."""
+
+    kind: str
+    trained_params: int  # updated by the run
+    frozen_params: int  # used by every step, not updated (a denoiser's autoencoder)
+    flops_per_token: float  # forward + backward of one training step, per text token of its batch
+    tokens: int  # text tokens the run trains on: steps x batch_size x grad_accum x seq_len
+
+    @property
+    def total_flops(self) -> float:
+        return self.flops_per_token * self.tokens
+
+
+class _SizeOnly:
+    """What ``build_model`` reads from a tokenizer, for a model of ``n`` tokens built without one."""
+
+    pad_token_id, eos_token_id, mask_token_id = 0, 1, 2
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _special_ids(tok) -> set[int]:
+    return {i for i in (getattr(tok, a, None) for a in ("pad_token_id", "eos_token_id", "mask_token_id",
+                                                        "bos_token_id")) if i is not None}
+
+
+def count_training_flops(model: torch.nn.Module, loss_fn, seq_len: int, vocab_size: int,
+                         special_ids: set[int] = frozenset(), seed: int = 0) -> int:
+    """FLOPs of one training step (forward + backward) of ``loss_fn(model, batch)`` on one row of
+    ``seq_len`` tokens drawn from the non-special ids. Leaves the model's gradients and the global
+    random state as they were."""
+    ordinary = torch.tensor([i for i in range(vocab_size) if i not in special_ids])
+    g = torch.Generator().manual_seed(seed)
+    ids = ordinary[torch.randint(len(ordinary), (1, seq_len), generator=g)]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    was_training = model.training
+    model.train()
+    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+        torch.manual_seed(seed)
+        loss_fn(model, batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def training_cost(kind: str, cfg: dict[str, Any], tokenizer, ctx: dict[str, Any] | None = None,
+                  seed: int = 0) -> TrainingCost:
+    """The cost of a run of ``kind`` with the resolved sections ``cfg`` (:func:`resolve_run_config`);
+    ``tokenizer``: the run's, or anything with ``len()`` and the special ids; ``ctx``: the frozen
+    networks the run uses (``{"autoencoder": ...}`` for a denoiser)."""
+    recipe = get_recipe(kind)
+    ctx = {"sentence_ends": None, **(ctx or {})}
+    if recipe.needs_autoencoder and "autoencoder" not in ctx:
+        raise CheckpointError(f"the cost of a {kind} run needs the autoencoder it trains on")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = recipe.build_model(cfg, tokenizer, ctx)
+    frozen = sum(p.numel() for k in ("autoencoder", "teacher") if k in ctx for p in ctx[k].parameters())
+    seq_len, train = cfg["data"].seq_len, cfg["train"]
+    flops = count_training_flops(model, recipe.make_loss(cfg, ctx), seq_len, len(tokenizer),
+                                 _special_ids(tokenizer), seed)
+    return TrainingCost(kind, sum(p.numel() for p in model.parameters()), frozen, flops / seq_len,
+                        train.steps * train.batch_size * train.grad_accum * seq_len)
+
+
+def preset_costs(preset: str, vocab_size: int, overrides: dict[str, list[str]] | None = None
+                 ) -> dict[str, TrainingCost]:
+    """The cost of every model the preset trains for the comparison (:data:`PRESET_KINDS`), at a
+    vocabulary of ``vocab_size`` tokens; ``overrides``: kind -> ``SECTION.KEY=VALUE`` strings."""
+    overrides = overrides or {}
+    tok = _SizeOnly(vocab_size)
+    costs: dict[str, TrainingCost] = {}
+    ctx: dict[str, Any] = {}
+    for kind in PRESET_KINDS:
+        cfg = resolve_run_config(kind, preset, overrides=overrides.get(kind))
+        if kind == "denoiser":
+            ae_cfg = resolve_run_config("autoencoder", preset, overrides=overrides.get("autoencoder"))
+            ctx["autoencoder"] = get_recipe("autoencoder").build_model(ae_cfg, tok, {}).requires_grad_(False)
+        costs[kind] = training_cost(kind, cfg, tok, ctx)
+    return costs
+
+
+def run_cost(folder: str | Path) -> TrainingCost | None:
+    """The cost of the run that trained ``folder``, from its ``run_config.json`` (None when the folder
+    has none: a model trained elsewhere). A pipeline's denoiser is counted with the pipeline's autoencoder."""
+    folder = Path(folder)
+    try:
+        saved = json.loads((folder / "run_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    kind = saved["kind"]
+    if kind not in (*PRESET_KINDS, "judge"):
+        return None  # PTP and decoder adaptation start from another run's weights: counted with it
+    recipe = get_recipe(kind)
+    cfg = {}
+    for name, cls in recipe.schema().items():
+        known = {f.name for f in dataclasses.fields(cls)}  # keys of older versions are dropped
+        cfg[name] = from_dict(cls, {k: v for k, v in saved.get(name, {}).items() if k in known},
+                              f"{folder}/run_config.json [{name}]")
+    pipeline = is_pipeline_folder(folder)
+    tokenizer = load_tokenizer(folder / "tokenizer" if pipeline else folder)
+    ctx = {}
+    if recipe.needs_autoencoder:
+        if not pipeline:
+            raise CheckpointError(f"{folder}: a {kind} run's folder must be its pipeline (with its autoencoder)")
+        ctx["autoencoder"] = load_model(folder / "autoencoder").requires_grad_(False)
+    return training_cost(kind, cfg, tokenizer, ctx)
+
+
+def cost_record(cost: TrainingCost) -> dict[str, Any]:
+    return {**dataclasses.asdict(cost), "total_flops": cost.total_flops}
