@@ -69,7 +69,7 @@ def one_step_diagnostic(pipe, held_out, times=(0.3, 0.5, 0.7, 0.9), n=128) -> li
         row = {"t": t}
         for name, c, mm in (("right", ctx, cm), ("wrong", ctx[perm], cm[perm]), ("none", None, None)):
             x0 = pipe.predict_x0(zt, tt, c, mm)
-            hit = ae.decode(x0).argmax(-1) == x
+            hit = ae.decode_tokens(x0) == x
             row[f"{name}_mse"] = float(((x0 - z0) ** 2).mean())
             row[f"{name}_acc"] = float((hit & m.bool()).sum() / m.sum())
             row[f"{name}_names"] = float((hit & is_name).sum() / is_name.sum().clamp_min(1))

@@ -341,11 +341,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         else a draw from its distribution p(x | z) sharpened by 1 / ``temperature`` (1: the distribution
         whose likelihood the bound's reconstruction term scores), with ``generator``."""
         ae = self.autoencoder
-        logits = ae.decode(latents.to(ae.dtype))  # (b, n k, vocab)
-        if temperature == 0:
-            return logits.argmax(-1)
-        probs = (logits.float() / temperature).softmax(-1)
-        return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:2])
+        return ae.decode_tokens(latents.to(ae.dtype), temperature, generator)
 
     # ------------------------------------------------------------------ helpers
     def project(self, x0: torch.Tensor) -> torch.Tensor:
