@@ -58,7 +58,7 @@ def reconstruction_curve(
         for z, mask, ids in zip(latents, masks, ids_all):
             noisy = z + sigma * std * torch.randn(z.shape, generator=gen)
             t0 = time.perf_counter()
-            pred = model.decode(noisy).argmax(-1)[:, : ids.shape[1]]
+            pred = model.decode_tokens(noisy)[:, : ids.shape[1]]
             decode_s += time.perf_counter() - t0
             correct += int(((pred == ids) & mask.bool()).sum())
             total += int(mask.sum())
@@ -111,7 +111,7 @@ def interpolation_wellformedness(
         za, zb = model.encode(ids, mask)
         for t in (0.25, 0.5, 0.75):
             z = model.normalize(((1 - t) * za + t * zb)[None])
-            text = decode_ids(model.decode(z).argmax(-1), tokenizer)[0]
+            text = decode_ids(model.decode_tokens(z), tokenizer)[0]
             sents = split_sentences(text)
             ok += sum(s.well_formed for s in check_story(text).sentences)
             total += len(sents)

@@ -49,7 +49,7 @@ def autoencoder_loss(model, batch: dict[str, torch.Tensor], cfg: AutoencoderLoss
     z = model.encode(enc_ids, mask)  # (b, n, d)
     sigma = torch.rand(z.shape[0], 1, 1, device=z.device) * cfg.sigma_max
     sigma = sigma * (torch.rand_like(sigma) >= cfg.clean_fraction)
-    logits = model.decode(z + sigma * torch.randn_like(z))[:, : ids.shape[1]]  # (b, s, vocab)
+    logits = model.decode(z + sigma * torch.randn_like(z), ids)[:, : ids.shape[1]]  # (b, s, vocab)
     ce = F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")  # (b, s)
     weight = mask.float() + cfg.pad_weight * (1 - mask.float())
     loss = (ce * weight).sum() / weight.sum()

@@ -14,9 +14,18 @@ latent is normalised: ``"l2"`` scales every latent vector to norm sqrt(d)
 (LD4LG, TEncDM); ``"standardize"`` standardises every dimension with running
 statistics stored as buffers in the weights.
 
-Decoder: one parallel pass, no autoregression: each latent is projected back to
+Decoder: one parallel pass over the latents: each latent is projected back to
 ``k`` token states, a bidirectional transformer mixes them, a linear head gives
-logits for every position (padding and end-of-text included).
+logits for every position (padding and end-of-text included). The group decoder
+decides how a group's ``k`` tokens are drawn from those states:
+
+* ``"parallel"``: each token on its own, p(x | z) = prod_i p(x_i | z);
+* ``"local-ar"``: the ``k`` tokens of a group left to right by a small causal
+  transformer over the group (BLD's local AR branch, all groups at once),
+  p(x_group | z) = prod_j p(x_j | z, x_<j within the group): a blend of two
+  phrasings is spelled as one of them, not as their per-position average.
+  Scoring tokens needs them (``decode(latents, targets)``, teacher forcing);
+  drawing them takes ``k`` small calls (``decode_tokens``).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ MINILM = "all-MiniLM-L6-v2"
 ENCODER_TYPES = ("scratch", "semantic")
 NORMALIZATIONS = ("l2", "standardize")
 ENCODER_CONTEXTS = ("sequence", "chunk")  # chunk: each latent encodes its own k tokens alone
+GROUP_DECODERS = ("parallel", "local-ar")
 
 
 def resolve_semantic_model(name: str) -> str:
@@ -143,11 +153,29 @@ class SemanticFeatures(nn.Module):
         return out
 
 
+class GroupAR(nn.Module):
+    """The local AR of the ``"local-ar"`` group decoder: decoder states of each group (g, k, dim) and the
+    tokens before each position in its group -> states (g, k, dim) for the head. Position j reads the
+    states of positions <= j and the tokens < j of its group only (causal attention inside the group)."""
+
+    def __init__(self, vocab_size: int, dim: int, depth: int, n_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.start_id = vocab_size  # the "no token yet" input of a group's first position
+        self.embed = nn.Embedding(vocab_size + 1, dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.transformer = Transformer(dim, depth, n_heads, mlp_ratio)
+
+    def forward(self, h: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """h (g, k, dim), previous (g, k) ids (``start_id`` at the first position) -> (g, k, dim)."""
+        out, _ = self.transformer(h + self.embed(previous).to(h.dtype), causal=True)
+        return out
+
+
 class TextAutoencoder(ModelMixin, ConfigMixin):
     """Text autoencoder with a continuous, normalised latent sequence and a parallel decoder.
 
     ``encode(input_ids, attention_mask)`` -> latents ``(b, ceil(s / k), latent_dim)``;
-    ``decode(latents)`` -> logits ``(b, n * k, vocab)``.
+    ``decode(latents, targets)`` -> logits ``(b, n * k, vocab)``; ``decode_tokens(latents)`` -> ids ``(b, n * k)``.
     """
 
     @register_to_config
@@ -167,6 +195,8 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         semantic_trainable: bool = False,
         normalization: str = "l2",
         encoder_context: str = "sequence",
+        group_decoder: str = "parallel",
+        group_decoder_depth: int = 1,
         pad_token_id: int = 0,
         eot_token_id: int = 1,
         token_texts: list[str] | None = None,
@@ -174,7 +204,8 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         super().__init__()
         self.validate_config(dict(max_seq_len=max_seq_len, tokens_per_latent=tokens_per_latent, latent_dim=latent_dim,
                                   encoder_type=encoder_type, normalization=normalization,
-                                  encoder_context=encoder_context))
+                                  encoder_context=encoder_context, group_decoder=group_decoder,
+                                  group_decoder_depth=group_decoder_depth))
         k = tokens_per_latent
         self.embed = nn.Embedding(vocab_size, dim)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -191,19 +222,21 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         self.from_latent = nn.Linear(latent_dim, k * dim)
         self.decoder = Transformer(dim, decoder_depth, n_heads, mlp_ratio)
         self.head = nn.Linear(dim, vocab_size)
+        self.group_ar = (GroupAR(vocab_size, dim, group_decoder_depth, n_heads, mlp_ratio)
+                         if group_decoder == "local-ar" else None)
 
     @staticmethod
     def validate_config(values: dict, where: str = "") -> None:
         """Check the settings in ``values`` (any subset of the constructor's arguments); raise ConfigError.
         ``where`` prefixes the names in messages (``"model."`` for a preset section)."""
         for key, choices in (("encoder_type", ENCODER_TYPES), ("normalization", NORMALIZATIONS),
-                             ("encoder_context", ENCODER_CONTEXTS)):
+                             ("encoder_context", ENCODER_CONTEXTS), ("group_decoder", GROUP_DECODERS)):
             if key in values:
                 check_choice(where + key, values[key], choices)
         if values.get("encoder_context") == "chunk" and values.get("encoder_type", "scratch") != "scratch":
             raise ConfigError(f"{where}encoder_context='chunk' needs {where}encoder_type='scratch': a pretrained "
                               "encoder reads whole sentences")
-        for key in ("tokens_per_latent", "latent_dim"):
+        for key in ("tokens_per_latent", "latent_dim", "group_decoder_depth"):
             if key in values and values[key] < 1:
                 raise ConfigError(f"{where}{key} must be a positive integer, got {values[key]}")
         k = values.get("tokens_per_latent", 1)
@@ -268,8 +301,8 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         full[picked[:-1]] = out[:-1]
         return full.reshape(b, s, w)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents (b, n, latent_dim) -> logits (b, n * k, vocab), all positions at once."""
+    def _states(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (b, n, latent_dim) -> decoder states (b, n * k, dim)."""
         d = self.config.latent_dim
         if latents.dim() != 3 or latents.shape[-1] != d or latents.shape[1] == 0:
             raise InputError(f"latents must be (batch, n_latents, {d}), got {tuple(latents.shape)}")
@@ -277,12 +310,63 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
             raise InputError(f"{latents.shape[1]} latents exceed the maximum of {self.n_latents}")
         b, n, _ = latents.shape
         h = self.from_latent(latents.to(self.from_latent.weight.dtype)).reshape(b, n * self.config.tokens_per_latent, -1)
-        h, _ = self.decoder(h)
-        return self.head(h)
+        return self.decoder(h)[0]
+
+    def decode(self, latents: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """latents (b, n, latent_dim) -> logits (b, n * k, vocab) of p(x | z), all positions at once.
+
+        ``targets`` (b, <= n k): the tokens being scored (right-padded with the pad token to n k). The
+        parallel group decoder ignores them; the local-AR one needs them: the logits at a position are
+        conditioned on the targets before it in its group (teacher forcing), so
+        ``cross_entropy(decode(z, x), x)`` is -log p(x | z) for either."""
+        h = self._states(latents)
+        if self.group_ar is None:
+            return self.head(h)
+        if targets is None:
+            raise InputError("the local-AR group decoder scores given tokens: pass decode(latents, targets), "
+                             "or draw tokens with decode_tokens(latents)")
+        b, s, w = h.shape
+        k = self.config.tokens_per_latent
+        if targets.shape[0] != b or targets.dim() != 2 or targets.shape[1] > s:
+            raise InputError(f"targets must be (batch={b}, <= {s}) token ids, got {tuple(targets.shape)}")
+        targets = F.pad(targets, (0, s - targets.shape[1]), value=self.config.pad_token_id).reshape(-1, k)
+        start = torch.full_like(targets[:, :1], self.group_ar.start_id)
+        out = self.group_ar(h.reshape(-1, k, w), torch.cat([start, targets[:, :-1]], 1))
+        return self.head(out).reshape(b, s, -1)
+
+    def decode_tokens(self, latents: torch.Tensor, temperature: float = 0.0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """latents (b, n, latent_dim) -> token ids (b, n * k): each position's most likely token at
+        ``temperature`` 0, else a draw from p(x | z) sharpened by 1 / ``temperature`` (1: the
+        distribution the likelihood scores), with ``generator``. The local-AR group decoder draws each
+        group's tokens left to right, every group at once (k calls of its small transformer)."""
+        if temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {temperature}")
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:  # (..., vocab) -> (...)
+            if temperature == 0:
+                return logits.argmax(-1)
+            probs = (logits.float() / temperature).softmax(-1)
+            return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(logits.shape[:-1])
+
+        h = self._states(latents)
+        if self.group_ar is None:
+            return pick(self.head(h))
+        b, s, w = h.shape
+        k = self.config.tokens_per_latent
+        h = h.reshape(-1, k, w)
+        previous = torch.full(h.shape[:2], self.group_ar.start_id, dtype=torch.long, device=h.device)
+        for j in range(k):  # position j sees the states <= j and the tokens < j: later inputs do not matter
+            token = pick(self.head(self.group_ar(h[:, : j + 1], previous[:, : j + 1])[:, j]))
+            if j + 1 < k:
+                previous[:, j + 1] = token
+            else:
+                last = token
+        return torch.cat([previous[:, 1:], last[:, None]], 1).reshape(b, s)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction logits of input_ids (b, s) -> (b, ceil(s / k) * k, vocab)."""
-        return self.decode(self.encode(input_ids, attention_mask))
+        return self.decode(self.encode(input_ids, attention_mask), input_ids)
 
 
 def encode_texts(

@@ -71,7 +71,7 @@ def decoder_adaptation_loss(autoencoder, batch: dict[str, torch.Tensor], *, deno
             x0 = denoiser.predict_x0(z_t, t, x.prompt, x.prompt_mask, x0).float()
     use_estimate = (torch.rand(b, device=device) < cfg.p_estimate)[:, None, None]
     latents = torch.where(use_estimate, x0, z_t / alpha)
-    logits = autoencoder.decode(latents).float()  # (b, n k, vocab)
+    logits = autoencoder.decode(latents, x.tokens).float()  # (b, n k, vocab)
     ce = F.cross_entropy(logits.transpose(1, 2), x.tokens, reduction="none")  # (b, n k)
     real = x.token_mask.bool()
     weight = torch.where(real, 1.0, cfg.pad_weight) * (real | x.ended[:, None])  # a cut document: no padding

@@ -188,14 +188,16 @@ def pipeline_nll_bound(
 
         # a block model decodes each block alone and reads the clean blocks before it, as its sampler
         per = n * k if block is None else block * k
-        # the decoder's positions are independent given the latents and the sampler reads up to the first
-        # end-of-text, so the padding after it is marginalised out: only the scored tokens cost nats
+        # the sampler reads up to the first end-of-text and the padding after it comes after every scored
+        # token (of the decoder's independent positions, or of a local-AR group's left-to-right chain), so
+        # it is marginalised out: only the scored tokens cost nats
         scored = (torch.arange(n * k, device=device) < len(rest)).float()
 
         def decoder_nll(z: torch.Tensor, cont: torch.Tensor = cont, per: int = per,
                         scored: torch.Tensor = scored) -> torch.Tensor:
-            logits = ae.decode(z.reshape(-1, per // k, z.shape[-1]).to(ae.dtype)).float()
-            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), cont.reshape(-1, per), reduction="none")
+            targets = cont.reshape(-1, per)  # z is one row: (1, n, d)
+            logits = ae.decode(z.reshape(-1, per // k, z.shape[-1]).to(ae.dtype), targets).float()
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
             return (ce.reshape(len(z), -1) * scored).sum(1)
 
         extra = {} if block is None else {"clean": z0.to(den.dtype)}

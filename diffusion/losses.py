@@ -290,7 +290,7 @@ def diffusion_loss(model, x: DenoiserBatch, cfg: DenoiserLossConfig, autoencoder
     metrics = {"x0_mse": float((((x0_hat.detach() - z0) ** 2).mean(-1) * w).sum())}
     loss = mse
     if cfg.decoder_ce > 0:
-        logits = autoencoder.decode(x0_hat).float()  # (b, n k, vocab); decoder frozen, grads reach x0_hat
+        logits = autoencoder.decode(x0_hat, x.tokens).float()  # (b, n k, vocab); decoder frozen, grads reach x0_hat
         ce = F.cross_entropy(logits.transpose(1, 2), x.tokens, reduction="none")  # (b, n k)
         real = x.token_mask.bool()
         weight = torch.where(real, 1.0, cfg.pad_weight) * (real | x.ended[:, None])  # a cut document: no padding

@@ -23,6 +23,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -142,22 +143,64 @@ def openings(docs: list[str], n: int, cfg: CompareConfig, synthetic: bool) -> li
 # ----------------------------------------------------------------------------- results file
 
 
-class Results:
-    """results.json, rewritten atomically after every section; finished sections are reused."""
+# sections computed over every system: recomputed when a system is added, changed or removed (their
+# per-system parts are cached: quality.partial, the sample files, the per-system sections)
+AGGREGATE_SECTIONS = ("quality", "diversity", "consistency", "nfe_sweep", "speed", "skipped", "meta")
 
-    def __init__(self, out: Path, signature: dict) -> None:
+
+class Results:
+    """results.json, rewritten atomically after every section; finished sections are reused.
+
+    ``shared``: what every number depends on (data, judge, settings); ``systems``: name -> what one
+    system's numbers depend on (its folder and options). Another ``shared`` discards everything; a
+    system added, changed or removed costs only its own sections and files and the aggregate sections
+    (so a row can join a finished comparison)."""
+
+    def __init__(self, out: Path, shared: dict, systems: dict[str, dict]) -> None:
+        self.out = out
         self.path = out / "results.json"
-        self.data: dict = {"config": signature, "sections": {}}
+        self.data: dict = {"config": {"shared": shared, "systems": systems}, "sections": {}}
         try:
             old = json.loads(self.path.read_text()) if self.path.is_file() else None
         except json.JSONDecodeError:
             old = None
-        if old is not None and old.get("config") == signature:
-            self.data = old
+        if old is not None and old.get("config", {}).get("shared") == shared:
+            before = old["config"].get("systems", {})
+            stale = [n for n, spec in before.items() if systems.get(n) != spec]
+            self.data["sections"] = old["sections"]
+            for name in stale:
+                self._forget(name)
+            if stale or set(systems) - set(before):
+                for key in AGGREGATE_SECTIONS:
+                    self.data["sections"].pop(key, None)
         else:  # another configuration: nothing of a previous run may be reused
-            for stale in [*out.glob("*.partial"), *out.glob("samples/*")]:
-                stale.unlink()
+            for stale_file in [*out.glob("*.partial"), *out.glob("samples/*")]:
+                stale_file.unlink()
         self._write()  # at once: partial files of this configuration are now tied to it
+
+    def _forget(self, name: str) -> None:
+        """Drop the sections and cached files of system ``name``."""
+        sections = self.data["sections"]
+        for key in [k for k in sections if k.endswith(f"/{name}")]:
+            del sections[key]
+        slug = _slug(name)
+        files = [*self.out.glob(f"samples/{glob_escape(name)}_seed*"), self.out / f"likelihood_{slug}.partial",
+                 self.out / f"cloze_{slug}.partial"]
+        for knob in {k for knobs in DIVERSITY_KNOBS.values() for k in knobs}:
+            files += self.out.glob(f"samples/curve_{slug}_{knob}_*")
+        for f in files:
+            f.unlink(missing_ok=True)
+        quality = self.out / "quality.partial"
+        if quality.is_file():
+            kept = []
+            for line in quality.read_text().splitlines():
+                try:
+                    if json.loads(line)["name"] == name:
+                        continue
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+                kept.append(line + "\n")
+            write_text_atomic(quality, "".join(kept))
 
     def done(self, key: str) -> bool:
         return key in self.data["sections"]
@@ -232,9 +275,10 @@ def compare(
     _check_options(options or {}, lms)
     opts = {name: {**DEFAULT_OPTIONS.get(lm.kind, {}), **(options or {}).get(name, {})} for name, lm in lms.items()}
     synthetic = is_synthetic(docs)
-    signature = {"models": {k: str(v) for k, v in models.items()}, "data": str(data), "train": str(train),
-                 "judge": str(judge), "options": opts, "device": device_name(device), **asdict(cfg)}
-    res = Results(out, json.loads(json.dumps(signature)))
+    shared = {"data": str(data), "train": str(train), "judge": str(judge), "device": device_name(device),
+              **asdict(cfg)}
+    per_system = {name: {"folder": str(models[name]), "options": opts[name]} for name in lms}
+    res = Results(out, json.loads(json.dumps(shared)), json.loads(json.dumps(per_system)))
     pairs = openings(docs, cfg.prompts, cfg, synthetic)
     prompts = [p for p, _ in pairs]
     tok = next(iter(lms.values())).tokenizer
@@ -323,24 +367,32 @@ def compare(
     for name, lm in lms.items():
         stage(f"cloze {name}")
         key = f"cloze/{name}"
-        if not res.done(key):
-            res.put(key, _cloze(lm, docs, lms, cfg, out / f"cloze_{_slug(name)}.partial"))
+        context = min(m.context for m in lms.values()) - 2  # every model reads the same stories
+        cache = out / f"cloze_{_slug(name)}.partial"
+        shorter = res.done(key) and res[key].get("context") != context  # a model of shorter context joined
+        if shorter:
+            cache.unlink(missing_ok=True)
+        if shorter or not res.done(key):
+            res.put(key, _cloze(lm, docs, context, cfg, cache))
         bar.update(1)
 
     # --- quality vs NFE ---------------------------------------------------------------
     if cfg.nfe_sweep:
         stage("quality vs NFE")
-        if not res.done("nfe_sweep"):
-            res.put("nfe_sweep", _nfe_sweep(lms, opts, prompts[: cfg.sweep_prompts], judge_lm, synthetic, cfg))
+        for name, lm in lms.items():
+            if not res.done(f"nfe_sweep/{name}"):
+                res.put(f"nfe_sweep/{name}", _nfe_sweep(name, lm, opts[name], prompts[: cfg.sweep_prompts], judge_lm,
+                                                        synthetic, cfg))
+        res.put("nfe_sweep", [row for name in lms for row in res[f"nfe_sweep/{name}"]])
         bar.update(1)
 
     # --- speed ------------------------------------------------------------------------
     stage("speed")
-    if not res.done("speed"):
-        rows = []
-        for name, lm in lms.items():
-            rows += measure_speed(lm, name, prompts[0], list(cfg.speed_lengths), cfg.speed_batch, opts[name])
-        res.put("speed", rows_to_json(rows))
+    for name, lm in lms.items():
+        if not res.done(f"speed/{name}"):
+            res.put(f"speed/{name}", rows_to_json(measure_speed(lm, name, prompts[0], list(cfg.speed_lengths),
+                                                                 cfg.speed_batch, opts[name])))
+    res.put("speed", [row for name in lms for row in res[f"speed/{name}"]])
     bar.update(1)
     bar.close()
     res.put("skipped", {**res.data["sections"].get("skipped", {}), **skipped})
@@ -654,14 +706,15 @@ def _consistency(systems, real, synthetic, train_docs, cfg, skipped) -> dict:
     return out
 
 
-def _cloze(lm, docs, lms, cfg, cache: Path | None = None) -> dict:
-    context = min(m.context for m in lms.values()) - 2
+def _cloze(lm, docs, context: int, cfg, cache: Path | None = None) -> dict:
+    """Story-ending accuracy of ``lm`` on the cloze items whose story and ending fit ``context`` tokens."""
     tok = lm.tokenizer
     items = [it for it in cons.cloze_items(docs, 4 * cfg.cloze_items, seed=cfg.seed)
              if max(len(tok(it[0] + " " + e, add_special_tokens=False)["input_ids"]) for e in it[1:]) <= context]
     items = items[: cfg.cloze_items]
     if not items:
-        return {"skipped": f"no story fits the smallest context ({context} tokens) with its ending"}
+        return {"skipped": f"no story fits the smallest context ({context} tokens) with its ending",
+                "context": context}
     kw = {} if lm.exact else {"n_samples": cfg.nll_samples}
 
     def score(ctx: str, endings: list[str]) -> list[float]:
@@ -676,27 +729,26 @@ def _cloze(lm, docs, lms, cfg, cache: Path | None = None) -> dict:
 
     hits = cached_batches(cache, len(items), 8, lambda a, b: cons.cloze_accuracy(items[a:b], score))
     return {"accuracy": sum(hits) / len(hits), "n": len(hits),
-            "ci": _ci(hits, lambda x: sum(x) / len(x), cfg)}
+            "ci": _ci(hits, lambda x: sum(x) / len(x), cfg), "context": context}
 
 
-def _nfe_sweep(lms, opts, prompts, judge_lm, synthetic, cfg) -> list[dict]:
+def _nfe_sweep(name: str, lm, options: dict, prompts, judge_lm, synthetic, cfg) -> list[dict]:
+    """One model's quality at each step count of ``cfg.nfe_sweep`` (one row for a model without steps)."""
     rows = []
-    for name, lm in lms.items():
-        knob = STEP_OPTION.get(lm.kind)
-        values = cfg.nfe_sweep if knob else [None]
-        for v in values:
-            o = dict(opts[name], **({knob: v} if knob else {}))
-            gen, nfe = generate_samples(lm, prompts, cfg, o, seed=cfg.seed)
-            s = System(name, prompts, [c for _, c in gen], [t for t, _ in gen])
-            row = {"model": name, "steps": v, "nfe": nfe,
-                   "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)}
-            if judge_lm is not None:
-                row["gen_ppl"] = _ppl(_judge_scores(judge_lm, s))
-            if synthetic:
-                try:
-                    p = cons.synthetic_probe(prompts, s.texts)
-                    row["well_formed"], row["consistent"] = p.well_formed, p.consistent
-                except LatentLMError:
-                    pass
-            rows.append(row)
+    knob = STEP_OPTION.get(lm.kind)
+    for v in cfg.nfe_sweep if knob else [None]:
+        o = dict(options, **({knob: v} if knob else {}))
+        gen, nfe = generate_samples(lm, prompts, cfg, o, seed=cfg.seed)
+        s = System(name, prompts, [c for _, c in gen], [t for t, _ in gen])
+        row = {"model": name, "steps": v, "nfe": nfe,
+               "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)}
+        if judge_lm is not None:
+            row["gen_ppl"] = _ppl(_judge_scores(judge_lm, s))
+        if synthetic:
+            try:
+                p = cons.synthetic_probe(prompts, s.texts)
+                row["well_formed"], row["consistent"] = p.well_formed, p.consistent
+            except LatentLMError:
+                pass
+        rows.append(row)
     return rows

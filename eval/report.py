@@ -60,13 +60,13 @@ def _hack_line(section: dict, metrics: tuple[str, ...]) -> list[str]:
 
 
 def write_report(results: dict, out: Path) -> Path:
-    s, cfg = results["sections"], results["config"]
+    s, cfg, systems = results["sections"], results["config"]["shared"], results["config"]["systems"]
     lines = ["# latentlm compare report", ""]
     meta = s.get("meta", {})
     lines += [f"Data: `{cfg['data']}` ({meta.get('n_prompts')} openings, {cfg['max_new_tokens']} new tokens, "
               f"{cfg['seeds']} seed(s)); training texts: `{cfg['train']}`; judge: `{cfg['judge']}`; "
               f"device: {meta.get('device')}; finished {meta.get('finished')}.", "",
-              "Models: " + ", ".join(f"**{k}** `{v}` {cfg['options'].get(k, {})}" for k, v in cfg["models"].items()),
+              "Models: " + ", ".join(f"**{k}** `{v['folder']}` {v['options']}" for k, v in systems.items()),
               "", "Intervals: 95% percentile bootstrap over samples (pooled over seeds); for the corpus-level "
               "statistics (entropy, distinct-2) the range over seeds when there are several (resampling texts "
               "with replacement would bias them), none with one seed.", ""]

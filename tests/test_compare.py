@@ -92,6 +92,33 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     assert "speed" in again["sections"]
 
 
+def test_a_system_added_to_a_finished_comparison_costs_only_its_own_work(folders, tmp_path, monkeypatch):
+    """The rows of a tuning round join the finished table: the unchanged systems' samples, likelihoods
+    and sweeps are reused; a changed system is redone; the aggregate sections cover every system."""
+    out = tmp_path / "report"
+    cfg = small_config(mauve=False, speed_lengths=(8,), nfe_sweep=(2,))
+    first = compare({"ar": folders / "ar", "latent": folders / "latent"}, folders / "valid.jsonl", out,
+                    train=folders / "train.jsonl", cfg=cfg, options={"latent": {"steps": 2}}, progress=False)
+    generated = []
+    real = compare_module.generate_samples
+    monkeypatch.setattr(compare_module, "generate_samples",
+                        lambda lm, *a, **kw: generated.append(lm.name) or real(lm, *a, **kw))
+    models = {"ar": folders / "ar", "latent": folders / "latent", "latent-4": folders / "latent"}
+    again = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", cfg=cfg,
+                    options={"latent": {"steps": 3}, "latent-4": {"steps": 4}}, progress=False)
+    assert set(generated) == {"latent", "latent-4"}  # "latent" changed (3 steps): redone; the AR's reused
+    s, s0 = again["sections"], first["sections"]
+    assert s["likelihood/ar"] == s0["likelihood/ar"] and s["quality"]["rows"]["ar"] == s0["quality"]["rows"]["ar"]
+    assert set(s["quality"]["rows"]) >= set(models) and {r["model"] for r in s["speed"]} == set(models)
+    assert {r["model"] for r in s["nfe_sweep"]} == set(models)
+    # removing a system drops its rows; another data file discards everything
+    generated.clear()
+    fewer = compare({"ar": folders / "ar"}, folders / "valid.jsonl", out, train=folders / "train.jsonl", cfg=cfg,
+                    progress=False)
+    assert generated == [] and "latent" not in fewer["sections"]["quality"]["rows"]
+    assert not list(out.glob("samples/latent_seed*"))
+
+
 def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, tiny_tokenizer, monkeypatch):
     knobs = {"ar": {"temperature": (0.5, 1.0, 2.0)}, "mdlm": {"temperature": (0.5, 1.0)},
              "latent": {"decoder_temperature": (0.0, 1.0), "steps": (2, 4)}}  # the preset's knobs, fewer values
@@ -128,7 +155,7 @@ def test_compare_on_an_explicit_device_names_it_and_rejects_unknown_ones(folders
     res = compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "cpu", cfg=small_config(),
                   progress=False, device="cpu")
     assert res["sections"]["meta"]["device"].startswith("cpu (")
-    assert res["config"]["device"] == res["sections"]["meta"]["device"]  # a run on another device starts afresh
+    assert res["config"]["shared"]["device"] == res["sections"]["meta"]["device"]  # a run on another device starts afresh
     with pytest.raises(InputError, match="unknown device 'gpu0'"):
         compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "x", device="gpu0")
 
@@ -240,7 +267,7 @@ def test_cloze_draws_a_bounds_noise_per_story_and_shares_it_between_the_endings(
             "tom saw a dog. the dog was big. tom gave it a bone.", "the sun was warm. ben sat down. he slept.",
             "amy lived near the lake. she had a boat. one day the boat was gone and amy was sad.",
             "a cat sat on the hill. the wind was cool. the cat went home."]
-    out = _cloze(lm, docs, {"latent": lm}, small_config(cloze_items=4))
+    out = _cloze(lm, docs, lm.context - 2, small_config(cloze_items=4))
     assert out["n"] == 4 and len(calls) == 8 and all(n == 1 for _, _, n in calls)  # one ending a call
     seeds = [seed for _, seed, _ in calls]
     assert all(seeds[i] == seeds[i + 1] for i in range(0, 8, 2))  # the two endings of a story
