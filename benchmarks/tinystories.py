@@ -7,7 +7,9 @@ compare them on valid.jsonl and test.jsonl, write results.json and the results t
 Hours on a 2-core CPU. Rerun the same command after any interruption: finished stages are skipped,
 the running one resumes from its last checkpoint (every ``--save-every`` steps). ``--model
 STAGE=DIR`` swaps in a trained model for a stage (stages: tokenizer, ar, judge, autoencoder,
-denoiser, mdlm, denoiser_block). ``--render`` prints the table of a finished run and, with
+denoiser, mdlm, denoiser_block). ``--variant NAME=BASE[@INPUT][:SECTION.KEY=VALUE,...]`` adds a model
+(a tuning row) to the run: trained after the others, compared with them, remembered by the run folder;
+a finished run trains and compares only the new row. ``--render`` prints the table of a finished run and, with
 ``--write-docs``, puts it into README.md and docs/tinystories.md between their
 ``<!-- tinystories-results -->`` markers.
 """
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="override one preset setting of one stage, e.g. --set denoiser.train.steps=4000")
     p.add_argument("--model", dest="models", action="append", default=[], metavar="STAGE=DIR",
                    help="use a trained model for a stage instead of training it")
+    p.add_argument("--variant", dest="variants", action="append", default=[],
+                   metavar="NAME=BASE[@INPUT][:SECTION.KEY=VALUE,...]",
+                   help="one more model, a copy of stage or kind BASE with overrides, compared as row NAME and kept "
+                        "in the run folder, e.g. --variant broad=denoiser:loss.time_mean=0,loss.time_std=1")
     p.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
     p.add_argument("--prompts", type=int, help="openings per split (default: every opening)")
     p.add_argument("--seeds", type=int, help="samples per opening (default 2)")
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             models[stage] = folder
         changes = {k: v for k, v in (("prompts", args.prompts), ("seeds", args.seeds)) if v is not None}
         cfg = ProtocolConfig(preset=args.preset, save_every=args.save_every, overrides=overrides,
-                             compare=protocol_compare_config(**changes), splits=tuple(args.splits))
+                             compare=protocol_compare_config(**changes), splits=tuple(args.splits),
+                             variants=tuple(args.variants))
         results = tinystories_protocol(out, args.data_dir, cfg=cfg, models=models, device=args.device)
         print(render_results(results, args.splits[-1]))
         print(f"results: {out / 'results.json'}")

@@ -22,6 +22,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class TrainStage:
     overrides: tuple[str, ...] = ()
     autoencoder: str | None = None  # the stage whose autoencoder a denoiser uses
     compared: str | None = None  # its name in the compare tables (None: not compared, e.g. the judge)
+    pipeline: str | None = None  # the stage whose pipeline a decoder run adapts
 
 
 STAGES = (
@@ -58,7 +60,56 @@ STAGES = (
     TrainStage("denoiser_block", "denoiser", ("model.block_size=4", "model.sampling_mode=block-ar"),
                autoencoder="autoencoder", compared="latent-block"),
 )
-DIFFUSION_KINDS = ("mdlm", "denoiser")
+DIFFUSION_KINDS = ("mdlm", "denoiser", "decoder")
+COMPARED_KINDS = ("ar", "mdlm", "denoiser", "decoder")  # the kinds whose model writes text
+VARIANT_KINDS = ("ar", "mdlm", "autoencoder", "denoiser", "decoder")
+
+
+def parse_variant(spec: str, stages: tuple[TrainStage, ...]) -> TrainStage:
+    """A stage from ``NAME=BASE[@INPUT][:SECTION.KEY=VALUE,...]``: a copy of stage (or kind) ``BASE`` with
+    the extra overrides, trained into ``NAME`` and compared as row ``NAME``. ``@INPUT``: the stage whose
+    autoencoder a denoiser trains on, or whose pipeline a decoder run adapts. Examples:
+    ``broad=denoiser:loss.time_mean=0,loss.time_std=1``; ``ae-ar=autoencoder:model.group_decoder=local-ar``
+    then ``latent-ar=denoiser@ae-ar``; ``adapted=decoder@broad``."""
+    known = {s.name: s for s in stages}
+    name, eq, rest = spec.partition("=")
+    head, _, tail = rest.partition(":")
+    base, _, source = head.partition("@")
+    name, base, source = name.strip(), base.strip(), source.strip()
+    form = "NAME=BASE[@INPUT][:SECTION.KEY=VALUE,...]"
+    if not eq or not name or not base:
+        raise InputError(f"a variant is {form}, got {spec!r}")
+    if name in known or name in ("tokenizer", *SPLITS) or not all(c.isalnum() or c in "-_" for c in name):
+        raise InputError(f"variant name {name!r} is taken or not a plain name (letters, digits, - and _); "
+                         f"stages so far: {', '.join(known)}")
+    overrides = tuple(o.strip() for o in tail.split(",") if o.strip())
+    for o in overrides:
+        if "=" not in o or "." not in o.partition("=")[0]:
+            raise InputError(f"variant {name!r}: override {o!r} is not SECTION.KEY=VALUE")
+    if base in known:
+        stage = known[base]
+        kind, overrides = stage.kind, stage.overrides + overrides
+        autoencoder, pipeline = stage.autoencoder, stage.pipeline
+    elif base in VARIANT_KINDS:
+        kind, autoencoder, pipeline = base, None, None
+    else:
+        raise InputError(f"variant {name!r}: no stage or kind {base!r}; stages: {', '.join(known)}; "
+                         f"kinds: {', '.join(VARIANT_KINDS)}")
+    if source:
+        if source not in known:
+            raise InputError(f"variant {name!r}: no stage {source!r} before it to take @{source} from")
+        if kind == "denoiser":
+            autoencoder = source
+        elif kind == "decoder":
+            pipeline = source
+        else:
+            raise InputError(f"variant {name!r}: only a denoiser (@autoencoder) or a decoder (@pipeline) takes @INPUT")
+    if kind == "denoiser" and autoencoder is None:
+        raise InputError(f"variant {name!r}: a denoiser needs @AUTOENCODER_STAGE, e.g. {name}=denoiser@autoencoder")
+    if kind == "decoder" and pipeline is None:
+        raise InputError(f"variant {name!r}: decoder adaptation needs @PIPELINE_STAGE, e.g. {name}=decoder@denoiser")
+    return TrainStage(name, kind, overrides, autoencoder=autoencoder, pipeline=pipeline,
+                      compared=name if kind in COMPARED_KINDS else None)
 
 
 def protocol_compare_config(**changes) -> CompareConfig:
@@ -79,9 +130,10 @@ class ProtocolConfig:
     compare: CompareConfig = field(default_factory=protocol_compare_config)
     splits: tuple[str, ...] = ("valid", "test")  # compared, in order
     stages: tuple[TrainStage, ...] = STAGES
+    variants: tuple[str, ...] = ()  # extra rows, :func:`parse_variant` specs; kept in protocol.json
 
     def validate(self) -> None:
-        names = {s.name for s in self.stages}
+        names = {s.name for s in self.stages} | {v.partition("=")[0].strip() for v in self.variants}
         for name in self.overrides:
             if name not in names:
                 raise InputError(f"overrides for an unknown stage {name!r}; stages: {', '.join(sorted(names))}")
@@ -143,6 +195,28 @@ class StageClock:
         write_text_atomic(self.path, json.dumps(self.data, indent=1))
 
 
+def with_variants(cfg: ProtocolConfig, clock: StageClock) -> ProtocolConfig:
+    """``cfg`` with the variants of this run folder (kept in ``protocol.json``) and ``cfg.variants`` as
+    stages; a name given again with another definition is an error (its model is already trained)."""
+    saved = list(clock.data.get("variants", []))
+    names = {v.partition("=")[0].strip(): v for v in saved}
+    for v in cfg.variants:
+        name = v.partition("=")[0].strip()
+        if name in names and names[name] != v:
+            raise InputError(f"variant {name!r} is defined in this run as {names[name]!r}; give the new one "
+                             "another name")
+        if name not in names:
+            saved.append(v)
+            names[name] = v
+    stages = tuple(cfg.stages)
+    for v in saved:
+        stages += (parse_variant(v, stages),)
+    if saved != clock.data.get("variants", []):
+        clock.data["variants"] = saved
+        clock._write()
+    return dataclasses.replace(cfg, stages=stages, variants=tuple(saved))
+
+
 def _trained(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "model_index.json").is_file()
 
@@ -165,6 +239,12 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
     cfg = cfg or ProtocolConfig()
     cfg.validate()
     models = {k: Path(v) for k, v in (models or {}).items()}
+    files = split_files(data_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = StageClock(out / "protocol.json")
+    cfg = with_variants(cfg, clock)
+    cfg.validate()  # again: overrides may name the variants this run folder keeps
     for name, folder in models.items():
         if name not in {"tokenizer", *(s.name for s in cfg.stages)}:
             raise InputError(f"--model {name}=...: no stage {name!r}; stages: tokenizer, "
@@ -174,10 +254,6 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
         if name != "tokenizer" and not _trained(folder):
             raise InputError(f"--model {name}={folder}: not a trained model folder (no config.json "
                              "or model_index.json)")
-    files = split_files(data_dir)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    clock = StageClock(out / "protocol.json")
     n_steps = 1 + len(cfg.stages) + len(cfg.splits)
     step = 0
 
@@ -207,6 +283,7 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
         if not _trained(folder):
             overrides = [f"train.save_every={cfg.save_every}", *stage.overrides, *cfg.overrides.get(stage.name, [])]
             extra = ({"autoencoder": folders[stage.autoencoder]} if stage.autoencoder
+                     else {"pipeline": folders[stage.pipeline]} if stage.pipeline
                      else {"tokenizer": tok_dir})
             say(f"training {stage.name} ({stage.kind}, {cfg.preset}{', ' if overrides else ''}"
                 f"{' '.join(overrides)})")
@@ -276,7 +353,8 @@ def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device
     for s in cfg.stages:
         info = stages.get(s.name, {})
         steady = steady_seconds(folders[s.name] / "metrics.jsonl") if s.name in folders else None
-        training[s.name] = {"kind": s.kind, "seconds": info.get("seconds"), "given": info.get("given"),
+        training[s.name] = {"kind": s.kind, "compared": s.compared, "seconds": info.get("seconds"),
+                            "given": info.get("given"),
                             "steady_seconds": steady[0] if steady else None, "steps": steady[1] if steady else None,
                             **_cost_of(folders.get(s.name))}
 
@@ -352,7 +430,7 @@ def render_results(results: dict, split: str = "test") -> str:
             "names from opening", "nats/token", "training"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     training = results["training"]
-    by_compared = {s.compared: s.name for s in STAGES if s.compared}
+    by_compared = {t.get("compared"): name for name, t in training.items() if t.get("compared")}
     for name, r in rows.items():
         if name.startswith("sanity") and name not in ("sanity: bigram",):
             continue

@@ -21,10 +21,10 @@ def data_dir(tmp_path_factory):
 
 
 STAGES = P.STAGES[:4]  # AR, judge, autoencoder, denoiser: enough for the logic, and fast
+steps = ["train.steps=3", "train.warmup_steps=1", "train.eval_every=3", "train.batch_size=4"]
 
 
 def tiny_cfg(**kw) -> P.ProtocolConfig:
-    steps = ["train.steps=3", "train.warmup_steps=1", "train.eval_every=3", "train.batch_size=4"]
     compare = CompareConfig(prompts=12, seeds=1, max_new_tokens=8, nll_texts=2, nll_samples=2, cloze_items=2,
                             nfe_sweep=(), speed_lengths=(8,), speed_batch=1, mauve=False, curves=False,
                             bootstrap=10, window=4)
@@ -85,6 +85,19 @@ def test_protocol_skips_finished_stages_and_resumes_the_interrupted_one(data_dir
                                                                                    "autoencoder", "denoiser")})
     assert calls == [] and given["training"]["ar"]["given"] == str(out / "ar")
 
+    # a variant joins the finished run as one more row: only it is trained, and it is kept for reruns
+    with_wide = dict(variants=("wide=denoiser:loss.time_std=1.0",),
+                     overrides={**{s.name: steps for s in STAGES}, "wide": steps})
+    wide = P.tinystories_protocol(out, data_dir, cfg=tiny_cfg(**with_wide), progress=False, log=lambda _: None)
+    assert calls == ["denoiser"] and "wide" in wide["splits"]["valid"] and wide["training"]["wide"]["x_ar"] > 0
+    assert json.loads((out / "wide" / "run_config.json").read_text())["loss"]["time_std"] == 1.0
+    calls.clear()
+    kept = P.tinystories_protocol(out, data_dir, cfg=tiny_cfg(), progress=False, log=lambda _: None)
+    assert calls == [] and kept["splits"] == wide["splits"]
+    with pytest.raises(InputError, match="defined in this run"):
+        P.tinystories_protocol(out, data_dir, cfg=tiny_cfg(variants=("wide=denoiser:loss.time_std=2.0",)),
+                               progress=False, log=lambda _: None)
+
 
 def test_protocol_bad_input(data_dir, tmp_path):
     with pytest.raises(DataError, match="test.jsonl"):
@@ -99,11 +112,31 @@ def test_protocol_bad_input(data_dir, tmp_path):
         P.ProtocolConfig(splits=("train",)).validate()
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("wide", "NAME=BASE"), ("ar=denoiser", "taken"), ("a b=denoiser", "taken"),
+    ("x=gpt", "no stage or kind 'gpt'"), ("x=denoiser@nowhere", "no stage 'nowhere'"),
+    ("x=denoiser:time_std=1", "not SECTION.KEY=VALUE"), ("x=ar@autoencoder", "only a denoiser"),
+    ("x=decoder", "needs @PIPELINE_STAGE")])
+def test_bad_variants_are_clear_errors(spec, message):
+    with pytest.raises(InputError, match=message):
+        P.parse_variant(spec, P.STAGES)
+
+
+def test_variants_build_on_stages_and_on_each_other():
+    ae = P.parse_variant("ae-ar=autoencoder:model.group_decoder=local-ar", P.STAGES)
+    assert ae.kind == "autoencoder" and ae.compared is None
+    den = P.parse_variant("latent-ar=denoiser_block@ae-ar:loss.time_std=1", (*P.STAGES, ae))
+    assert (den.autoencoder, den.compared) == ("ae-ar", "latent-ar")
+    assert den.overrides == ("model.block_size=4", "model.sampling_mode=block-ar", "loss.time_std=1")
+    adapted = P.parse_variant("adapted=decoder@latent-ar", (*P.STAGES, ae, den))
+    assert (adapted.kind, adapted.pipeline, adapted.compared) == ("decoder", "latent-ar", "adapted")
+
+
 def test_write_docs_replaces_only_the_marked_block(tmp_path):
     results = {"finished": "2026-01-01 00:00:00", "device": "cpu", "splits": {"test": {
         "ar": {"gen_ppl": 40.0, "mauve": 0.6, "mauve_ci": [0.55, 0.65], "entropy": 8.9, "matched_ppl": 38.0,
                "matched_knob": "temperature", "nats_per_token": 3.1, "exact": True}}},
-        "training": {"ar": {"kind": "ar", "seconds": 600.0}}}
+        "training": {"ar": {"kind": "ar", "compared": "ar", "seconds": 600.0}}}
     (tmp_path / "docs").mkdir()
     for f in ("README.md", "docs/tinystories.md"):
         (tmp_path / f).write_text(f"before\n{P.BEGIN}\nold table\n{P.END}\nafter\n")
