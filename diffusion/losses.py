@@ -43,11 +43,12 @@ import torch
 import torch.nn.functional as F
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
-from latentlm.diffusion.time_density import time_density_spec
+from latentlm.diffusion.time_density import TimeWarp, time_density_spec
 from latentlm.errors import ConfigError, check_choice
 from latentlm.outputs import LossOutput
 
-TIME_SAMPLING = ("uniform", "logit_normal")
+TIME_SAMPLING = ("uniform", "logit_normal", "learned")
+TIME_WARP_BINS = 100  # bins of a learned time density (time_sampling = "learned")
 # how a block-causal denoiser's rows are noised: one time per row; one per block, each block seeing the
 # noisy blocks before it (Diffusion Forcing); one per block in the [clean ; noisy] layout, each block seeing
 # the clean blocks before it (BD3-LM); or either of the last two, half of the batches each
@@ -66,7 +67,9 @@ class DenoiserLossConfig:
     min_latents_fraction: float = 0.25  # shortest continuation, as a share of the autoencoder's latents
     decoder_ce: float = 0.0  # weight of the decoder cross-entropy of x0_hat (0 = MSE only)
     pad_weight: float = 0.1  # weight of padding positions in that cross-entropy
-    time_sampling: str = "uniform"  # or "logit_normal": density of the training times t
+    # density of the training times t: "uniform", "logit_normal" (time_mean, time_std) or "learned" (CDCD's
+    # time warping, diffusion/time_density.py: mass where the x0 error changes fastest; needs a uniform share)
+    time_sampling: str = "uniform"
     time_mean: float = 0.0  # logit-normal location m (0 = centred on t = 0.5)
     time_std: float = 1.0  # logit-normal scale s
     time_uniform_share: float = 0.0  # rows whose time is drawn uniform instead: mass at every t (a mixture)
@@ -110,6 +113,9 @@ class DenoiserLossConfig:
             raise ConfigError(f"loss.time_std must be a finite number > 0, got {self.time_std}")
         if not 0 <= self.time_uniform_share <= 1:
             raise ConfigError(f"loss.time_uniform_share must be in [0, 1], got {self.time_uniform_share}")
+        if self.time_sampling == "learned" and not self.time_uniform_share > 0:
+            raise ConfigError("loss.time_sampling='learned' needs loss.time_uniform_share > 0 (e.g. 0.1): a learned "
+                              "density can vanish where the error is flat, and the sampler still visits those times")
         if self.row_lengths not in (1, 2):
             raise ConfigError(f"loss.row_lengths must be 1 or 2 (autoencoder lengths per row), got {self.row_lengths}")
         if self.prompt_groups < 1:
@@ -118,20 +124,27 @@ class DenoiserLossConfig:
             raise ConfigError(f"loss.min_latents_fraction must be in (0, 1], got {self.min_latents_fraction}")
 
 
-def sample_times(b: int, cfg: DenoiserLossConfig, device) -> torch.Tensor:
-    """Training times (b,) in (0, 1), stratified over the batch (one uniform offset per batch)."""
+def sample_times(b: int, cfg: DenoiserLossConfig, device, warp: TimeWarp | None = None) -> torch.Tensor:
+    """Training times (b,) in (0, 1), stratified over the batch (one uniform offset per batch); ``warp``:
+    the denoiser's learned density (``cfg.time_sampling == "learned"``)."""
     u = (torch.rand((), device=device) + torch.arange(b, device=device) / b) % 1
     if cfg.time_sampling == "uniform":
         return u.float()
-    n = torch.special.ndtri(u.double().clamp(1e-6, 1 - 1e-6))  # stratified standard normal
-    t = torch.sigmoid(cfg.time_mean + cfg.time_std * n).float()
+    if cfg.time_sampling == "learned":
+        if warp is None:
+            raise ConfigError("loss.time_sampling='learned' needs a denoiser with a time warp (model.time_warp_bins)")
+        t = warp.sample(u).clamp(1e-4, 1 - 1e-4)
+    else:
+        n = torch.special.ndtri(u.double().clamp(1e-6, 1 - 1e-6))  # stratified standard normal
+        t = torch.sigmoid(cfg.time_mean + cfg.time_std * n).float()
     if cfg.time_uniform_share > 0:  # a share of the rows, at random, uniform times instead
         t = torch.where(torch.rand(b, device=device) < cfg.time_uniform_share, torch.rand(b, device=device), t)
     return t
 
 
 def time_density_of(cfg: DenoiserLossConfig) -> dict:
-    """The training-time density of ``cfg`` as saved with a pipeline (diffusion/time_density.py)."""
+    """The training-time density of ``cfg`` as saved with a pipeline (diffusion/time_density.py); a learned
+    one gets the bins of the trained denoiser at export."""
     return time_density_spec(cfg.time_sampling, cfg.time_mean, cfg.time_std, cfg.time_uniform_share)
 
 
@@ -154,7 +167,7 @@ def by_prompt_length(call, groups: int, z_t, t, prompt, prompt_mask, self_cond=N
 
 
 def block_times(b: int, n_blocks: int, cfg: DenoiserLossConfig, time_cfg: DenoiserLossConfig, z0: torch.Tensor,
-                device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                device, warp: TimeWarp | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Training times of a block-causal denoiser under ``cfg.block_regime``: (b,) for "row", else one per
     block (b, n_blocks), stratified over all the batch's blocks and shuffled; and the extra denoiser inputs
     (``clean=z0`` for the [clean ; noisy] layout). ``time_cfg`` says how times are drawn."""
@@ -162,8 +175,8 @@ def block_times(b: int, n_blocks: int, cfg: DenoiserLossConfig, time_cfg: Denois
     if regime == "mix":
         regime = "clean_prefix" if torch.rand(()) < 0.5 else "independent"
     if regime == "row":
-        return sample_times(b, time_cfg, device), {}
-    t = sample_times(b * n_blocks, time_cfg, device)
+        return sample_times(b, time_cfg, device, warp), {}
+    t = sample_times(b * n_blocks, time_cfg, device, warp)
     t = t[torch.randperm(b * n_blocks, device=device)].reshape(b, n_blocks)
     return t, ({"clean": z0} if regime == "clean_prefix" else {})
 
@@ -257,11 +270,12 @@ def diffusion_loss(model, x: DenoiserBatch, cfg: DenoiserLossConfig, autoencoder
     # validation (model.eval()) always at uniform times: its loss stays comparable across time densities
     time_cfg = cfg if model.training else DenoiserLossConfig()
     block_inputs = {}
+    warp = getattr(model, "time_warp", None)
     if block is None:
-        t = sample_times(b, time_cfg, device)
+        t = sample_times(b, time_cfg, device, warp)
         alpha, sigma = (v.float()[:, None, None] for v in schedule.alpha_sigma(t))
     else:
-        t, block_inputs = block_times(b, n // block, cfg, time_cfg, z0, device)
+        t, block_inputs = block_times(b, n // block, cfg, time_cfg, z0, device, warp)
         t_pos = t if t.dim() == 1 else t.repeat_interleave(block, dim=1)  # (b,) or (b, n)
         alpha, sigma = (v.float()[:, None, None] if t.dim() == 1 else v.float()[..., None]
                         for v in schedule.alpha_sigma(t_pos))
@@ -287,8 +301,15 @@ def diffusion_loss(model, x: DenoiserBatch, cfg: DenoiserLossConfig, autoencoder
             err = err * {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1)}[p]
     mse = (err * w).sum()
     x0_hat = model.x0_from_output(f, z_t, t)
-    metrics = {"x0_mse": float((((x0_hat.detach() - z0) ** 2).mean(-1) * w).sum())}
+    x0_err = ((x0_hat.detach() - z0) ** 2).mean(-1)  # (b, n)
+    metrics = {"x0_mse": float((x0_err * w).sum())}
     loss = mse
+    if warp is not None and model.training and cfg.time_sampling == "learned":
+        # the time warp's fit of the x0 error at each position's time (target detached: only the fit learns)
+        t_pos = (t[:, None] if t.dim() == 1 else t.repeat_interleave(block, dim=1)).expand(b, n)
+        fit = (((warp(t_pos) - x0_err) ** 2) * known).sum() / known.sum().clamp_min(1)
+        loss = loss + fit
+        metrics["time_warp_fit"] = float(fit.detach())
     if cfg.decoder_ce > 0:
         logits = autoencoder.decode(x0_hat, x.tokens).float()  # (b, n k, vocab); decoder frozen, grads reach x0_hat
         ce = F.cross_entropy(logits.transpose(1, 2), x.tokens, reduction="none")  # (b, n k)

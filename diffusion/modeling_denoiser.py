@@ -41,6 +41,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from latentlm.diffusion.schedules import SCHEDULES, NoiseSchedule
+from latentlm.diffusion.time_density import TimeWarp
 from latentlm.errors import ConfigError, InputError, check_choice
 from latentlm.layers import KVCache, TimestepEmbedder, Transformer
 
@@ -114,10 +115,11 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         schedule: str = "shifted_cosine",
         schedule_shift: float = 4.0,
         block_size: int | None = None,
+        time_warp_bins: int = 0,
     ) -> None:
         super().__init__()
         self.validate_config(dict(parameterisation=parameterisation, schedule=schedule, block_size=block_size,
-                                  max_latents=max_latents))
+                                  max_latents=max_latents, time_warp_bins=time_warp_bins))
         self.in_proj = nn.Linear(2 * latent_dim, dim)  # [z_t, self-conditioning estimate]
         self.ctx_proj = nn.Linear(latent_dim, dim)
         self.type_embed = nn.Embedding(3, dim)  # 0 null, 1 prompt, 2 target
@@ -126,6 +128,8 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         self.out = nn.Linear(dim, latent_dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        # the learned density of its training times (loss.time_sampling = "learned"); 0: none
+        self.time_warp = TimeWarp(time_warp_bins) if time_warp_bins else None
 
     @staticmethod
     def validate_config(values: dict, where: str = "") -> None:
@@ -133,6 +137,9 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         for key, choices in (("parameterisation", PARAMETERISATIONS), ("schedule", SCHEDULES)):
             if key in values:
                 check_choice(where + key, values[key], choices)
+        bins = values.get("time_warp_bins", 0)
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 0:
+            raise ConfigError(f"{where}time_warp_bins must be a number of bins >= 0, got {bins!r}")
         block = values.get("block_size")
         if block is not None:
             if isinstance(block, bool) or not isinstance(block, int) or block < 1:

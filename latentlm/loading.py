@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+import torch
 from safetensors import safe_open
 
 from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder
@@ -20,6 +21,7 @@ from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
 from latentlm.baselines.parallel_token_prediction import ParallelTokenPredictor, check_pair
 from latentlm.data.tokenizer import load_tokenizer
 from latentlm.diffusion.modeling_denoiser import LatentDenoiser
+from latentlm.diffusion.time_density import time_cdf
 from latentlm.errors import CheckpointError, InputError
 from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline
 
@@ -146,6 +148,17 @@ def _coverage(pipe, steps: int = 32) -> dict[str, Any]:
     return {f"untrained_steps_at_{steps}": [round(t, 3) for t in bad]} if pipe.config.training_times else {}
 
 
+def _summary(spec: dict | None) -> dict | None:
+    """A training-time description for reading: a learned density's bins as the times of its deciles."""
+    if not spec or "bins" not in spec:
+        return spec
+    grid = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    cdf = time_cdf(spec, grid)
+    deciles = [round(float(grid[int(torch.searchsorted(cdf, q))]), 3) for q in (0.1, 0.5, 0.9)]
+    return {**{k: v for k, v in spec.items() if k != "bins"}, "bins": len(spec["bins"]),
+            "t_at_10_50_90_percent": deciles}
+
+
 def describe(folder: str | Path) -> dict[str, Any]:
     """Class, parameter count and config of a saved model or pipeline (``latentlm info``)."""
     folder = Path(folder)
@@ -159,7 +172,7 @@ def describe(folder: str | Path) -> dict[str, Any]:
                                 if not k.startswith("_") and k != "token_texts"},
                 "denoiser": {k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")},
                 "sampling_mode": pipe.config.sampling_mode,
-                "training_times": pipe.config.training_times, **_coverage(pipe),
+                "training_times": _summary(pipe.config.training_times), **_coverage(pipe),
                 **({"boundary": pipe.config.boundary} if pipe.denoiser_2 is not None else {})}
     cfg = read_model_config(folder)
     model = load_model(folder)

@@ -18,11 +18,11 @@ its stage is skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 from collections.abc import Callable
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

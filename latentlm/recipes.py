@@ -46,7 +46,12 @@ from latentlm.diffusion.decoder_adaptation import (
     decoder_adaptation_loss,
     freeze_encoder,
 )
-from latentlm.diffusion.losses import DenoiserLossConfig, denoiser_loss, time_density_of
+from latentlm.diffusion.losses import (
+    TIME_WARP_BINS,
+    DenoiserLossConfig,
+    denoiser_loss,
+    time_density_of,
+)
 from latentlm.diffusion.modeling_denoiser import LatentDenoiser
 from latentlm.errors import ConfigError, DataError, check_choice
 from latentlm.files import move_tree
@@ -184,12 +189,17 @@ def _denoiser_recipe() -> Recipe:
         fields = {k: v for k, v in dataclasses.asdict(cfg["model"]).items() if k not in sampling}
         # before training, not at export: the window must fit the autoencoder's latents
         check_sampling_mode(cfg["model"].sampling_mode, cfg["model"].window_blocks, fields["block_size"], ae.n_latents)
+        if cfg["loss"].time_sampling == "learned":  # the learned time density lives in the denoiser
+            fields["time_warp_bins"] = fields["time_warp_bins"] or TIME_WARP_BINS
         return LatentDenoiser(latent_dim=ae.config.latent_dim, max_latents=ae.n_latents, **fields)
 
     def export(model, tok, ctx, folder: Path) -> None:
+        times = ctx.get("training_times")
+        if times and times["sampling"] == "learned" and model.time_warp is not None:  # the density it learned
+            times = {**times, "bins": model.time_warp.density().tolist()}
         pipe = LatentDiffusionPipeline(tok, ctx["autoencoder"], model, make_scheduler(ctx["sampler"], model),
                                        sampling_mode=ctx["sampling_mode"], window_blocks=ctx["window_blocks"],
-                                       training_times=ctx.get("training_times"))
+                                       training_times=times)
         pipe.save_pretrained(folder)
 
     def make_loss(cfg: dict[str, Any], ctx: dict[str, Any]) -> LossFn:

@@ -101,7 +101,7 @@ def test_validation_loss_draws_uniform_times(ae, tiny_tokenizer, monkeypatch):
 
     seen = []
     real = losses.sample_times
-    monkeypatch.setattr(losses, "sample_times", lambda b, cfg, device: seen.append(cfg.time_sampling) or real(b, cfg, device))
+    monkeypatch.setattr(losses, "sample_times", lambda b, cfg, *a: seen.append(cfg.time_sampling) or real(b, cfg, *a))
     den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8)
     b = batch(tiny_tokenizer, ["lily had a red kite. the sun was warm."] * 4)
     cfg = DenoiserLossConfig(time_sampling="logit_normal", p_self_cond=0.0)
@@ -110,6 +110,59 @@ def test_validation_loss_draws_uniform_times(ae, tiny_tokenizer, monkeypatch):
     den.eval()
     denoiser_loss(den, b, autoencoder=ae, cfg=cfg)
     assert seen == ["logit_normal", "uniform"]
+
+
+def test_a_learned_time_density_puts_its_mass_where_the_error_changes():
+    """CDCD's time warping on a known error curve: a step of the error at t = 0.3 draws the times there;
+    its draws, its saved description's CDF and the bins agree."""
+    from latentlm.diffusion.time_density import TimeWarp, time_cdf, time_density_spec
+
+    torch.manual_seed(0)
+    warp = TimeWarp(50)
+    opt = torch.optim.Adam(warp.parameters(), lr=0.05)
+    for _ in range(400):
+        t = torch.rand(256)
+        error = torch.sigmoid((t - 0.3) / 0.03)
+        loss = ((warp(t) - error) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p = warp.density()
+    near = float(p[10:20].sum())  # t in [0.2, 0.4)
+    assert near > 0.6, near  # uniform: 0.2
+    draws = warp.sample((torch.arange(20_000) + 0.5) / 20_000)
+    spec = time_density_spec("learned", uniform_share=0.0, bins=p.tolist())
+    grid = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    empirical = (draws.double()[None, :] <= grid[:, None]).double().mean(1)
+    assert torch.allclose(empirical, time_cdf(spec, grid), atol=0.01)
+
+
+def test_learned_times_train_the_warp_with_the_denoiser(ae, tiny_tokenizer, tmp_path):
+    from latentlm.diffusion.losses import time_density_of
+    from latentlm.loading import load_pipeline
+    from latentlm.recipes import get_recipe
+
+    torch.manual_seed(0)
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8, time_warp_bins=20).train()
+    cfg = DenoiserLossConfig(time_sampling="learned", time_uniform_share=0.1, p_self_cond=0.0)
+    out = denoiser_loss(den, batch(tiny_tokenizer, ["lily had a red kite. the sun was warm."] * 4), autoencoder=ae,
+                        cfg=cfg)
+    out.loss.backward()
+    assert out.metrics["time_warp_fit"] > 0 and den.time_warp.raw.grad.abs().sum() > 0
+    # the exported pipeline keeps the learned density: the coverage check and `info` read it
+    ctx = {"autoencoder": ae, "sampler": "ddpm", "sampling_mode": "parallel", "window_blocks": 4,
+           "training_times": time_density_of(cfg)}
+    get_recipe("denoiser").export(den.eval(), tiny_tokenizer, ctx, tmp_path / "p")
+    times = load_pipeline(tmp_path / "p").config.training_times
+    assert times["sampling"] == "learned" and len(times["bins"]) == 20 and sum(times["bins"]) == pytest.approx(1)
+    from latentlm.loading import describe
+
+    info = describe(tmp_path / "p")["training_times"]  # `latentlm info`: the bins as a few times
+    assert info["bins"] == 20 and 0 < info["t_at_10_50_90_percent"][0] < info["t_at_10_50_90_percent"][2] < 1
+    with pytest.raises(ConfigError, match="time_uniform_share > 0"):
+        DenoiserLossConfig(time_sampling="learned").validate()
+    with pytest.raises(ConfigError, match="time_warp_bins"):
+        LatentDenoiser(time_warp_bins=-1)
 
 
 def test_split_points_at_sentence_ends(tiny_tokenizer):
