@@ -109,6 +109,15 @@ def time_cdf(spec: dict, t: torch.Tensor) -> torch.Tensor:
     return share * t + (1 - share) * dist
 
 
+def step_times(spec: dict, n: int) -> list[float]:
+    """``n`` sampler times spaced by the training density ``spec``, from t = 1 (pure noise) down: the
+    (1 - i / n) quantiles, i = 0..n-1, so the steps fall as densely as the training times did."""
+    grid = torch.linspace(0, 1, 20_001, dtype=torch.float64)
+    cdf = time_cdf(spec, grid)
+    u = 1 - torch.arange(n, dtype=torch.float64) / n
+    return [float(grid[i]) for i in torch.searchsorted(cdf, u).clamp(max=len(grid) - 1)]
+
+
 def mass_near(spec: dict, t: torch.Tensor, window: float = WINDOW) -> torch.Tensor:
     """Training mass within ``window`` of each t, as a share of what uniform times would give there."""
     lo, hi = (t - window).clamp(0, 1), (t + window).clamp(0, 1)

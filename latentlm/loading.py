@@ -144,7 +144,7 @@ def _coverage(pipe, steps: int = 32) -> dict[str, Any]:
     """The times of the saved sampler's ``steps`` steps at which the denoiser hardly trained."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bad = pipe.check_time_coverage(steps)
+        bad = pipe.check_time_coverage(steps, spacing=pipe.step_spacing())
     return {f"untrained_steps_at_{steps}": [round(t, 3) for t in bad]} if pipe.config.training_times else {}
 
 

@@ -26,6 +26,7 @@ unchanged in front of the continuation.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.diffusion.sampling import langevin_correct
-from latentlm.diffusion.time_density import warn_untrained
+from latentlm.diffusion.time_density import step_times, warn_untrained
 from latentlm.errors import CheckpointError, ConfigError, InputError, check_choice, check_text
 
 SCHEDULERS = {
@@ -60,6 +61,7 @@ OUTPUT_TYPES = ("text", "latent", "ids")
 # blocks at increasing noise levels, one network call advancing them all, any length
 MODES = ("parallel", "block-ar", "staggered")
 BLOCK_MODES = ("block-ar", "staggered")
+STEP_SPACINGS = ("auto", "scheduler", "training")
 MAX_BATCH = 4096  # documented limit on prompts x samples per call (memory stays bounded)
 MAX_NEW_TOKENS_BLOCK_AR = 16_384  # documented limit on one block-ar call (bounds its time)
 DECODE_CHUNK = 64  # samples decoded to token logits at once
@@ -423,17 +425,17 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
         return vp_to_denoiser, lambda x0, x, i: x0
 
-    def check_time_coverage(self, num_inference_steps: int, device=None) -> list[float]:
+    def check_time_coverage(self, num_inference_steps: int, device=None, spacing: str = "scheduler") -> list[float]:
         """The denoiser times of the scheduler's ``num_inference_steps`` steps that fall where the saved
         training density has almost no mass (``UntrainedTimesWarning``, once per scheduler and step count)."""
         spec = getattr(self.config, "training_times", None)
-        key = (type(self.scheduler).__name__, num_inference_steps)
+        key = (type(self.scheduler).__name__, num_inference_steps, spacing)
         if not spec or key in self._coverage_checked:
             return []
         self._coverage_checked.add(key)
         device = device or torch.device("cpu")
         sched = copy.deepcopy(self.scheduler)  # set_timesteps changes the scheduler's state
-        sched.set_timesteps(num_inference_steps, device=device)
+        self._set_timesteps(sched, num_inference_steps, device, spacing)
         saved, self.scheduler = self.scheduler, sched
         try:
             to_denoiser, _ = self._scheduler_adapters(sched.timesteps, device)
@@ -442,6 +444,36 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         finally:
             self.scheduler = saved
         return warn_untrained(spec, times, f"{key[0]} at {num_inference_steps} steps")
+
+    def step_spacing(self, spacing: str = "auto") -> str:
+        """How the sampler's steps are spaced: "scheduler" (its own spacing) or "training" (at the quantiles
+        of the saved training-time density, :func:`~latentlm.diffusion.time_density.step_times`); "auto" is
+        "training" for a learned density with a scheduler that takes custom timesteps, else "scheduler"."""
+        if spacing not in STEP_SPACINGS:
+            raise InputError(f"step_spacing must be one of {STEP_SPACINGS}, got {spacing!r}")
+        spec = getattr(self.config, "training_times", None)
+        custom = ("timesteps" in inspect.signature(self.scheduler.set_timesteps).parameters
+                  and not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler))
+        if spacing == "auto":
+            return "training" if custom and spec and spec["sampling"] == "learned" else "scheduler"
+        if spacing == "training" and not spec:
+            raise InputError("step_spacing='training' needs the training-time density, which this pipeline was "
+                             "saved without; use step_spacing='scheduler'")
+        if spacing == "training" and not custom:
+            raise InputError(f"step_spacing='training' needs a scheduler that takes custom timesteps (DDPM, "
+                             f"DPM-Solver); {type(self.scheduler).__name__} does not")
+        return spacing
+
+    def _set_timesteps(self, sched, num_inference_steps: int, device, spacing: str) -> None:
+        """``sched.set_timesteps`` with the steps spaced as ``spacing`` (resolved, :meth:`step_spacing`) says;
+        spaced by the training density, steps that round to one timestep are merged (fewer steps)."""
+        if spacing == "scheduler":
+            sched.set_timesteps(num_inference_steps, device=device)
+            return
+        n_train = sched.config.num_train_timesteps  # timestep k is time (k + 1) / N (_scheduler_adapters)
+        times = step_times(self.config.training_times, num_inference_steps)
+        timesteps = sorted({min(n_train - 1, max(0, round(t * n_train) - 1)) for t in times}, reverse=True)
+        sched.set_timesteps(timesteps=timesteps, device=device)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -467,6 +499,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         decoder_temperature: float = 0.0,
         denoising_end: float = 1.0,
         project_below: float = 0.0,
+        step_spacing: str = "auto",
     ) -> LatentDiffusionPipelineOutput:
         """Sample continuations of ``prompt``.
 
@@ -514,6 +547,10 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 the latents of its decoded most likely tokens (decode, re-encode: a projection onto the
                 codes of real token groups, Diffusion-LM's clamping, arXiv:2205.14217) before the
                 scheduler's step; 0 (the default) never. Parallel mode only.
+            step_spacing: "scheduler" (the scheduler's own spacing), "training" (steps at the quantiles of
+                the saved training-time density: as dense as the denoiser's training) or "auto" (the
+                default: "training" for a learned density, CDCD-style, with DDPM or DPM-Solver, else
+                "scheduler").
         """
         mode = self.config.sampling_mode if mode is None else mode
         window_blocks = self.config.window_blocks if window_blocks is None else window_blocks
@@ -524,7 +561,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         prompts = self.check_inputs(prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                                     num_samples_per_prompt, corrector_steps, output_type, latents, tensor_inputs,
                                     mode, window_blocks, decoder_temperature, denoising_end, project_below)
-        self.check_time_coverage(num_inference_steps)
+        spacing = self.step_spacing(step_spacing)
+        self.check_time_coverage(num_inference_steps, spacing=spacing)
         self._guidance_scale, self._interrupt = float(guidance_scale), False
         device = self._execution_device
         # 2. encode the prompt into clean context latents
@@ -533,11 +571,12 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             latents, seq, nfe = self._sample_blocks(
                 len(rows), prompt_latents, prompt_mask, max_new_tokens, num_inference_steps,
                 1 if mode == "block-ar" else window_blocks, tuple(map(float, guidance_interval)), generator,
-                device, callback_on_step_end, tensor_inputs, float(decoder_temperature), float(denoising_end))
+                device, callback_on_step_end, tensor_inputs, float(decoder_temperature), float(denoising_end),
+                spacing)
             return self._output(rows, latents, seq, nfe, output_type)
         # 3. timesteps and how each one meets the denoiser
         sched = self.scheduler
-        sched.set_timesteps(num_inference_steps, device=device)
+        self._set_timesteps(sched, num_inference_steps, device, spacing)
         timesteps = sched.timesteps
         self._num_timesteps = len(timesteps)
         to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)
@@ -585,7 +624,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     def _sample_blocks(self, batch: int, prompt_latents, prompt_mask, max_new_tokens: int, num_inference_steps: int,
                        window_blocks: int, guidance_interval: tuple[float, float], generator, device,
                        callback_on_step_end, tensor_inputs, decoder_temperature: float = 0.0,
-                       denoising_end: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
+                       denoising_end: float = 1.0, spacing: str = "scheduler") -> tuple[torch.Tensor, torch.Tensor, int]:
         """Block-causal sampling against a KV cache of clean blocks (``mode`` "block-ar" or "staggered" in
         ``__call__``): up to ``window_blocks`` blocks in flight, block j entering at step j * d,
         d = ceil(num_inference_steps / window_blocks), each with its own copy of the scheduler; every
@@ -601,7 +640,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             caches["uncond"] = den.start_cache(batch=batch)
         x0_fn, state = self._x0_fn(None, None, self._guidance_scale, guidance_interval, {"kv_cache": caches["cond"]},
                                    {"kv_cache": caches["uncond"]} if "uncond" in caches else None)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._set_timesteps(self.scheduler, num_inference_steps, device, spacing)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)

@@ -482,7 +482,7 @@ def test_a_narrow_training_density_warns_at_the_steps_it_never_trained(pipe, tmp
     with pytest.warns(UntrainedTimesWarning, match=r"of the 32 steps of DDIMScheduler at 32 steps") as seen:
         narrow("lily", max_new_tokens=8, num_inference_steps=32, generator=gen())
     flagged = narrow.check_time_coverage.__self__._coverage_checked
-    assert ("DDIMScheduler", 32) in flagged and len(seen) == 1
+    assert ("DDIMScheduler", 32, "scheduler") in flagged and len(seen) == 1
     n_bad = int(str(seen[0].message).split(" of the ")[0])
     assert 20 <= n_bad <= 28  # about 11 steps above t = 0.67 and 14 below 0.45
     with warnings.catch_warnings():
@@ -569,3 +569,32 @@ def test_projection_replaces_the_estimate_below_its_time(pipe, monkeypatch):
     for bad in (-0.1, 1.5, True):
         with pytest.raises(InputError, match="project_below"):
             pipe("lily", project_below=bad, **kw)
+
+
+def test_steps_spaced_by_a_learned_training_density(pipe):
+    """With a learned density the sampler's steps fall as densely as the training times (DDPM, DPM-Solver
+    take custom timesteps); another scheduler keeps its own spacing unless asked, then says why not."""
+    from latentlm.diffusion.time_density import step_times, time_density_spec
+
+    bins = [0.001] * 100
+    bins[25:35] = [0.091] * 10  # 91% of the learned density in t = 0.25-0.35; 83% with the uniform share
+    spec = time_density_spec("learned", uniform_share=0.1, bins=bins)
+    times = step_times(spec, 16)
+    assert times[0] == 1.0 and times == sorted(times, reverse=True)
+    assert sum(0.25 <= t < 0.35 for t in times) >= 10  # uniform spacing: 1 or 2 of 16
+    ddpm = LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser,
+                                   make_scheduler("ddpm", pipe.denoiser), training_times=spec)
+    assert ddpm.step_spacing() == "training"
+    seen = []
+    out = ddpm("lily had", max_new_tokens=8, num_inference_steps=16, generator=gen(),
+               callback_on_step_end=lambda p, i, ts, tensors: seen.append(int(ts)) or {})
+    assert out.texts[0].startswith("lily had") and sum(249 <= ts < 349 for ts in seen) >= 10
+    plain = LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser, pipe.scheduler,
+                                    training_times=spec)  # DDIM
+    assert plain.step_spacing() == "scheduler"
+    with pytest.raises(InputError, match="custom timesteps"):
+        plain("lily had", max_new_tokens=8, num_inference_steps=4, step_spacing="training")
+    with pytest.raises(InputError, match="step_spacing must be one of"):
+        ddpm("lily had", max_new_tokens=8, step_spacing="even")
+    with pytest.raises(InputError, match="saved without"):
+        pipe("lily had", max_new_tokens=8, step_spacing="training")
