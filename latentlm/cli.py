@@ -22,7 +22,7 @@ from latentlm.data.shards import DEFAULT_SHARD_TOKENS, write_shards
 from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE
 from latentlm.device import resolve_device
-from latentlm.errors import ConfigError, InputError, LatentLMError
+from latentlm.errors import ConfigError, DataError, InputError, LatentLMError
 from latentlm.eval.compare import CompareConfig, compare
 from latentlm.eval.models import load_language_model
 from latentlm.eval.report import summary_table
@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     eva.add_argument("--out", help="JSON file to write (default: MODEL/eval_autoencoder.json)")
     eva.add_argument("--max-texts", type=int, help="evaluate on the first N texts only")
     eva.add_argument("--seed", type=int, default=0)
+
+    evl = ev.add_parser("latents", help="how generable a latent space is: reconstruction where the denoiser "
+                        "works (split continuations, partial prompt latents), decoder robustness over t, latent "
+                        "geometry, and for a pipeline its denoiser's per-t map")
+    evl.add_argument("--model", required=True, help="an autoencoder folder or a latent pipeline folder")
+    evl.add_argument("--data", nargs="+", required=True, help="held-out texts")
+    evl.add_argument("--out", help="JSON file to write (default: MODEL/eval_latents.json)")
+    evl.add_argument("--max-texts", type=int, default=256, help="texts scored (a seeded sample)")
+    evl.add_argument("--prompts", type=int, default=64, help="openings of the per-t map (a pipeline)")
+    evl.add_argument("--seed", type=int, default=0)
 
     info = sub.add_parser("info", help="describe a saved model: class, config, parameter count")
     info.add_argument("--model", required=True)
@@ -186,6 +196,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 130
         print(json.dumps({"step": result.step, "train_loss": result.train_loss,
                           "valid_loss": result.valid_loss, "out": str(result.out_dir)}))
+    elif args.command == "eval" and args.eval_kind == "latents":
+        _eval_latents(args)
     elif args.command == "eval":
         model = load_model(args.model)
         if type(model).__name__ != "TextAutoencoder":
@@ -245,6 +257,38 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "quickstart":
         quickstart(Path(args.out), n_stories=args.n_stories, n_prompts=args.n_prompts)
     return 0
+
+
+def _eval_latents(args) -> None:
+    """``latentlm eval latents``: the generability report of an autoencoder or a pipeline."""
+    import torch
+
+    from latentlm.data.tokenizer import sentence_end_ids
+    from latentlm.eval.latents import generability_report, report_table
+    from latentlm.loading import is_pipeline_folder, load_pipeline
+
+    for name in ("max_texts", "prompts"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    pipe = None
+    if is_pipeline_folder(args.model):
+        pipe = load_pipeline(args.model)
+        ae, tok = pipe.autoencoder, pipe.tokenizer
+    else:
+        ae = load_model(args.model)
+        if type(ae).__name__ != "TextAutoencoder":
+            raise InputError(f"{args.model} holds a {type(ae).__name__}, not a TextAutoencoder or a latent pipeline")
+        tok = load_tokenizer(args.model)
+    docs = read_documents(args.data)
+    if not docs:
+        raise DataError(f"{' '.join(args.data)} holds no text")
+    report = generability_report(ae, tok, docs, torch.tensor(sentence_end_ids(tok)), pipe=pipe,
+                                 max_texts=args.max_texts, prompts=args.prompts, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.model) / "eval_latents.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps(report, indent=2))
+    print(report_table(report))
+    print(f"written to {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
