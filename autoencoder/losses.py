@@ -1,6 +1,9 @@
 """Autoencoder training loss: reconstruction from clean and noised latents.
 
-For a batch of documents (padding and end-of-text included as targets):
+For a batch of documents (padding and end-of-text included as targets), each row first moved to
+where a latent model reads text (a share ``p_offset`` starting at a random token, as the denoiser's
+continuations do; a share ``p_cut`` ending after a random token without its end-of-text, as the
+pipeline's prompts do, so that their last latent holds a partial group):
 
     z     = encode(corrupt(x))                   # (b, n, d), normalised
     sigma ~ U(0, sigma_max) per example (a share ``clean_fraction`` gets 0)
@@ -30,17 +33,40 @@ class AutoencoderLossConfig:
     clean_fraction: float = 0.25  # share of examples decoded from clean latents
     token_corruption: float = 0.0  # share of encoder input tokens replaced by random ones
     pad_weight: float = 0.1  # weight of padding positions in the cross-entropy
+    p_offset: float = 0.0  # rows that start at a random token of their document (the denoiser's continuations)
+    p_cut: float = 0.0  # rows ending after a random token, end-of-text dropped (the pipeline's prompts)
 
     def validate(self) -> None:
         if self.sigma_max < 0:
             raise ConfigError(f"loss.sigma_max must be >= 0, got {self.sigma_max}")
-        for name in ("clean_fraction", "token_corruption", "pad_weight"):
+        for name in ("clean_fraction", "token_corruption", "pad_weight", "p_offset", "p_cut"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"loss.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
+def offset_and_cut(ids: torch.Tensor, mask: torch.Tensor, p_offset: float, p_cut: float,
+                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (b, s) moved to where a latent model reads text: with probability ``p_offset`` a row starts at
+    a uniform token of its text (shifted left, padded at the end); with probability ``p_cut`` it keeps a
+    uniform number of its tokens, at least one and not the last (its end-of-text, when it has one)."""
+    b, s = ids.shape
+    device = ids.device
+    lengths = mask.sum(1)
+    offset = (torch.rand(b, device=device) * (lengths - 1).clamp_min(0)).long()
+    offset = torch.where(torch.rand(b, device=device) < p_offset, offset, 0)
+    pos = offset[:, None] + torch.arange(s, device=device)[None, :]
+    rest = lengths - offset  # (b,) tokens left in each row
+    keep = 1 + (torch.rand(b, device=device) * (rest - 1).clamp_min(0)).long()  # 1 .. rest - 1
+    keep = torch.where((torch.rand(b, device=device) < p_cut) & (rest > 1), keep, rest)
+    new_mask = torch.arange(s, device=device)[None, :] < keep[:, None]
+    new_ids = torch.where(new_mask, ids.gather(1, pos.clamp(max=s - 1)), pad_id)
+    return new_ids, new_mask.long()
+
+
 def autoencoder_loss(model, batch: dict[str, torch.Tensor], cfg: AutoencoderLossConfig) -> LossOutput:
     ids, mask = batch["input_ids"], batch["attention_mask"]  # (b, s)
+    if cfg.p_offset > 0 or cfg.p_cut > 0:
+        ids, mask = offset_and_cut(ids, mask, cfg.p_offset, cfg.p_cut, model.config.pad_token_id)
     enc_ids = ids
     if cfg.token_corruption > 0:
         flip = (torch.rand(ids.shape, device=ids.device) < cfg.token_corruption) & mask.bool()
