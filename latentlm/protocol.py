@@ -131,6 +131,9 @@ class ProtocolConfig:
     splits: tuple[str, ...] = ("valid", "test")  # compared, in order
     stages: tuple[TrainStage, ...] = STAGES
     variants: tuple[str, ...] = ()  # extra rows, :func:`parse_variant` specs; kept in protocol.json
+    # the generability report (latentlm eval latents) of every latent model on valid.jsonl: texts, openings
+    latents_texts: int = 256
+    latents_prompts: int = 64
 
     def validate(self) -> None:
         names = {s.name for s in self.stages} | {v.partition("=")[0].strip() for v in self.variants}
@@ -297,6 +300,18 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
             clock.run(stage.name, fit, kind=stage.kind, overrides=overrides)
         say(f"{stage.name} trained, {folder} ({clock.seconds(stage.name):.0f} s)")
 
+    # --- where each latent model loses the text (before compare: minutes, not hours) -----------
+    latents = {}
+    for stage in cfg.stages:
+        if stage.kind not in ("denoiser", "decoder") or not stage.compared:
+            continue
+        path = out / f"latents_{stage.name}.json"
+        if not path.is_file():
+            clock.run(f"latents_{stage.name}", lambda stage=stage, path=path: _latents_report(
+                folders[stage.name], files["valid"], path, cfg))
+        latents[stage.compared] = json.loads(path.read_text())
+        say(f"{stage.name}: generability report {path}")
+
     # --- compare --------------------------------------------------------------------
     compared = {s.compared: folders[s.name] for s in cfg.stages if s.compared}
     judge = folders.get("judge")
@@ -310,12 +325,30 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
             progress=progress, device=device))
         reports[split] = json.loads((report / "results.json").read_text())
     results = summarise(clock.data, reports, cfg, device_name(resolve_device(device)), folders)
+    results["latents"] = latents
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     if cfg.splits:
         write_text_atomic(out / "results.md", "\n".join([render_results(results, cfg.splits[-1]),
                                                          render_training(results),
-                                                         render_sampling(results, cfg.splits[-1])]))
+                                                         render_sampling(results, cfg.splits[-1]),
+                                                         render_per_t(results)]))
     return results
+
+
+def _latents_report(pipeline: Path, valid: Path, path: Path, cfg: ProtocolConfig) -> None:
+    """``latentlm eval latents`` of one latent pipeline, written to ``path`` (JSON) and beside it (markdown)."""
+    import torch
+
+    from latentlm.data.tokenizer import sentence_end_ids
+    from latentlm.eval.latents import generability_report, report_table
+    from latentlm.loading import load_pipeline
+
+    pipe = load_pipeline(pipeline)
+    report = generability_report(pipe.autoencoder, pipe.tokenizer, read_documents([valid]),
+                                 torch.tensor(sentence_end_ids(pipe.tokenizer)), pipe=pipe,
+                                 max_texts=cfg.latents_texts, prompts=cfg.latents_prompts)
+    write_text_atomic(path.with_suffix(".md"), report_table(report) + "\n")
+    write_text_atomic(path, json.dumps(report, indent=1))
 
 
 # ----------------------------------------------------------------------------- results
@@ -482,6 +515,29 @@ def render_sampling(results: dict, split: str = "test") -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_per_t(results: dict) -> str:
+    """Per latent model, token accuracy / word entropy of its decoded clean estimate (self-conditioned
+    when it self-conditions) at each t of the per-t map on valid.jsonl, next to the training density."""
+    latents = {n: r for n, r in results.get("latents", {}).items() if r.get("per_t")}
+    if not latents:
+        return ""
+    names = list(latents)
+    grid = [row["t"] for row in latents[names[0]]["per_t"]]
+    lines = ["| t | " + " | ".join(f"{n}: x0_hat acc. / entropy (training mass)" for n in names) + " |",
+             "|" + "---|" * (len(names) + 1)]
+    for i, t in enumerate(grid):
+        cells = []
+        for n in names:
+            r = latents[n]["per_t"][i]
+            acc = r["x0_sc_accuracy"] if r.get("x0_sc_accuracy") is not None else r["x0_accuracy"]
+            ent = r["x0_sc_entropy"] if r.get("x0_sc_entropy") is not None else r["x0_entropy"]
+            mass = "" if r.get("training_mass") is None else f" ({r['training_mass']:.2f})"
+            cells.append(f"{acc:.3f} / {ent:.2f}{mass}")
+        lines.append(f"| {t:.2f} | " + " | ".join(cells) + " |")
+    real = next(iter(latents.values())).get("per_t_real_entropy")
+    return "\n".join(lines) + (f"\n\nReal continuations: word entropy {real:.2f} bits.\n" if real else "\n")
+
+
 BEGIN, END = "<!-- tinystories-results:begin -->", "<!-- tinystories-results:end -->"
 
 
@@ -494,7 +550,10 @@ def write_docs(results: dict, root: Path) -> list[Path]:
               root / "docs" / "tinystories.md": stamp + "".join(
                   f"`{split}.jsonl`:\n\n{render_results(results, split)}\n" for split in results["splits"])
               + "Training:\n\n" + render_training(results)
-              + ("\nSampling (batch 1, this machine):\n\n" + render_sampling(results, last) if last else "")}
+              + ("\nSampling (batch 1, this machine):\n\n" + render_sampling(results, last) if last else "")
+              + ("\nWhere each latent model loses the text (`valid.jsonl`, per t: its decoded clean estimate; "
+                 "the full reports are `latents_*.md` in the run folder):\n\n" + render_per_t(results)
+                 if render_per_t(results) else "")}
     written = []
     for path, block in blocks.items():
         text = path.read_text()

@@ -29,7 +29,7 @@ def tiny_cfg(**kw) -> P.ProtocolConfig:
                             nfe_sweep=(), speed_lengths=(8,), speed_batch=1, mauve=False, curves=False,
                             bootstrap=10, window=4)
     base = dict(preset="cpu-tiny", save_every=2, overrides={s.name: steps for s in STAGES}, splits=("valid",),
-                stages=STAGES, compare=compare)
+                stages=STAGES, compare=compare, latents_texts=8, latents_prompts=6)
     return P.ProtocolConfig(**{**base, **kw})
 
 
@@ -75,6 +75,10 @@ def test_protocol_skips_finished_stages_and_resumes_the_interrupted_one(data_dir
     table = P.render_results(results, "valid")
     assert table.count("\n") == 2 + sum(1 for n in rows if not n.startswith("sanity") or n == "sanity: bigram")
     assert (out / "results.md").is_file() and (out / "compare_valid" / "report.md").is_file()
+    # the generability report of the latent model, before compare: its per-t map in the results
+    per_t = results["latents"]["latent"]["per_t"]
+    assert len(per_t) == 15 and all(0 <= r["x0_accuracy"] <= 1 for r in per_t)
+    assert (out / "latents_denoiser.md").is_file() and "| 0.02 |" in P.render_per_t(results)
 
     # a finished run reruns nothing and gives the same table; a stage's model can be swapped in by path
     calls.clear()
