@@ -35,6 +35,9 @@ class AutoencoderLossConfig:
     pad_weight: float = 0.1  # weight of padding positions in the cross-entropy
     p_offset: float = 0.0  # rows that start at a random token of their document (the denoiser's continuations)
     p_cut: float = 0.0  # rows ending after a random token, end-of-text dropped (the pipeline's prompts)
+    # dropout on the latents' dimensions before the decoder reads them (CALM, arXiv:2510.27688: 0.15): the
+    # decoder cannot rely on any one dimension, so a latent a denoiser gets slightly wrong still decodes
+    latent_dropout: float = 0.0
 
     def validate(self) -> None:
         if self.sigma_max < 0:
@@ -42,6 +45,8 @@ class AutoencoderLossConfig:
         for name in ("clean_fraction", "token_corruption", "pad_weight", "p_offset", "p_cut"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"loss.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.latent_dropout < 1:
+            raise ConfigError(f"loss.latent_dropout must be in [0, 1), got {self.latent_dropout}")
 
 
 def offset_and_cut(ids: torch.Tensor, mask: torch.Tensor, p_offset: float, p_cut: float,
@@ -75,7 +80,10 @@ def autoencoder_loss(model, batch: dict[str, torch.Tensor], cfg: AutoencoderLoss
     z = model.encode(enc_ids, mask)  # (b, n, d)
     sigma = torch.rand(z.shape[0], 1, 1, device=z.device) * cfg.sigma_max
     sigma = sigma * (torch.rand_like(sigma) >= cfg.clean_fraction)
-    logits = model.decode(z + sigma * torch.randn_like(z), ids)[:, : ids.shape[1]]  # (b, s, vocab)
+    read = z + sigma * torch.randn_like(z)
+    if cfg.latent_dropout > 0:
+        read = F.dropout(read, cfg.latent_dropout)  # kept dimensions scaled by 1 / (1 - p)
+    logits = model.decode(read, ids)[:, : ids.shape[1]]  # (b, s, vocab)
     ce = F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")  # (b, s)
     weight = mask.float() + cfg.pad_weight * (1 - mask.float())
     loss = (ce * weight).sum() / weight.sum()

@@ -159,3 +159,22 @@ def test_chunk_latent_cache_gives_the_autoencoders_latents(tiny_tokenizer):
         cache.encode(torch.ones(1, 0, dtype=torch.long))
     with pytest.raises(InputError, match="max_entries"):
         ChunkLatentCache(ae, max_entries=-1)
+
+
+def test_latent_dropout_hides_dimensions_from_the_decoder(tiny_tokenizer):
+    from latentlm.autoencoder.losses import AutoencoderLossConfig, autoencoder_loss
+
+    torch.manual_seed(0)
+    ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=16, dim=32, encoder_depth=1,
+                         decoder_depth=1).train()
+    ids, mask = encode_texts(["lily had a red kite. the sun was warm."] * 8, tiny_tokenizer, 32)
+    read, decode = [], ae.decode
+    ae.decode = lambda z, targets=None: read.append(z.detach()) or decode(z, targets)
+    cfg = AutoencoderLossConfig(sigma_max=0.0, latent_dropout=0.5)
+    autoencoder_loss(ae, {"input_ids": ids, "attention_mask": mask}, cfg)
+    z, clean = read[0], ae.encode(ids, mask).detach()
+    dropped = z == 0
+    assert 0.4 < float(dropped.float().mean()) < 0.6  # half the dimensions, drawn per element
+    assert torch.allclose(z[~dropped], 2 * clean[~dropped], atol=1e-5)  # the rest scaled by 1 / (1 - p)
+    with pytest.raises(ConfigError, match="latent_dropout"):
+        AutoencoderLossConfig(latent_dropout=1.0).validate()
