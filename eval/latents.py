@@ -28,7 +28,9 @@ from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.diffusion.losses import DenoiserLossConfig, prepare_denoiser_batch, split_points
 from latentlm.diffusion.schedules import NoiseSchedule
 from latentlm.eval import metrics as M
-from latentlm.eval.per_t import DEFAULT_GRID
+from latentlm.eval.compare import is_synthetic, openings
+from latentlm.eval.compare_config import CompareConfig
+from latentlm.eval.per_t import DEFAULT_GRID, PerTRow, map_table, per_t_map
 
 SPLITS = ("document", "token", "sentence")  # where a row's continuation starts
 
@@ -176,9 +178,6 @@ def generability_report(ae, tokenizer, docs: list[str], sentence_ends: torch.Ten
               "robustness": robustness(ae, tokenizer, docs, schedule, grid, seed=seed),
               "geometry": latent_geometry(ae, tokenizer, docs)}
     if pipe is not None:
-        from latentlm.eval.compare import CompareConfig, is_synthetic, openings
-        from latentlm.eval.per_t import per_t_map
-
         pairs = openings(docs, prompts, CompareConfig(seed=seed), is_synthetic(docs))
         report["per_t"] = [asdict(r) for r in per_t_map(pipe, [o for o, _ in pairs], [c for _, c in pairs], grid,
                                                         seed=seed)]
@@ -205,8 +204,6 @@ def report_table(report: dict) -> str:
               f"variance per dimension {g['variance_mean']:.3f} ({g['variance_min']:.3f}-{g['variance_max']:.3f}), "
               f"participation ratio {g['participation_ratio']:.1f}, round-trip drift {g['round_trip_drift']:.4f}."]
     if "per_t" in report:
-        from latentlm.eval.per_t import PerTRow, map_table
-
         lines += ["", "The denoiser per t:", "",
                   map_table([PerTRow(**r) for r in report["per_t"]], report["per_t_real_entropy"])]
     return "\n".join(lines)

@@ -1,36 +1,26 @@
 """Command line: ``latentlm <command> ...`` (also ``python -m latentlm``).
 
-Parsing and dispatch only; the work lives in the library modules.
+Parsing only: the parser is built from light modules (``latentlm.choices``, ``latentlm.config``), so
+``--help`` answers without importing torch; the commands run in :mod:`latentlm.commands`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-import torch
-
-from latentlm.autoencoder.evaluation import evaluate_autoencoder
-from latentlm.autoencoder.evaluation import summary_table as autoencoder_summary
-from latentlm.baselines.mdlm_decoders import DECODERS
-from latentlm.config import available_presets, parse_overrides
-from latentlm.data import load_tokenizer, read_documents, train_tokenizer
-from latentlm.data.readers import corpus_documents
-from latentlm.data.shards import DEFAULT_SHARD_TOKENS, write_shards
-from latentlm.data.synthetic import generate_stories, write_jsonl
-from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE
-from latentlm.device import resolve_device
-from latentlm.errors import ConfigError, DataError, InputError, LatentLMError
-from latentlm.eval.compare import CompareConfig, compare
-from latentlm.eval.models import load_language_model
-from latentlm.eval.report import summary_table
-from latentlm.files import write_text_atomic
-from latentlm.loading import describe, load_model
-from latentlm.pipeline_latent_diffusion import MODES, SCHEDULERS
-from latentlm.quickstart import N_PROMPTS, N_STORIES, quickstart
-from latentlm.recipes import run_training
+from latentlm.choices import (
+    DEFAULT_SHARD_TOKENS,
+    DEFAULT_VOCAB_SIZE,
+    MDLM_DECODERS,
+    QUICKSTART_PROMPTS,
+    QUICKSTART_STORIES,
+    SAMPLING_MODES,
+    SCHEDULER_NAMES,
+)
+from latentlm.config import available_presets
+from latentlm.errors import LatentLMError
+from latentlm.eval.compare_config import CompareConfig
 
 
 def _add_train_common(p: argparse.ArgumentParser) -> None:
@@ -120,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (latent)")
     gen.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("T_LO", "T_HI"),
                      help="guide only at diffusion times in [T_LO, T_HI] (latent; default every step)")
-    gen.add_argument("--scheduler", choices=list(SCHEDULERS), help="sampler (latent; default: the pipeline's own)")
-    gen.add_argument("--mode", choices=list(MODES),
+    gen.add_argument("--scheduler", choices=list(SCHEDULER_NAMES), help="sampler (latent; default: the pipeline's own)")
+    gen.add_argument("--mode", choices=list(SAMPLING_MODES),
                      help="sampling mode (latent; block-ar and staggered need a block-causal denoiser; "
                           "default: the pipeline's own)")
     gen.add_argument("--window-blocks", type=int, help="blocks in flight in staggered mode (latent; default: "
@@ -134,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--project-below", type=float, default=0.0,
                      help="latent, parallel mode: below this time t each step's clean estimate is replaced by the "
                           "latents of its decoded tokens (0: never)")
-    gen.add_argument("--decoder", choices=list(DECODERS), default="ancestral",
+    gen.add_argument("--decoder", choices=list(MDLM_DECODERS), default="ancestral",
                      help="decoder (mdlm)")
     gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar, ptp, transformers models)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar, ptp, transformers models)")
@@ -163,138 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     qs = sub.add_parser("quickstart", help="the main job: train every model on synthetic stories and compare")
     qs.add_argument("--out", default="runs/quickstart")
-    qs.add_argument("--n-stories", type=int, default=N_STORIES, help="synthetic training stories")
-    qs.add_argument("--n-prompts", type=int, default=N_PROMPTS, help="held-out openings to continue")
+    qs.add_argument("--n-stories", type=int, default=QUICKSTART_STORIES, help="synthetic training stories")
+    qs.add_argument("--n-prompts", type=int, default=QUICKSTART_PROMPTS, help="held-out openings to continue")
     return parser
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "data" and args.data_cmd == "tokenize":
-        if not args.data and not args.hf_dataset:
-            raise InputError("give --data PATH... or --hf-dataset NAME to tokenize")
-        manifest = write_shards(corpus_documents(args.data, args.hf_dataset, split=args.split, field=args.field,
-                                                 config=args.hf_config),
-                                load_tokenizer(args.tokenizer), args.out, shard_tokens=args.shard_tokens,
-                                sources=[*map(str, args.data), *([args.hf_dataset] if args.hf_dataset else [])])
-        print(json.dumps({k: manifest[k] for k in ("tokens", "documents", "dtype")} | {"shards": len(manifest["shards"]),
-                                                                                       "out": args.out}))
-    elif args.command == "data":
-        stories = generate_stories(args.n, args.seed, min_gap=args.min_gap, max_gap=args.max_gap)
-        print(f"wrote {len(stories)} stories to {write_jsonl(stories, args.out)}")
-    elif args.command == "train" and args.kind == "tokenizer":
-        tok = train_tokenizer(read_documents(args.data), args.vocab_size)
-        tok.save_pretrained(args.out)
-        print(f"tokenizer with {len(tok)} tokens saved to {args.out}")
-    elif args.command == "train":
-        result = run_training(args.kind, args.data, args.out, preset=args.preset,
-                              config_file=args.config, overrides=args.overrides, valid=args.valid,
-                              tokenizer=args.tokenizer, resume=not args.no_resume,
-                              autoencoder=args.autoencoder, init_from=args.init_from, teacher=args.teacher,
-                              pipeline=args.pipeline)
-        if result.interrupted:
-            print(f"interrupted at step {result.step}; checkpoint saved, rerun the command to resume")
-            return 130
-        print(json.dumps({"step": result.step, "train_loss": result.train_loss,
-                          "valid_loss": result.valid_loss, "out": str(result.out_dir)}))
-    elif args.command == "eval" and args.eval_kind == "latents":
-        _eval_latents(args)
-    elif args.command == "eval":
-        model = load_model(args.model)
-        if type(model).__name__ != "TextAutoencoder":
-            raise InputError(f"{args.model} holds a {type(model).__name__}, not a TextAutoencoder")
-        if args.max_texts is not None and args.max_texts < 1:
-            raise InputError(f"--max-texts must be positive, got {args.max_texts}")
-        result = evaluate_autoencoder(model, load_tokenizer(args.model), read_documents(args.data),
-                                      max_texts=args.max_texts, seed=args.seed)
-        out = Path(args.out) if args.out else Path(args.model) / "eval_autoencoder.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, json.dumps(result, indent=2))
-        print(autoencoder_summary(result))
-        print(f"written to {out}")
-    elif args.command == "info":
-        print(json.dumps(describe(args.model), indent=2))
-    elif args.command == "generate":
-        if args.num_samples < 1:
-            raise InputError(f"--num-samples must be positive, got {args.num_samples}")
-        lm = load_language_model(args.model, device=resolve_device(args.device))
-        options = {"ar": dict(temperature=args.temperature, top_p=args.top_p),
-                   "ptp": dict(temperature=args.temperature, top_p=args.top_p, draft_tokens=args.draft_tokens),
-                   "hf": dict(temperature=args.temperature, top_p=args.top_p),
-                   "mdlm": dict(decoder=args.decoder, steps=args.steps),
-                   "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale,
-                                  guidance_interval=tuple(args.guidance_interval), scheduler=args.scheduler,
-                                  mode=args.mode, window_blocks=args.window_blocks,
-                                  decoder_temperature=args.decoder_temperature, denoising_end=args.denoising_end,
-                                  project_below=args.project_below)}
-        out = lm.generate([args.prompt] * args.num_samples, args.max_new_tokens,
-                          generator=torch.Generator().manual_seed(args.seed), **options[lm.kind])
-        for text in out.texts:
-            print(text)
-        print(f"(NFE {out.nfe})", file=sys.stderr)
-    elif args.command == "compare":
-        models = {}
-        for spec in args.models:
-            name, sep, folder = spec.partition("=")
-            if not sep or not name or not folder:
-                raise InputError(f"--model takes NAME=DIR, got {spec!r}")
-            if name in models:
-                raise InputError(f"model name {name!r} given twice")
-            models[name] = folder
-        for name in ("seeds", "prompts", "max_new_tokens", "nll_texts"):
-            if getattr(args, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-        cfg = CompareConfig(prompts=args.prompts, max_new_tokens=args.max_new_tokens, seeds=args.seeds,
-                            nll_texts=args.nll_texts, mauve=not args.no_mauve,
-                            speed_lengths=tuple(args.speed_lengths))
-        try:
-            options = parse_overrides(args.options)
-        except ConfigError:
-            raise InputError(f"--option takes NAME.KEY=VALUE (e.g. mdlm.decoder=llada), got {args.options}") from None
-        results = compare(models, args.data, args.out, train=args.train, judge=args.judge, cfg=cfg,
-                          options=options, device=resolve_device(args.device))
-        print(summary_table(results))
-        print(f"report: {Path(args.out) / 'report.md'}")
-    elif args.command == "quickstart":
-        quickstart(Path(args.out), n_stories=args.n_stories, n_prompts=args.n_prompts)
-    return 0
-
-
-def _eval_latents(args) -> None:
-    """``latentlm eval latents``: the generability report of an autoencoder or a pipeline."""
-    import torch
-
-    from latentlm.data.tokenizer import sentence_end_ids
-    from latentlm.eval.latents import generability_report, report_table
-    from latentlm.loading import is_pipeline_folder, load_pipeline
-
-    for name in ("max_texts", "prompts"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    pipe = None
-    if is_pipeline_folder(args.model):
-        pipe = load_pipeline(args.model)
-        ae, tok = pipe.autoencoder, pipe.tokenizer
-    else:
-        ae = load_model(args.model)
-        if type(ae).__name__ != "TextAutoencoder":
-            raise InputError(f"{args.model} holds a {type(ae).__name__}, not a TextAutoencoder or a latent pipeline")
-        tok = load_tokenizer(args.model)
-    docs = read_documents(args.data)
-    if not docs:
-        raise DataError(f"{' '.join(args.data)} holds no text")
-    report = generability_report(ae, tok, docs, torch.tensor(sentence_end_ids(tok)), pipe=pipe,
-                                 max_texts=args.max_texts, prompts=args.prompts, seed=args.seed)
-    out = Path(args.out) if args.out else Path(args.model) / "eval_latents.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(report, indent=2))
-    print(report_table(report))
-    print(f"written to {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        from latentlm.commands import dispatch  # torch and the models: after parsing
+
+        return dispatch(args)
     except LatentLMError as e:
         print(f"latentlm: error: {e}", file=sys.stderr)
         return 2

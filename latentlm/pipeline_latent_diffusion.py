@@ -45,6 +45,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
+from latentlm.choices import SAMPLING_MODES, SCHEDULER_NAMES
 from latentlm.diffusion.sampling import langevin_correct
 from latentlm.diffusion.time_density import step_times, warn_untrained
 from latentlm.errors import CheckpointError, ConfigError, InputError, check_choice, check_text
@@ -55,11 +56,12 @@ SCHEDULERS = {
     "dpm++": DPMSolverMultistepScheduler,
     "flow-euler": FlowMatchEulerDiscreteScheduler,
 }
+assert tuple(SCHEDULERS) == SCHEDULER_NAMES  # the CLI's choices (latentlm/choices.py)
 OUTPUT_TYPES = ("text", "latent", "ids")
 # parallel: every latent of the continuation at once; block-ar: one block at a time against a KV cache of
 # the committed, re-encoded blocks (a block-causal denoiser), any length; staggered: a sliding window of
 # blocks at increasing noise levels, one network call advancing them all, any length
-MODES = ("parallel", "block-ar", "staggered")
+MODES = SAMPLING_MODES
 BLOCK_MODES = ("block-ar", "staggered")
 STEP_SPACINGS = ("auto", "scheduler", "training")
 MAX_BATCH = 4096  # documented limit on prompts x samples per call (memory stays bounded)

@@ -26,13 +26,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from latentlm.cost import cost_record, run_cost
 from latentlm.data.readers import read_documents
-from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, sentence_end_ids, train_tokenizer
 from latentlm.device import device_name, resolve_device
 from latentlm.errors import DataError, InputError, LatentLMError
 from latentlm.eval.compare import CompareConfig, compare
+from latentlm.eval.latents import generability_report, report_table
 from latentlm.files import move_tree, write_text_atomic
+from latentlm.loading import load_pipeline
 from latentlm.recipes import run_training
 
 SPLITS = ("train", "valid", "test")
@@ -337,12 +341,6 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
 
 def _latents_report(pipeline: Path, valid: Path, path: Path, cfg: ProtocolConfig) -> None:
     """``latentlm eval latents`` of one latent pipeline, written to ``path`` (JSON) and beside it (markdown)."""
-    import torch
-
-    from latentlm.data.tokenizer import sentence_end_ids
-    from latentlm.eval.latents import generability_report, report_table
-    from latentlm.loading import load_pipeline
-
     pipe = load_pipeline(pipeline)
     report = generability_report(pipe.autoencoder, pipe.tokenizer, read_documents([valid]),
                                  torch.tensor(sentence_end_ids(pipe.tokenizer)), pipe=pipe,

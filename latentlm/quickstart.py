@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from latentlm.choices import QUICKSTART_PROMPTS, QUICKSTART_STORIES
 from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 from latentlm.device import device_name, mixed_precision_reason, resolve_device
@@ -30,8 +31,8 @@ from latentlm.eval.report import summary_table
 from latentlm.recipes import run_training
 
 CPU_DENOISER_STEPS = 1550
-N_STORIES = 4000  # training stories
-N_PROMPTS = 64  # held-out openings continued by every model
+N_STORIES = QUICKSTART_STORIES  # training stories
+N_PROMPTS = QUICKSTART_PROMPTS  # held-out openings continued by every model
 
 
 def _trained(folder: Path) -> bool:

@@ -195,7 +195,7 @@ def test_compare_rejects_bad_generation_options_before_any_work(folders, tmp_pat
 
 
 def test_compare_cli_passes_generation_options(folders, tmp_path, monkeypatch):
-    import latentlm.cli
+    import latentlm.commands
 
     seen = {}
 
@@ -203,7 +203,7 @@ def test_compare_cli_passes_generation_options(folders, tmp_path, monkeypatch):
         seen.update(kw)
         raise InputError("stop here")
 
-    monkeypatch.setattr(latentlm.cli, "compare", fake_compare)  # the name the CLI calls
+    monkeypatch.setattr(latentlm.commands, "compare", fake_compare)  # the name the command calls
     assert main(["compare", "--model", f"mdlm={folders / 'mdlm'}", "--data", str(folders / "valid.jsonl"),
                  "--out", str(tmp_path / "d"), "--option", "mdlm.decoder=llada", "--option", "mdlm.steps=16"]) == 2
     assert seen["options"] == {"mdlm": {"decoder": "llada", "steps": 16}}

@@ -165,3 +165,14 @@ def test_public_names_load_lazily():
         assert "no_such_name" in str(e)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+def test_the_command_line_parses_without_torch():
+    """`latentlm --help` (and any parse error) answers at once: the parser is built from light modules;
+    torch, diffusers and transformers load only when a command runs."""
+    code = ("import sys; from latentlm.cli import build_parser; p = build_parser(); "
+            "p.parse_args(['generate', '--model', 'x', 'hi']); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
+from latentlm.choices import MDLM_DECODERS
 from latentlm.errors import InputError
 
 MAX_STEPS = 10_000  # documented limit on decoding steps (bounds the time of one call)
@@ -171,6 +172,7 @@ def decode_anchor(model_fn, x: torch.Tensor, mask_id: int, *, steps: int, temper
 DECODERS: dict[str, Callable[..., tuple[torch.Tensor, int]]] = {
     "ancestral": decode_ancestral, "llada": decode_llada, "threshold": decode_threshold, "anchor": decode_anchor,
 }
+assert tuple(DECODERS) == MDLM_DECODERS  # the CLI's choices (latentlm/choices.py)
 
 
 @torch.no_grad()

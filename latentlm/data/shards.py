@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from latentlm.choices import DEFAULT_SHARD_TOKENS
 from latentlm.errors import DataError, InputError
 from latentlm.files import write_text_atomic
 
 MANIFEST, PROGRESS = "manifest.json", "progress.json"
-DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16
 FORMAT = "latentlm-token-shards/1"
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from latentlm.choices import DEFAULT_VOCAB_SIZE
 from latentlm.errors import CheckpointError, InputError
 
 PAD, EOT, MASK = "<pad>", "<eot>", "<mask>"
 SPECIAL_TOKENS = [PAD, EOT, MASK]
-DEFAULT_VOCAB_SIZE = 4096
 
 
 def train_tokenizer(
