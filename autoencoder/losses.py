@@ -5,7 +5,8 @@ where a latent model reads text (a share ``p_offset`` starting at a random token
 continuations do; a share ``p_cut`` ending after a random token without its end-of-text, as the
 pipeline's prompts do, so that their last latent holds a partial group):
 
-    z     = encode(corrupt(x))                   # (b, n, d), normalised
+    z     = encode(corrupt(x))                   # (b, n, d), normalised (a variational encoder: a draw of
+                                                 # its posterior, + kl_weight * clipped KL to N(0, I))
     sigma ~ U(0, sigma_max) per example (a share ``clean_fraction`` gets 0)
     loss  = CE(decode(z + sigma * eps), x)       # every position, pads included
 
@@ -38,6 +39,10 @@ class AutoencoderLossConfig:
     # dropout on the latents' dimensions before the decoder reads them (CALM, arXiv:2510.27688: 0.15): the
     # decoder cannot rely on any one dimension, so a latent a denoiser gets slightly wrong still decodes
     latent_dropout: float = 0.0
+    # a variational encoder's (model.variational) KL to N(0, I), per latent dimension, clipped below at
+    # kl_clip nats (free bits: dimensions under it cost nothing) and weighted (CALM: 1e-3)
+    kl_weight: float = 1e-3
+    kl_clip: float = 0.5
 
     def validate(self) -> None:
         if self.sigma_max < 0:
@@ -45,6 +50,8 @@ class AutoencoderLossConfig:
         for name in ("clean_fraction", "token_corruption", "pad_weight", "p_offset", "p_cut"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"loss.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.kl_weight < 0 or self.kl_clip < 0:
+            raise ConfigError(f"loss.kl_weight and loss.kl_clip must be >= 0, got {self.kl_weight}, {self.kl_clip}")
         if not 0 <= self.latent_dropout < 1:
             raise ConfigError(f"loss.latent_dropout must be in [0, 1), got {self.latent_dropout}")
 
@@ -77,7 +84,7 @@ def autoencoder_loss(model, batch: dict[str, torch.Tensor], cfg: AutoencoderLoss
         flip = (torch.rand(ids.shape, device=ids.device) < cfg.token_corruption) & mask.bool()
         random_ids = torch.randint(3, model.config.vocab_size, ids.shape, device=ids.device)
         enc_ids = torch.where(flip, random_ids, ids)
-    z = model.encode(enc_ids, mask)  # (b, n, d)
+    z, kl = model.encode_posterior(enc_ids, mask)  # (b, n, d); kl: None unless the encoder is variational
     sigma = torch.rand(z.shape[0], 1, 1, device=z.device) * cfg.sigma_max
     sigma = sigma * (torch.rand_like(sigma) >= cfg.clean_fraction)
     read = z + sigma * torch.randn_like(z)
@@ -87,7 +94,11 @@ def autoencoder_loss(model, batch: dict[str, torch.Tensor], cfg: AutoencoderLoss
     ce = F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")  # (b, s)
     weight = mask.float() + cfg.pad_weight * (1 - mask.float())
     loss = (ce * weight).sum() / weight.sum()
+    metrics = {}
+    if kl is not None:  # nats per latent, each dimension's KL counted from kl_clip up (free bits)
+        loss = loss + cfg.kl_weight * kl.clamp_min(cfg.kl_clip).sum(-1).mean()
+        metrics["kl"] = float(kl.detach().sum(-1).mean())
     with torch.no_grad():
         correct = (logits.argmax(-1) == ids).float()
         acc = (correct * mask).sum() / mask.sum()
-    return LossOutput(loss, {"token_acc": float(acc)})
+    return LossOutput(loss, {"token_acc": float(acc), **metrics})

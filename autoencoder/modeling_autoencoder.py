@@ -197,6 +197,7 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         encoder_context: str = "sequence",
         group_decoder: str = "parallel",
         group_decoder_depth: int = 1,
+        variational: bool = False,
         pad_token_id: int = 0,
         eot_token_id: int = 1,
         token_texts: list[str] | None = None,
@@ -216,7 +217,8 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
             self.semantic = SemanticFeatures(semantic_model, token_texts, semantic_trainable)
             self.semantic_proj = nn.Linear(self.semantic.hidden_size, dim)
         self.encoder = Transformer(dim, encoder_depth, n_heads, mlp_ratio)
-        self.to_latent = nn.Linear(k * dim, latent_dim)
+        # a variational encoder gives a mean and a log-variance per dimension (CALM's VAE, arXiv:2510.27688)
+        self.to_latent = nn.Linear(k * dim, 2 * latent_dim if variational else latent_dim)
         self.standardize = (nn.BatchNorm1d(latent_dim, affine=False, momentum=0.01)
                             if normalization == "standardize" else None)
         self.from_latent = nn.Linear(latent_dim, k * dim)
@@ -259,8 +261,29 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
         """input_ids (b, s), s <= max_seq_len -> latents (b, ceil(s / k), latent_dim).
 
         Sequences are padded with the pad token to a multiple of k; the padding
-        is part of what the latents encode (it is reconstructed).
+        is part of what the latents encode (it is reconstructed). A variational
+        encoder gives its posterior mean (normalised): the latents are deterministic.
         """
+        z = self._raw_latents(input_ids, attention_mask)
+        if self.config.variational:
+            z = z[..., : self.config.latent_dim]
+        return self.normalize(z)
+
+    def encode_posterior(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training-time latents: (a draw of the posterior, normalised; KL(q || N(0, I)) per latent and
+        dimension (b, n, latent_dim)) for a variational encoder, (``encode``, None) otherwise."""
+        z = self._raw_latents(input_ids, attention_mask)
+        if not self.config.variational:
+            return self.normalize(z), None
+        mean, logvar = z.float().chunk(2, dim=-1)
+        logvar = logvar.clamp(-20, 10)
+        sample = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)  # (b, n, d)
+        return self.normalize(sample.to(z.dtype)), kl
+
+    def _raw_latents(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """input_ids (b, s) -> the encoder's output before normalisation (b, n, latent_dim or 2 latent_dim)."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise InputError(f"input_ids must be (batch, seq_len) with seq_len >= 1, got {tuple(input_ids.shape)}")
         b, s = input_ids.shape
@@ -281,8 +304,7 @@ class TextAutoencoder(ModelMixin, ConfigMixin):
             h = self._encode_chunks(h, input_ids, attention_mask)
         else:
             h, _ = self.encoder(h, attention_mask=attention_mask)
-        z = self.to_latent(h.reshape(b, -1, k * h.shape[-1]))  # (b, n, latent_dim)
-        return self.normalize(z)
+        return self.to_latent(h.reshape(b, -1, k * h.shape[-1]))  # (b, n, latent_dim or 2 latent_dim)
 
     def _encode_chunks(self, h: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Chunk-local encoder: token states (b, s, dim) -> (b, s, dim), each group of k tokens mixed

@@ -178,3 +178,36 @@ def test_latent_dropout_hides_dimensions_from_the_decoder(tiny_tokenizer):
     assert torch.allclose(z[~dropped], 2 * clean[~dropped], atol=1e-5)  # the rest scaled by 1 / (1 - p)
     with pytest.raises(ConfigError, match="latent_dropout"):
         AutoencoderLossConfig(latent_dropout=1.0).validate()
+
+
+def test_a_variational_encoder_draws_in_training_and_gives_its_mean_otherwise(tiny_tokenizer, tmp_path):
+    from latentlm.autoencoder.losses import AutoencoderLossConfig, autoencoder_loss
+
+    torch.manual_seed(0)
+    ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=16, dim=32, encoder_depth=1,
+                         decoder_depth=1, variational=True)
+    ids, mask = encode_texts(["lily had a red kite. the sun was warm."] * 4, tiny_tokenizer, 32)
+    mean = ae.encode(ids, mask)
+    assert torch.equal(mean, ae.encode(ids, mask)) and mean.shape == (4, 4, 16)  # deterministic: the mean
+    a, kl = ae.encode_posterior(ids, mask)
+    b, _ = ae.encode_posterior(ids, mask)
+    assert not torch.allclose(a, b) and a.shape == mean.shape  # draws
+    raw = ae._raw_latents(ids, mask).float()
+    mu, logvar = raw.chunk(2, dim=-1)
+    assert torch.allclose(kl, 0.5 * (mu**2 + logvar.exp() - 1 - logvar), atol=1e-5) and (kl >= 0).all()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    out = autoencoder_loss(ae.train(), batch, AutoencoderLossConfig(kl_weight=1.0, kl_clip=0.0))
+    plain = autoencoder_loss(ae, batch, AutoencoderLossConfig(kl_weight=0.0))
+    assert out.metrics["kl"] > 0 and float(out.loss.detach()) > float(plain.loss.detach())
+
+    def grad(**kw):  # the encoder's gradient, same draws
+        torch.manual_seed(1)
+        ae.zero_grad()
+        autoencoder_loss(ae, batch, AutoencoderLossConfig(**kw)).loss.backward()
+        return ae.to_latent.weight.grad.clone()
+
+    # free bits: a clip above every dimension's KL leaves the encoder's gradient as without the term
+    assert torch.allclose(grad(kl_weight=1.0, kl_clip=1e6), grad(kl_weight=0.0))
+    assert not torch.allclose(grad(kl_weight=1.0, kl_clip=0.0), grad(kl_weight=0.0))
+    ae.save_pretrained(tmp_path)
+    assert TextAutoencoder.from_pretrained(tmp_path).config.variational
