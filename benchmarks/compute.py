@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latentlm.config import split_scoped_overrides
 from latentlm.cost import preset_costs
-from latentlm.errors import InputError, LatentLMError
+from latentlm.errors import LatentLMError
 
 VOCAB = {"cpu-tiny": 800, "cpu-small": 4096, "gpu-base": 4096}  # the vocabularies the presets are for
 
@@ -42,12 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KIND.SECTION.KEY=VALUE")
     args = p.parse_args(argv)
     try:
-        overrides: dict[str, list[str]] = {}
-        for spec in args.overrides:
-            kind, sep, rest = spec.partition(".")
-            if not sep or "=" not in rest:
-                raise InputError(f"--set takes KIND.SECTION.KEY=VALUE (e.g. denoiser.model.depth=8), got {spec!r}")
-            overrides.setdefault(kind, []).append(rest)
+        overrides = split_scoped_overrides(args.overrides, "KIND")
         for preset in args.presets:
             print(table(preset, VOCAB[preset], overrides))
     except LatentLMError as e:

@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from latentlm.config import split_scoped_overrides
 from latentlm.errors import InputError, LatentLMError
 from latentlm.protocol import (
     ProtocolConfig,
@@ -67,12 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 for f in write_docs(results, ROOT):
                     print(f"wrote the table into {f}")
             return 0
-        overrides: dict[str, list[str]] = {}
-        for spec in args.overrides:
-            stage, sep, rest = spec.partition(".")
-            if not sep or "=" not in rest:
-                raise InputError(f"--set takes STAGE.SECTION.KEY=VALUE (e.g. denoiser.train.steps=4000), got {spec!r}")
-            overrides.setdefault(stage, []).append(rest)
+        overrides = split_scoped_overrides(args.overrides, "STAGE")
         models = {}
         for spec in args.models:
             stage, sep, folder = spec.partition("=")

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from latentlm.autoencoder.modeling_autoencoder import encode_prompts
+from latentlm.autoencoder.modeling_autoencoder import decode_ids, encode_prompts
 from latentlm.diffusion.losses import DenoiserLossConfig, prepare_denoiser_batch, split_points
 from latentlm.diffusion.schedules import NoiseSchedule
 from latentlm.eval import metrics as M
@@ -56,14 +56,6 @@ def _rows(docs: list[str], tokenizer, seq_len: int, batch_size: int):
         yield {"input_ids": ids, "attention_mask": mask}
 
 
-def _texts(tokenizer, ids: torch.Tensor) -> list[str]:
-    out = []
-    for row in ids.tolist():
-        row = row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row
-        out.append(tokenizer.decode([x for x in row if x != tokenizer.pad_token_id]))
-    return out
-
-
 def _split_cfg(split: str) -> DenoiserLossConfig:
     """The denoiser's split settings for one kind of row: the whole document (an empty prompt), a random
     token, or right after a sentence end; the whole rest of the row as the continuation, no prompt drop."""
@@ -85,8 +77,8 @@ def split_reconstruction(ae, tokenizer, docs: list[str], sentence_ends: torch.Te
             known = x.token_mask.bool()
             correct += int((pred[known] == x.tokens[known]).sum())
             total += int(known.sum())
-            decoded += _texts(tokenizer, torch.where(known, pred, tokenizer.pad_token_id))
-            real += _texts(tokenizer, x.tokens)
+            decoded += decode_ids(torch.where(known, pred, tokenizer.pad_token_id), tokenizer)
+            real += decode_ids(x.tokens, tokenizer)
         out.append(Reconstruction(split, correct / max(total, 1), M.unigram_entropy(decoded),
                                   M.unigram_entropy(real), total))
     return out
@@ -137,7 +129,7 @@ def robustness(ae, tokenizer, docs: list[str], schedule: NoiseSchedule, grid=DEF
             known = b["attention_mask"].bool()
             correct += int((pred[known] == b["input_ids"][known]).sum())
             total += int(known.sum())
-            decoded += _texts(tokenizer, torch.where(known, pred, tokenizer.pad_token_id))
+            decoded += decode_ids(torch.where(known, pred, tokenizer.pad_token_id), tokenizer)
         out.append({"t": float(t), "noise_per_dim": sigma / alpha, "accuracy": correct / max(total, 1),
                     "entropy": M.unigram_entropy(decoded)})
     return out

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from latentlm.autoencoder.modeling_autoencoder import decode_ids
 from latentlm.diffusion.time_density import mass_near
 from latentlm.eval import metrics as M
 
@@ -84,11 +85,7 @@ def _scores(tok, pred: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> t
     """Token accuracy over the real tokens, and the word entropy of the decoded texts (cut at end-of-text)."""
     real = mask.bool()
     accuracy = float((pred[real] == ids[real]).float().mean())
-    texts = []
-    for row in pred.tolist():
-        row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
-        texts.append(tok.decode([x for x in row if x != tok.pad_token_id]))
-    return accuracy, M.unigram_entropy(texts)
+    return accuracy, M.unigram_entropy(decode_ids(pred, tok))
 
 
 def map_table(rows: list[PerTRow], real_entropy: float) -> str:

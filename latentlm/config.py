@@ -73,6 +73,19 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def split_scoped_overrides(specs: list[str], scope: str = "STAGE") -> dict[str, list[str]]:
+    """``["denoiser.train.steps=4000", ...]`` -> ``{"denoiser": ["train.steps=4000"], ...}``: overrides of
+    several runs at once, each prefixed by its run (a protocol stage, a model kind: ``scope`` names it
+    in the error)."""
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, rest = spec.partition(".")
+        if not sep or not name or "=" not in rest:
+            raise ConfigError(f"--set takes {scope}.SECTION.KEY=VALUE (e.g. denoiser.train.steps=4000), got {spec!r}")
+        out.setdefault(name, []).append(rest)
+    return out
+
+
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
     """Coerce/validate ``value`` against a dataclass field annotation."""
     origin = typing.get_origin(annotation)

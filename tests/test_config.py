@@ -82,3 +82,13 @@ def test_presets_follow_the_compute_rule(preset, vocab):
     assert costs["mdlm"].total_flops <= 2 * ar, (preset, costs["mdlm"].total_flops / ar)
     ar_model, mdlm_model = resolve_run_config("ar", preset)["model"], resolve_run_config("mdlm", preset)["model"]
     assert (ar_model.depth, ar_model.dim) == (mdlm_model.depth, mdlm_model.dim)
+
+
+def test_scoped_overrides_split_by_run():
+    from latentlm.config import split_scoped_overrides
+
+    assert split_scoped_overrides(["denoiser.train.steps=40", "ar.model.depth=2", "denoiser.loss.time_std=1"]) == {
+        "denoiser": ["train.steps=40", "loss.time_std=1"], "ar": ["model.depth=2"]}
+    for bad in ("denoiser", "denoiser.train", ".train.steps=1"):
+        with pytest.raises(ConfigError, match="KIND.SECTION.KEY=VALUE"):
+            split_scoped_overrides([bad], "KIND")
