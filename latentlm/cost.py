@@ -122,13 +122,14 @@ def preset_costs(preset: str, vocab_size: int, overrides: dict[str, list[str]] |
 
 def run_cost(folder: str | Path) -> TrainingCost | None:
     """The cost of the run that trained ``folder``, from its ``run_config.json`` (None when the folder
-    has none: a model trained elsewhere). A pipeline's denoiser is counted with the pipeline's autoencoder."""
+    has none, a model trained elsewhere, or holds a run started from another's weights: PTP, decoder
+    adaptation). A pipeline's denoiser is counted with the pipeline's autoencoder."""
     folder = Path(folder)
     try:
         saved = json.loads((folder / "run_config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    kind = saved["kind"]
+    kind = saved.get("kind")
     if kind not in (*PRESET_KINDS, "judge"):
         return None  # PTP and decoder adaptation start from another run's weights: counted with it
     recipe = get_recipe(kind)
