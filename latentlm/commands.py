@@ -12,6 +12,7 @@ import torch
 from latentlm.autoencoder.evaluation import evaluate_autoencoder
 from latentlm.autoencoder.evaluation import summary_table as autoencoder_summary
 from latentlm.config import parse_overrides
+from latentlm.cost import cost_record, run_cost
 from latentlm.data import load_tokenizer, read_documents, train_tokenizer
 from latentlm.data.readers import corpus_documents
 from latentlm.data.shards import write_shards
@@ -74,7 +75,11 @@ def dispatch(args: argparse.Namespace) -> int:
         print(autoencoder_summary(result))
         print(f"written to {out}")
     elif args.command == "info":
-        print(json.dumps(describe(args.model), indent=2))
+        info = describe(args.model)
+        cost = run_cost(args.model)  # what its training run cost, when latentlm trained it
+        if cost is not None:
+            info["training"] = cost_record(cost)
+        print(json.dumps(info, indent=2))
     elif args.command == "generate":
         if args.num_samples < 1:
             raise InputError(f"--num-samples must be positive, got {args.num_samples}")

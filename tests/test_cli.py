@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from latentlm.cli import build_parser, main
+from latentlm.recipes import resolve_run_config
 
 
 def run(*args, **kw):
@@ -38,6 +39,9 @@ def test_synthetic_tokenizer_train_info_generate(tmp_path):
     assert info.returncode == 0, info.stderr
     described = json.loads(info.stdout)
     assert described["class"] == "CausalLM" and described["parameters"] > 0
+    training = described["training"]  # its run's cost: 4 steps of the preset's batch at 128 tokens a row
+    assert training["trained_params"] == described["parameters"] and training["flops_per_token"] > 0
+    assert training["tokens"] == 4 * resolve_run_config("ar", "cpu-tiny")["train"].batch_size * 128
     gen = run("generate", "--model", str(out), "once upon a time", "--max-new-tokens", "5", "--num-samples", "2")
     assert gen.returncode == 0, gen.stderr
     assert all(line.startswith("once upon a time") for line in gen.stdout.strip().splitlines())
