@@ -26,6 +26,9 @@ def test_export_is_a_complete_pipeline(pipeline_dir, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["class"] == "LatentDiffusionPipeline"
     assert info["parameters"] == info["components"]["autoencoder"] + info["components"]["denoiser"]
+    # the denoiser's run: its own parameters trained, its autoencoder's frozen
+    assert info["training"]["trained_params"] == info["components"]["denoiser"]
+    assert info["training"]["frozen_params"] == info["components"]["autoencoder"]
 
 
 def test_generate_cli(pipeline_dir, capsys):
