@@ -25,6 +25,7 @@ unchanged in front of the continuation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -46,8 +47,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.choices import SAMPLING_MODES, SCHEDULER_NAMES
-from latentlm.diffusion.sampling import langevin_correct
-from latentlm.diffusion.time_density import step_times, warn_untrained
+from latentlm.diffusion.samplers import SAMPLERS, BlockContext, Estimate, plan_steps
+from latentlm.diffusion.time_density import warn_untrained
 from latentlm.errors import CheckpointError, ConfigError, InputError, check_choice, check_text
 
 SCHEDULERS = {
@@ -62,16 +63,12 @@ OUTPUT_TYPES = ("text", "latent", "ids")
 # the committed, re-encoded blocks (a block-causal denoiser), any length; staggered: a sliding window of
 # blocks at increasing noise levels, one network call advancing them all, any length
 MODES = SAMPLING_MODES
+assert tuple(SAMPLERS) == MODES  # each mode's sampler (diffusion/samplers.py)
 BLOCK_MODES = ("block-ar", "staggered")
 STEP_SPACINGS = ("auto", "scheduler", "training")
 MAX_BATCH = 4096  # documented limit on prompts x samples per call (memory stays bounded)
 MAX_NEW_TOKENS_BLOCK_AR = 16_384  # documented limit on one block-ar call (bounds its time)
 DECODE_CHUNK = 64  # samples decoded to token logits at once
-
-
-def steps_to_run(n_steps: int, denoising_end: float) -> int:
-    """Steps of ``n_steps`` that a sampler with ``denoising_end`` runs: ceil(denoising_end x n_steps), at least 1."""
-    return max(1, min(n_steps, math.ceil(denoising_end * n_steps - 1e-9)))
 
 
 def window_error(window_blocks: int, block_size: int, max_latents: int) -> str | None:
@@ -224,8 +221,12 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     @property
     def interrupt(self) -> bool:
-        """Set ``pipe._interrupt = True`` in a callback to stop denoising after that step (diffusers)."""
+        """Set ``pipe.interrupt = True`` in a callback to stop denoising after that step (diffusers)."""
         return self._interrupt
+
+    @interrupt.setter
+    def interrupt(self, value: bool) -> None:
+        self._interrupt = bool(value)
 
     def check_inputs(self, prompt, max_new_tokens, num_inference_steps, guidance_scale, guidance_interval,
                      num_samples_per_prompt, corrector_steps, output_type, latents,
@@ -334,10 +335,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         end-of-text and padded after it; decoded ``DECODE_CHUNK`` rows at a time (the logits
         (chunk, n k, vocab) are the largest tensor of a call). ``temperature``: as in ``tokens_of``."""
         seq = torch.cat([self.tokens_of(latents[i : i + DECODE_CHUNK], temperature, generator)
-                         for i in range(0, len(latents), DECODE_CHUNK)])[:, :max_new_tokens].cpu()
-        eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        ended = (seq == eot).int().cumsum(1) > 0  # the first end-of-text and everything after it
-        return seq.masked_fill(ended, pad)
+                         for i in range(0, len(latents), DECODE_CHUNK)]).cpu()
+        return self._cut(seq, max_new_tokens)
 
     def tokens_of(self, latents: torch.Tensor, temperature: float = 0.0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
@@ -371,62 +370,6 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             return [check_text(p) for p in prompt]
         raise InputError("prompt must be None, a string or a non-empty list of strings")
 
-    def _x0_fn(self, prompt, prompt_mask, guidance_scale: float, interval: tuple[float, float] = (0.0, 1.0),
-               cond_inputs: dict | None = None, uncond_inputs: dict | None = None, state: dict | None = None):
-        """x0_hat(x, t) with classifier-free guidance (at times t in ``interval``) and self-conditioning;
-        counts NFE in the returned state (continued when given). ``cond_inputs`` / ``uncond_inputs``: more
-        denoiser inputs of the conditional and unconditional estimates (the block caches)."""
-        state = {"nfe": 0, "prev": None} if state is None else {**state, "prev": None}
-        cond_inputs, uncond_inputs = cond_inputs or {}, uncond_inputs or {}
-        den = self.denoiser
-        use_cfg = (prompt is not None or bool(uncond_inputs)) and guidance_scale != 1.0
-
-        def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            sc = state["prev"] if den.config.self_conditioning else None
-            xin = x.to(den.dtype)
-            x0 = self.predict_x0(xin, t, prompt, prompt_mask, sc, **cond_inputs)
-            state["nfe"] += 1
-            inside = (t >= interval[0]) & (t <= interval[1])  # (b,) or one per block (b, blocks)
-            if use_cfg and bool(inside.any()):
-                uncond = self.predict_x0(xin, t, None, None, sc, **uncond_inputs)
-                state["nfe"] += 1
-                inside = inside[:, None] if t.dim() == 1 else inside.repeat_interleave(x.shape[1] // t.shape[1], 1)
-                x0 = torch.where(inside[..., None], uncond + guidance_scale * (x0 - uncond), x0)
-            state["prev"] = x0.to(den.dtype)
-            return x0.to(x.dtype)
-
-        return fn, state
-
-    def _scheduler_adapters(self, timesteps: torch.Tensor, device):
-        """How the scheduler's sample meets the denoiser, decided once before the loop: returns
-        ``to_denoiser(x, i, ts) -> (z_t, t)``, the VP latent and time (b,) of step i, and
-        ``to_scheduler(x0_hat, x, i)``, the model output the scheduler's ``step`` expects.
-
-        Discrete VP schedulers (prediction_type="sample"): t = (timestep + 1) / N, z_t = the sample,
-        output x0_hat. Flow matching, x = (1 - s) x0 + s eps: z_t = (sigma_t / s) x at the t with
-        alpha_t / sigma_t = (1 - s) / s, output the velocity eps - x0_hat.
-        """
-        sched, schedule = self.scheduler, self.denoiser.schedule
-        if isinstance(sched, FlowMatchEulerDiscreteScheduler):
-            sig = [float(v) for v in sched.sigmas[: len(timesteps)]]
-            ts = [schedule.t_of_log_snr(torch.tensor(2 * math.log(max(1 - s, 1e-12) / s))) for s in sig]
-            scale = [float(schedule.alpha_sigma(t)[1]) for t in ts]
-            times = [t.float().to(device) for t in ts]
-
-            def to_denoiser(x, i, _ts):
-                return x * scale[i] / sig[i], times[i].expand(len(x))
-
-            def to_scheduler(x0, x, i):
-                return (x - (1 - sig[i]) * x0) / sig[i] - x0
-
-            return to_denoiser, to_scheduler
-        n_train = sched.config.num_train_timesteps
-
-        def vp_to_denoiser(x, i, ts):
-            return sched.scale_model_input(x, ts), ((ts.float() + 1) / n_train).expand(len(x)).to(device)
-
-        return vp_to_denoiser, lambda x0, x, i: x0
-
     def check_time_coverage(self, num_inference_steps: int, device=None, spacing: str = "scheduler") -> list[float]:
         """The denoiser times of the scheduler's ``num_inference_steps`` steps that fall where the saved
         training density has almost no mass (``UntrainedTimesWarning``, once per scheduler and step count)."""
@@ -437,14 +380,10 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         self._coverage_checked.add(key)
         device = device or torch.device("cpu")
         sched = copy.deepcopy(self.scheduler)  # set_timesteps changes the scheduler's state
-        self._set_timesteps(sched, num_inference_steps, device, spacing)
-        saved, self.scheduler = self.scheduler, sched
-        try:
-            to_denoiser, _ = self._scheduler_adapters(sched.timesteps, device)
-            probe = torch.zeros(1, 1, self.denoiser.config.latent_dim, device=device)
-            times = [float(to_denoiser(probe, i, ts)[1][0]) for i, ts in enumerate(sched.timesteps)]
-        finally:
-            self.scheduler = saved
+        plan = plan_steps(sched, self.denoiser.schedule, num_inference_steps, device, spacing=spacing,
+                          training_times=spec)
+        probe = torch.zeros(1, 1, self.denoiser.config.latent_dim, device=device)
+        times = [float(plan.to_denoiser(probe, i, ts)[1][0]) for i, ts in enumerate(plan.timesteps)]
         return warn_untrained(spec, times, f"{key[0]} at {num_inference_steps} steps")
 
     def step_spacing(self, spacing: str = "auto") -> str:
@@ -465,17 +404,6 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             raise InputError(f"step_spacing='training' needs a scheduler that takes custom timesteps (DDPM, "
                              f"DPM-Solver); {type(self.scheduler).__name__} does not")
         return spacing
-
-    def _set_timesteps(self, sched, num_inference_steps: int, device, spacing: str) -> None:
-        """``sched.set_timesteps`` with the steps spaced as ``spacing`` (resolved, :meth:`step_spacing`) says;
-        spaced by the training density, steps that round to one timestep are merged (fewer steps)."""
-        if spacing == "scheduler":
-            sched.set_timesteps(num_inference_steps, device=device)
-            return
-        n_train = sched.config.num_train_timesteps  # timestep k is time (k + 1) / N (_scheduler_adapters)
-        times = step_times(self.config.training_times, num_inference_steps)
-        timesteps = sorted({min(n_train - 1, max(0, round(t * n_train) - 1)) for t in times}, reverse=True)
-        sched.set_timesteps(timesteps=timesteps, device=device)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -566,48 +494,97 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         spacing = self.step_spacing(step_spacing)
         self.check_time_coverage(num_inference_steps, spacing=spacing)
         self._guidance_scale, self._interrupt = float(guidance_scale), False
+        interval = tuple(map(float, guidance_interval))
         device = self._execution_device
         # 2. encode the prompt into clean context latents
         rows, prompt_latents, prompt_mask = self.encode_prompt(prompts, num_samples_per_prompt, device)
-        if mode in BLOCK_MODES:
-            latents, seq, nfe = self._sample_blocks(
-                len(rows), prompt_latents, prompt_mask, max_new_tokens, num_inference_steps,
-                1 if mode == "block-ar" else window_blocks, tuple(map(float, guidance_interval)), generator,
-                device, callback_on_step_end, tensor_inputs, float(decoder_temperature), float(denoising_end),
-                spacing)
-            return self._output(rows, latents, seq, nfe, output_type)
         # 3. timesteps and how each one meets the denoiser
-        sched = self.scheduler
-        self._set_timesteps(sched, num_inference_steps, device, spacing)
-        timesteps = sched.timesteps
-        self._num_timesteps = len(timesteps)
-        to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)
-        run = steps_to_run(len(timesteps), denoising_end)
-        # 4. initial noise (b, n, d)
-        x = self.prepare_latents(len(rows), self._n_latents(max_new_tokens), device, generator, latents)
-        x0_fn, state = self._x0_fn(prompt_latents, prompt_mask, self._guidance_scale,
-                                   tuple(map(float, guidance_interval)))
-        # 5. denoising loop: every latent updated in parallel at each step
-        x0 = x
-        for i, ts in enumerate(self.progress_bar(timesteps[:run]) if progress else timesteps[:run]):
-            if self.interrupt:
-                break
-            z_t, t = to_denoiser(x, i, ts)
-            x0 = x0_fn(z_t, t)
-            if project_below and float(t[0]) < project_below:
-                x0 = self.project(x0)
-            x = sched.step(to_scheduler(x0, x, i), ts, x, generator=generator).prev_sample
-            if corrector_steps and i + 1 < len(timesteps):
-                t_next = to_denoiser(x, i + 1, timesteps[i + 1])[1]
-                x, _ = langevin_correct(x0_fn, x, t_next, self.denoiser.schedule, steps=corrector_steps,
-                                        snr=corrector_snr, generator=generator)
-            if callback_on_step_end is not None:
-                scope = {"latents": x, "x0": x0}
-                returned = callback_on_step_end(self, i, ts, {k: scope[k] for k in tensor_inputs}) or {}
-                x = returned.pop("latents", x)
-        latents = (x if run == len(timesteps) else x0).float()  # stopped early: the last clean estimate
-        return self._output(rows, latents, None, state["nfe"], output_type, max_new_tokens,
+        plan = plan_steps(self.scheduler, self.denoiser.schedule, num_inference_steps, device, spacing=spacing,
+                          training_times=getattr(self.config, "training_times", None), denoising_end=denoising_end)
+        self._num_timesteps = len(plan.timesteps)
+        # 4. initial noise (b, n, d): the given latents, or drawn block by block as the sampler asks
+
+        def noise(n: int) -> torch.Tensor:
+            return self.prepare_latents(len(rows), n, device, generator, latents)
+
+        # 5. denoising loop (diffusion/samplers.py)
+        if mode == "parallel":
+            estimate = Estimate(self.predict_x0, self.denoiser.dtype, self.denoiser.config.self_conditioning,
+                                prompt_latents, prompt_mask, self._guidance_scale, interval)
+            options = dict(corrector_steps=corrector_steps, corrector_snr=corrector_snr,
+                           schedule=self.denoiser.schedule, project=self.project, project_below=project_below)
+        else:
+            estimate, blocks = self._block_inputs(len(rows), prompt_latents, prompt_mask, interval,
+                                                  float(decoder_temperature), generator)
+            options = dict(blocks=blocks) if mode == "block-ar" else dict(blocks=blocks, window_blocks=window_blocks)
+        n_latents = self._n_latents(max_new_tokens)
+        with self._progress(progress, mode, plan.run, n_latents, window_blocks) as bar:
+            sample = SAMPLERS[mode](estimate, plan, noise, n_latents, generator=generator,
+                                    callback=self._step_callback(callback_on_step_end, tensor_inputs, bar),
+                                    interrupt=lambda: self.interrupt, **options)
+        # 6. decode
+        seq = None if sample.tokens is None else self._cut(sample.tokens, max_new_tokens)
+        return self._output(rows, sample.latents, seq, estimate.nfe, output_type, max_new_tokens,
                             float(decoder_temperature), generator)
+
+    def _progress(self, show: bool, mode: str, steps: int, n_latents: int, window_blocks: int):
+        """A progress bar over the sampler's network calls (``steps`` per block, blocks entering every
+        ceil(steps / window) calls in the block modes), or a context that gives None."""
+        if not show:
+            return contextlib.nullcontext()
+        if mode == "parallel":
+            return self.progress_bar(total=steps)
+        window = 1 if mode == "block-ar" else window_blocks
+        n_blocks = n_latents // self.denoiser.config.block_size
+        return self.progress_bar(total=(n_blocks - 1) * -(-steps // window) + steps)
+
+    def _step_callback(self, callback_on_step_end, tensor_inputs: list[str], bar=None):
+        """The samplers' ``callback(i, timestep, tensors)``: diffusers' ``callback_on_step_end(pipe, i,
+        timestep, tensors)`` with the requested ``tensor_inputs``, and the progress ``bar``'s update;
+        None without either."""
+        if callback_on_step_end is None and bar is None:
+            return None
+
+        def callback(i: int, timestep: torch.Tensor, tensors: dict) -> dict | None:
+            if bar is not None:
+                bar.update()
+            if callback_on_step_end is None:
+                return None
+            return callback_on_step_end(self, i, timestep, {k: tensors[k] for k in tensor_inputs})
+
+        return callback
+
+    def _block_inputs(self, batch: int, prompt_latents, prompt_mask, interval: tuple[float, float],
+                      decoder_temperature: float, generator) -> tuple[Estimate, BlockContext]:
+        """The estimate and :class:`BlockContext` of the block samplers: the denoiser's KV caches of the
+        clean prompt (and, with guidance, of no prompt), decoding each committed block to tokens at
+        ``decoder_temperature`` and re-encoding them into the caches (exact for a chunk-local encoder)."""
+        den, ae = self.denoiser, self.autoencoder
+        window = den.config.max_latents
+        caches = {"cond": den.start_cache(prompt_latents, prompt_mask, batch=batch).trim(window)}
+        if prompt_latents is not None and self.do_classifier_free_guidance:
+            caches["uncond"] = den.start_cache(batch=batch)
+        estimate = Estimate(self.predict_x0, den.dtype, den.config.self_conditioning, None, None,
+                            self._guidance_scale, interval, {"kv_cache": caches["cond"]},
+                            {"kv_cache": caches["uncond"]} if "uncond" in caches else None)
+        pad = self.tokenizer.pad_token_id
+
+        def commit(x: torch.Tensor) -> torch.Tensor:
+            return self.tokens_of(x, decoder_temperature, generator)
+
+        def extend(ids: torch.Tensor) -> None:
+            clean = ae.encode(ids, (ids != pad).long()).to(den.dtype)
+            for cache in caches.values():
+                den.extend_cache(cache, clean).trim(window)
+
+        return estimate, BlockContext(commit, extend, den.config.block_size, self.tokenizer.eos_token_id, den.dtype)
+
+    def _cut(self, tokens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Token ids (b, m) -> (b, max_new_tokens): cut or padded, and padded from the first end-of-text on."""
+        eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        seq = tokens[:, :max_new_tokens]
+        seq = torch.nn.functional.pad(seq, (0, max_new_tokens - seq.shape[1]), value=pad)
+        return seq.masked_fill((seq == eot).int().cumsum(1) > 0, pad)
 
     def _output(self, rows: list[str], latents: torch.Tensor, seq: torch.Tensor | None, nfe: int, output_type: str,
                 max_new_tokens: int | None = None, decoder_temperature: float = 0.0,
@@ -622,74 +599,3 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             pad = self.tokenizer.pad_token_id
             texts = [p + self.tokenizer.decode([t for t in row if t != pad]) for p, row in zip(rows, seq.tolist())]
         return LatentDiffusionPipelineOutput(texts, seq, latents, nfe)
-
-    def _sample_blocks(self, batch: int, prompt_latents, prompt_mask, max_new_tokens: int, num_inference_steps: int,
-                       window_blocks: int, guidance_interval: tuple[float, float], generator, device,
-                       callback_on_step_end, tensor_inputs, decoder_temperature: float = 0.0,
-                       denoising_end: float = 1.0, spacing: str = "scheduler") -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Block-causal sampling against a KV cache of clean blocks (``mode`` "block-ar" or "staggered" in
-        ``__call__``): up to ``window_blocks`` blocks in flight, block j entering at step j * d,
-        d = ceil(num_inference_steps / window_blocks), each with its own copy of the scheduler; every
-        network call advances all blocks in flight; the front block, once through its
-        ``num_inference_steps``, is decoded, re-encoded and appended to the cache. ``window_blocks=1`` is
-        block-AR. Returns the sampled latents (b, n, d), the tokens (b, max_new_tokens) cut at
-        end-of-text, and the NFE."""
-        den, ae = self.denoiser, self.autoencoder
-        block, window = den.config.block_size, den.config.max_latents
-        eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        caches = {"cond": den.start_cache(prompt_latents, prompt_mask, batch=batch).trim(window)}
-        if prompt_latents is not None and self.do_classifier_free_guidance:
-            caches["uncond"] = den.start_cache(batch=batch)
-        x0_fn, state = self._x0_fn(None, None, self._guidance_scale, guidance_interval, {"kv_cache": caches["cond"]},
-                                   {"kv_cache": caches["uncond"]} if "uncond" in caches else None)
-        self._set_timesteps(self.scheduler, num_inference_steps, device, spacing)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
-        to_denoiser, to_scheduler = self._scheduler_adapters(timesteps, device)
-        steps = steps_to_run(len(timesteps), denoising_end)  # a block commits after this many of its steps
-        delay = -(-steps // window_blocks)
-        n_blocks = self._n_latents(max_new_tokens) // block
-        flight: list[dict] = []  # blocks being denoised, oldest (least noisy) first
-        blocks, tokens, started, g = [], [], 0, 0
-        ended = torch.zeros(batch, dtype=torch.bool)
-        zeros = torch.zeros(batch, block, ae.config.latent_dim, device=device, dtype=den.dtype)
-        while len(blocks) < n_blocks:
-            if started < n_blocks and started * delay <= g:  # a new block of pure noise enters the window
-                flight.append({"x": self.prepare_latents(batch, block, device, generator), "i": 0, "prev": zeros,
-                               "sched": copy.deepcopy(self.scheduler)})
-                started += 1
-            inputs = [to_denoiser(f["x"], f["i"], timesteps[f["i"]]) for f in flight]
-            z_t = torch.cat([z for z, _ in inputs], 1)
-            t = torch.stack([tt for _, tt in inputs], 1)  # (b, blocks in flight)
-            state["prev"] = torch.cat([f["prev"] for f in flight], 1) if den.config.self_conditioning else None
-            x0 = x0_fn(z_t, t)
-            for f, x0_f in zip(flight, x0.split(block, 1)):
-                f["x"] = f["sched"].step(to_scheduler(x0_f, f["x"], f["i"]), timesteps[f["i"]], f["x"],
-                                         generator=generator).prev_sample
-                f["prev"], f["i"] = x0_f.to(den.dtype), f["i"] + 1
-            if callback_on_step_end is not None:
-                scope = {"latents": torch.cat([f["x"] for f in flight], 1), "x0": x0}
-                returned = callback_on_step_end(self, g, timesteps[flight[-1]["i"] - 1],
-                                                {k: scope[k] for k in tensor_inputs}) or {}
-                if "latents" in returned:
-                    for f, x in zip(flight, returned["latents"].split(block, 1)):
-                        f["x"] = x
-            g += 1
-            if flight[0]["i"] < steps:
-                continue
-            front = flight.pop(0)
-            x = front["x"] if steps == len(timesteps) else front["prev"]  # stopped early: its clean estimate
-            ids = self.tokens_of(x, decoder_temperature, generator)  # (b, block k) the committed tokens
-            blocks.append(x.float())
-            tokens.append(ids.cpu())
-            ended |= (ids == eot).any(1).cpu()
-            if ended.all() or self.interrupt or len(blocks) == n_blocks:
-                break
-            # re-encode the committed tokens (exact for a chunk-local encoder) and append them as clean context
-            clean = ae.encode(ids, (ids != pad).long()).to(den.dtype)
-            for cache in caches.values():
-                den.extend_cache(cache, clean).trim(window)
-        seq = torch.cat(tokens, 1)[:, :max_new_tokens]
-        seq = torch.nn.functional.pad(seq, (0, max_new_tokens - seq.shape[1]), value=pad)
-        seq = seq.masked_fill((seq == eot).int().cumsum(1) > 0, pad)
-        return torch.cat(blocks, 1), seq, state["nfe"]

@@ -120,7 +120,7 @@ def test_callback_returned_latents_replace_the_pipelines(pipe):
 
 def test_interrupt_and_given_latents(pipe):
     def stop_after_two(p, i, t, kw):
-        p._interrupt = i == 1
+        p.interrupt = i == 1  # public, as diffusers' pipelines read it (their ``_interrupt``)
         return kw
 
     out = pipe("x", max_new_tokens=8, num_inference_steps=5, generator=gen(), callback_on_step_end=stop_after_two)
@@ -598,3 +598,46 @@ def test_steps_spaced_by_a_learned_training_density(pipe):
         ddpm("lily had", max_new_tokens=8, step_spacing="even")
     with pytest.raises(InputError, match="saved without"):
         pipe("lily had", max_new_tokens=8, step_spacing="training")
+
+
+@pytest.mark.parametrize("mode,window", [("parallel", 4), ("block-ar", 4), ("staggered", 2)])
+def test_progress_bar_counts_every_network_call(block_pipe, mode, window, monkeypatch):
+    bars = []
+
+    class Bar:
+        def __init__(self, total):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n=1):
+            self.n += n
+
+    monkeypatch.setattr(block_pipe, "progress_bar", lambda total=None: Bar(total))
+    out = block_pipe("lily", max_new_tokens=16, num_inference_steps=3, mode=mode, window_blocks=window,
+                     progress=True, generator=gen(2))
+    assert len(bars) == 1 and bars[0].n == bars[0].total == out.nfe  # no guidance: one call a step
+
+
+def test_samplers_are_functions_of_one_signature(block_pipe):
+    import inspect
+
+    from latentlm.diffusion.samplers import SAMPLERS, Estimate, plan_steps
+
+    head = ["estimate", "plan", "noise", "n_latents", "generator", "callback", "interrupt"]
+    for name, fn in SAMPLERS.items():
+        assert list(inspect.signature(fn).parameters)[: len(head)] == head, name
+    # the parallel sampler called directly gives what the pipeline gives
+    pipe = block_pipe
+    den = pipe.denoiser
+    plan = plan_steps(pipe.scheduler, den.schedule, 3, "cpu")
+    estimate = Estimate(pipe.predict_x0, den.dtype, den.config.self_conditioning)
+    g = gen(4)
+    out = SAMPLERS["parallel"](estimate, plan, lambda n: pipe.prepare_latents(1, n, "cpu", g), 4, generator=g)
+    ref = pipe(None, max_new_tokens=16, num_inference_steps=3, mode="parallel", generator=gen(4))
+    assert torch.equal(out.latents, ref.latents) and out.tokens is None and estimate.nfe == ref.nfe == 3
