@@ -109,7 +109,7 @@ def plan_steps(sched, schedule: NoiseSchedule, num_inference_steps: int, device,
 
 class Estimate:
     """x0_hat(x, t): ``predict(z_t, t, prompt, prompt_mask, self_cond, **inputs)`` with classifier-free
-    guidance x0 = uncond + w (cond - uncond) (Ho & Salimans 2022, arXiv:2207.12598) at times t inside
+    guidance x0 = uncond + w (cond - uncond) for w > 1 (Ho & Salimans 2022, arXiv:2207.12598) at times t inside
     ``interval`` (Kynkaanniemi et al. 2024, arXiv:2404.07724) and self-conditioning on the previous
     estimate (Chen et al. 2022, arXiv:2208.04202). ``nfe`` counts network calls; ``prev`` is the estimate
     fed back at the next call (a sampler that keeps one per block sets it before each call).
@@ -121,7 +121,7 @@ class Estimate:
         self.predict, self.dtype, self.self_conditioning = predict, dtype, self_conditioning
         self.prompt, self.prompt_mask, self.guidance_scale, self.interval = prompt, prompt_mask, guidance_scale, interval
         self.cond_inputs, self.uncond_inputs = cond_inputs or {}, uncond_inputs or {}
-        self.guided = (prompt is not None or bool(self.uncond_inputs)) and guidance_scale != 1.0
+        self.guided = (prompt is not None or bool(self.uncond_inputs)) and guidance_scale > 1.0  # diffusers' rule
         self.nfe, self.prev = 0, None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

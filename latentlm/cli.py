@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-samples", type=int, default=1)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int, default=32, help="denoising steps (latent, mdlm)")
-    gen.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (latent)")
+    gen.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance weight (latent); guided above 1, plain conditional at or below")
     gen.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("T_LO", "T_HI"),
                      help="guide only at diffusion times in [T_LO, T_HI] (latent; default every step)")
     gen.add_argument("--scheduler", choices=list(SCHEDULER_NAMES), help="sampler (latent; default: the pipeline's own)")

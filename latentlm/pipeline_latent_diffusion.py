@@ -213,7 +213,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale != 1.0
+        """Guidance runs when ``guidance_scale > 1`` (diffusers' rule); at or below 1 sampling is plainly
+        conditional, one network call a step."""
+        return self._guidance_scale > 1.0
 
     @property
     def num_timesteps(self) -> int:
@@ -438,8 +440,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             max_new_tokens: tokens of continuation (rounded up to whole latents; at most the
                 autoencoder's ``max_seq_len``).
             num_inference_steps: scheduler steps (NFE without guidance or corrector).
-            guidance_scale: classifier-free guidance weight w >= 0 (1 = plain conditional;
-                guided x0 = uncond + w (cond - uncond)).
+            guidance_scale: classifier-free guidance weight w: guided x0 = uncond + w (cond - uncond)
+                when w > 1; w <= 1 is no guidance (plain conditional, one call a step), as in diffusers.
             guidance_interval: (t_lo, t_hi): guidance only at times t in this interval, plain
                 conditional elsewhere (Kynkaanniemi et al. 2024, arXiv:2404.07724); the default guides
                 every step.

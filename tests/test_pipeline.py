@@ -78,6 +78,9 @@ def test_corrector_and_guidance_count_evaluations(pipe):
     assert guided.nfe == 8
     plain = pipe("lily", max_new_tokens=8, num_inference_steps=4, guidance_scale=1.0, generator=gen())
     assert not torch.equal(guided.latents, plain.latents)
+    for w in (0.0, 0.5):  # diffusers' rule: a weight at or below 1 is no guidance
+        below = pipe("lily", max_new_tokens=8, num_inference_steps=4, guidance_scale=w, generator=gen())
+        assert below.nfe == 4 and torch.equal(below.latents, plain.latents)
 
 
 def test_guidance_interval_guides_only_inside(pipe):
