@@ -81,7 +81,7 @@ def _generate(lm, prompts, new_tokens, mode, steps, window_blocks, seed=0, decod
     gen = torch.Generator().manual_seed(seed)
     if lm.kind == "ar":
         return lm.generate(prompts, new_tokens, generator=gen)
-    return lm.generate(prompts, new_tokens, generator=gen, steps=steps, mode=mode, window_blocks=window_blocks,
+    return lm.generate(prompts, new_tokens, generator=gen, num_inference_steps=steps, mode=mode, window_blocks=window_blocks,
                        decoder_temperature=decoder_temperature, denoising_end=denoising_end)
 
 

@@ -53,7 +53,7 @@ def main() -> None:
     for sampler in args.samplers:
         for steps in args.steps:
             pc = sampler == "pc"
-            opts = {"steps": steps, "scheduler": "ddim" if pc else sampler, "corrector_steps": 1 if pc else 0}
+            opts = {"num_inference_steps": steps, "scheduler": "ddim" if pc else sampler, "corrector_steps": 1 if pc else 0}
             t0 = time.perf_counter()
             gen = lm.generate(prompts, args.new_tokens, generator=torch.Generator().manual_seed(0), **opts)
             dt = time.perf_counter() - t0

@@ -25,8 +25,8 @@ from latentlm.device import resolve_device
 from latentlm.errors import LatentLMError
 from latentlm.eval import metrics as M
 from latentlm.eval.compare import (
-    DEFAULT_OPTIONS,
     CompareConfig,
+    default_options,
     generate_samples,
     is_synthetic,
     openings,
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
     per_seed = []
     for s in range(max(args.seeds)):
         t0 = time.perf_counter()
-        rows, _ = generate_samples(lm, prompts, cfg, DEFAULT_OPTIONS.get(lm.kind, {}), seed=cfg.seed + s,
+        rows, _ = generate_samples(lm, prompts, cfg, default_options(lm.kind), seed=cfg.seed + s,
                                    cache=cache / f"seed{s}.partial" if cache else None)
         per_seed.append(M.sentence_embeddings([c for _, c in rows]))
         print(f"seed {s}: {len(rows)} samples in {time.perf_counter() - t0:.0f} s", flush=True)

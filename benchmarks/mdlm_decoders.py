@@ -81,7 +81,7 @@ def main() -> None:
     for nfe in args.nfe:
         for decoder in DECODERS:
             t0 = time.perf_counter()
-            out = lm.generate(prompts, args.new_tokens, decoder=decoder, steps=nfe,
+            out = lm.generate(prompts, args.new_tokens, decoder=decoder, num_inference_steps=nfe,
                               generator=torch.Generator().manual_seed(args.seed))
             row = {"decoder": decoder, "steps": nfe, "nfe": out.nfe, "seconds": time.perf_counter() - t0,
                    "entropy": unigram_entropy(out.continuations), "rep4": rep4(out.continuations)}

@@ -42,17 +42,20 @@ from latentlm.eval.report import write_report
 from latentlm.eval.sanity import sanity_samplers
 from latentlm.eval.speed import measure_speed, rows_to_json
 from latentlm.files import write_text_atomic
+from latentlm.kinds import GENERATION_OPTIONS, check_options, get_kind, writing_kinds
 
 REAL = "real text"
-DEFAULT_OPTIONS = {"latent": {"steps": 32}, "mdlm": {"steps": 64, "decoder": "ancestral"}, "ar": {}, "ptp": {}}
-STEP_OPTION = {"latent": "steps", "mdlm": "steps"}  # kinds whose NFE is a knob
-# the knobs that trade quality for diversity, one curve each (PTP samples its AR's very texts: no curve)
-DIVERSITY_KNOBS: dict[str, dict[str, tuple]] = {
-    "ar": {"temperature": (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)},
-    "hf": {"temperature": (0.7, 0.8, 0.9, 1.0, 1.1, 1.2)},
-    "mdlm": {"temperature": (0.6, 0.7, 0.8, 0.9, 1.0)},
-    "latent": {"decoder_temperature": (0.0, 0.5, 1.0, 1.5), "steps": (8, 16, 32, 64, 128)},
-}
+
+
+def default_options(kind: str) -> dict:
+    """compare's generation options for a model of ``kind`` (:attr:`ModelKind.compare_options`)."""
+    return dict(get_kind(kind).compare_options)
+
+
+def diversity_knobs(kind: str) -> dict[str, tuple]:
+    """Option -> values that trade quality for diversity, one curve each (:attr:`ModelKind.diversity_knobs`;
+    PTP samples its AR's very texts: no curve)."""
+    return dict(get_kind(kind).diversity_knobs)
 
 
 @dataclass
@@ -143,7 +146,7 @@ class Results:
         slug = _slug(name)
         files = [*self.out.glob(f"samples/{glob_escape(name)}_seed*"), self.out / f"likelihood_{slug}.partial",
                  self.out / f"cloze_{slug}.partial"]
-        for knob in {k for knobs in DIVERSITY_KNOBS.values() for k in knobs}:
+        for knob in {k for kind in writing_kinds() for k in kind.diversity_knobs}:
             files += self.out.glob(f"samples/curve_{slug}_{knob}_*")
         for f in files:
             f.unlink(missing_ok=True)
@@ -230,7 +233,7 @@ def compare(
     if judge and any(Path(judge).resolve() == Path(f).resolve() for f in models.values()):
         raise InputError("the judge must not be one of the compared models")
     _check_options(options or {}, lms)
-    opts = {name: {**DEFAULT_OPTIONS.get(lm.kind, {}), **(options or {}).get(name, {})} for name, lm in lms.items()}
+    opts = {name: {**default_options(lm.kind), **(options or {}).get(name, {})} for name, lm in lms.items()}
     synthetic = is_synthetic(docs)
     shared = {"data": str(data), "train": str(train), "judge": str(judge), "device": device_name(device),
               **asdict(cfg)}
@@ -312,7 +315,7 @@ def compare(
             skipped["quality-entropy curves"] = "no --judge model given"
         else:
             for name, lm in lms.items():
-                if not res.done(f"diversity/{name}") and lm.kind in DIVERSITY_KNOBS:
+                if not res.done(f"diversity/{name}") and diversity_knobs(lm.kind):
                     res.put(f"diversity/{name}", _diversity_curves(lm, name, opts[name], pairs, judge_lm, cfg, out))
             res.put("diversity", _matched(res, lms, pairs, cfg))
         bar.update(1)
@@ -409,6 +412,8 @@ def _check_options(options: dict[str, dict], lms: dict) -> None:
         if name not in lms:
             raise InputError(f"generation options for {name!r}, which is not a compared model "
                              f"(models: {', '.join(lms)})")
+        check_options(get_kind(lms[name].kind), {k: v for k, v in opts.items() if k in GENERATION_OPTIONS},
+                      where=f"{name}'s generation option")
         fixed = {"self", "prompts", "max_new_tokens", "generator"}
         params = {k: p for k, p in inspect.signature(lms[name].generate).parameters.items() if k not in fixed}
         for key, value in opts.items():
@@ -549,12 +554,12 @@ def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]]
                       out: Path) -> dict:
     """Judge perplexity, word entropy and MAUVE of one sample per opening for the first
     ``cfg.curve_prompts`` openings at each value of each of the model's diversity knobs
-    (``DIVERSITY_KNOBS``); the other options as in the main table. Samples are cached per batch."""
+    (:func:`diversity_knobs`); the other options as in the main table. Samples are cached per batch."""
     pairs = pairs[: cfg.curve_prompts]
     prompts = [p for p, _ in pairs]
     feats_real = M.sentence_embeddings(_cut([c for _, c in pairs], lm.tokenizer, cfg)) if cfg.mauve else None
     curves = {}
-    for knob, values in DIVERSITY_KNOBS[lm.kind].items():
+    for knob, values in diversity_knobs(lm.kind).items():
         points = []
         for v in values:
             cache = out / "samples" / f"curve_{_slug(name)}_{knob}_{v}.partial"
@@ -692,7 +697,7 @@ def _cloze(lm, docs, context: int, cfg, cache: Path | None = None) -> dict:
 def _nfe_sweep(name: str, lm, options: dict, prompts, judge_lm, synthetic, cfg) -> list[dict]:
     """One model's quality at each step count of ``cfg.nfe_sweep`` (one row for a model without steps)."""
     rows = []
-    knob = STEP_OPTION.get(lm.kind)
+    knob = "num_inference_steps" if get_kind(lm.kind).steps_sweep else None
     for v in cfg.nfe_sweep if knob else [None]:
         o = dict(options, **({knob: v} if knob else {}))
         gen, nfe = generate_samples(lm, prompts, cfg, o, seed=cfg.seed)

@@ -10,7 +10,6 @@ scored text, counting the end-of-text as one character.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,12 +26,11 @@ from latentlm.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from latentlm.device import resolve_device
 from latentlm.diffusion.likelihood import pipeline_nll_bound
 from latentlm.errors import CheckpointError, InputError, check_text
+from latentlm.kinds import kind_of_folder, resolve
 from latentlm.loading import (
-    is_pipeline_folder,
     load_model,
     load_pipeline,
     load_ptp,
-    read_model_config,
 )
 from latentlm.pipeline_latent_diffusion import make_scheduler
 
@@ -76,6 +74,11 @@ class LanguageModelAdapter:
     def __init__(self, model, tokenizer, name: str | None = None) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.name = name or self.kind
+
+    @classmethod
+    def load(cls, folder: str | Path, name: str | None = None, device: torch.device | str = "cpu"):
+        """The adapter of the model saved in ``folder`` (its ``config.json`` and tokenizer) on ``device``."""
+        return cls(load_model(folder).to(device), load_tokenizer(folder), name)
 
     @property
     def context(self) -> int:
@@ -180,6 +183,12 @@ class PTPAdapter(ARAdapter):
         self.draft = draft.eval()
         self.last_stats = ptp.PTPStats()
 
+    @classmethod
+    def load(cls, folder: str | Path, name: str | None = None, device: torch.device | str = "cpu") -> PTPAdapter:
+        """The PTP model in ``folder`` and the AR that verifies it (``folder/teacher``)."""
+        draft, teacher = load_ptp(folder)
+        return cls(draft.to(device), teacher.to(device), load_tokenizer(folder), name)
+
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
                  top_p: float = 1.0, draft_tokens: int = 0, stop_at_eot: bool = True) -> GenerationOutput:
@@ -208,13 +217,15 @@ class MDLMAdapter(LanguageModelAdapter):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, decoder: str = "ancestral",
-                 steps: int = 64, threshold: float = 0.9, temperature: float = 1.0) -> GenerationOutput:
+                 num_inference_steps: int = 64, threshold: float = 0.9, temperature: float = 1.0
+                 ) -> GenerationOutput:
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=0)
         new, nfe = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long), 0
         for group, x, m in _length_buckets(ids, self.tokenizer.pad_token_id, self.model.device):
-            rows, n = mdlm_decoders.generate(self.model, x, max_new_tokens, decoder=decoder, steps=steps, threshold=threshold,
-                               temperature=temperature, generator=generator, prompt_mask=m)
+            rows, n = mdlm_decoders.generate(self.model, x, max_new_tokens, decoder=decoder, steps=num_inference_steps,
+                                             threshold=threshold, temperature=temperature, generator=generator,
+                                             prompt_mask=m)
             new[group] = rows.cpu()
             nfe = max(nfe, n)  # every sample saw at most n evaluations (batches run separately)
         texts, conts = self._finish(prompts, new)
@@ -299,11 +310,15 @@ class LatentAdapter(LanguageModelAdapter):
         self.pipe, self.tokenizer, self.model = pipe, pipe.tokenizer, pipe.denoiser
         self.name = name or self.kind
 
+    @classmethod
+    def load(cls, folder: str | Path, name: str | None = None, device: torch.device | str = "cpu") -> LatentAdapter:
+        return cls(load_pipeline(folder).to(device), name)
+
     @property
     def context(self) -> int:
         return int(self.pipe.autoencoder.config.max_seq_len)
 
-    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, steps: int = 32,
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, num_inference_steps: int = 32,
                  guidance_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                  corrector_steps: int = 0, scheduler: str | None = None, mode: str | None = None,
                  window_blocks: int | None = None, decoder_temperature: float = 0.0,
@@ -313,7 +328,7 @@ class LatentAdapter(LanguageModelAdapter):
         prompts = _check_prompts(prompts)
         if scheduler is not None:
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.denoiser)
-        out = self.pipe(prompts, max_new_tokens=max_new_tokens, num_inference_steps=steps,
+        out = self.pipe(prompts, max_new_tokens=max_new_tokens, num_inference_steps=num_inference_steps,
                         guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                         corrector_steps=corrector_steps, generator=generator, mode=mode,
                         window_blocks=window_blocks, decoder_temperature=decoder_temperature,
@@ -337,6 +352,11 @@ class HFCausalLMAdapter(LanguageModelAdapter):
 
     kind = "hf"
     exact = True
+
+    @classmethod
+    def load(cls, folder: str | Path, name: str | None = None, device: torch.device | str = "cpu"
+             ) -> HFCausalLMAdapter:
+        return load_hf_causal_lm(folder, name, torch.device(device))
 
     @property
     def context(self) -> int:
@@ -386,18 +406,6 @@ class HFCausalLMAdapter(LanguageModelAdapter):
         return _summarise(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
 
 
-ADAPTERS = {"CausalLM": ARAdapter, "MaskedDiffusionLM": MDLMAdapter}
-
-
-def is_transformers_folder(folder: str | Path) -> bool:
-    """A folder saved by transformers (``config.json`` names a ``model_type``), not by latentlm."""
-    cfg = Path(folder) / "config.json"
-    try:
-        return "model_type" in json.loads(cfg.read_text("utf-8"))
-    except (OSError, ValueError):
-        return False
-
-
 def load_hf_causal_lm(folder: str | Path, name: str | None = None, device: torch.device | None = None
                       ) -> HFCausalLMAdapter:
     """A transformers causal LM folder and its tokenizer (local files only, no remote code)."""
@@ -430,15 +438,4 @@ def load_language_model(folder: str | Path, name: str | None = None, device: str
     transformers causal LM folder with its tokenizer, on ``device`` (a torch device or a name for
     :func:`~latentlm.device.resolve_device`, e.g. ``"auto"``)."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    if is_transformers_folder(folder):
-        return load_hf_causal_lm(folder, name, device)
-    if is_pipeline_folder(folder):
-        return LatentAdapter(load_pipeline(folder).to(device), name)
-    cls_name = read_model_config(folder)["_class_name"]
-    if cls_name == "ParallelTokenPredictor":
-        draft, teacher = load_ptp(folder)
-        return PTPAdapter(draft.to(device), teacher.to(device), load_tokenizer(folder), name)
-    if cls_name not in ADAPTERS:
-        raise InputError(f"{folder} holds a {cls_name}, which is not a language model "
-                         f"(one of {', '.join(ADAPTERS)})")
-    return ADAPTERS[cls_name](load_model(folder).to(device), load_tokenizer(folder), name)
+    return resolve(kind_of_folder(folder).adapter).load(folder, name, device)

@@ -12,15 +12,13 @@ import sys
 from latentlm.choices import (
     DEFAULT_SHARD_TOKENS,
     DEFAULT_VOCAB_SIZE,
-    MDLM_DECODERS,
     QUICKSTART_PROMPTS,
     QUICKSTART_STORIES,
-    SAMPLING_MODES,
-    SCHEDULER_NAMES,
 )
 from latentlm.config import available_presets
 from latentlm.errors import LatentLMError
 from latentlm.eval.compare_config import CompareConfig
+from latentlm.kinds import GENERATION_OPTIONS, kinds_taking, trainable_kinds
 
 
 def _add_train_common(p: argparse.ArgumentParser) -> None:
@@ -69,14 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--data", nargs="+", required=True)
     tok.add_argument("--out", required=True)
     tok.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    for kind, what in (("autoencoder", "the text autoencoder"), ("ar", "the autoregressive baseline"),
-                       ("mdlm", "the masked-diffusion baseline"),
-                       ("judge", "the judge of `compare` (an AR model larger and trained longer than the baseline)"),
-                       ("denoiser", "the latent denoiser (exports a complete pipeline)"),
-                       ("ptp", "a Parallel Token Prediction model distilled from a trained AR (--teacher)"),
-                       ("decoder", "adapt the decoder of a trained latent pipeline (--pipeline) to its denoiser's "
-                                   "estimates")):
-        _add_train_common(tr.add_parser(kind, help=f"train {what}"))
+    for kind in trainable_kinds():
+        _add_train_common(tr.add_parser(kind.name, help=f"train {kind.help}"))
 
     ev = sub.add_parser("eval", help="evaluate a saved model").add_subparsers(dest="eval_kind", required=True)
     eva = ev.add_parser("autoencoder", help="reconstruction under latent noise, latent statistics, "
@@ -104,32 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True)
     gen.add_argument("prompt", nargs="?", default="")
     gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--num-samples", type=int, default=1)
+    gen.add_argument("--num-samples-per-prompt", type=int, default=1, help="samples drawn for the prompt")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=32, help="denoising steps (latent, mdlm)")
-    gen.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance weight (latent); guided above 1, plain conditional at or below")
-    gen.add_argument("--guidance-interval", type=float, nargs=2, default=(0.0, 1.0), metavar=("T_LO", "T_HI"),
-                     help="guide only at diffusion times in [T_LO, T_HI] (latent; default every step)")
-    gen.add_argument("--scheduler", choices=list(SCHEDULER_NAMES), help="sampler (latent; default: the pipeline's own)")
-    gen.add_argument("--mode", choices=list(SAMPLING_MODES),
-                     help="sampling mode (latent; block-ar and staggered need a block-causal denoiser; "
-                          "default: the pipeline's own)")
-    gen.add_argument("--window-blocks", type=int, help="blocks in flight in staggered mode (latent; default: "
-                                                         "the pipeline's own)")
-    gen.add_argument("--decoder-temperature", type=float, default=0.0,
-                     help="latent: 0 decodes the most likely tokens, T > 0 draws them at temperature T")
-    gen.add_argument("--denoising-end", type=float, default=1.0,
-                     help="latent: the fraction of the steps to run; below 1 the text is decoded from the clean "
-                          "estimate of the last step run")
-    gen.add_argument("--project-below", type=float, default=0.0,
-                     help="latent, parallel mode: below this time t each step's clean estimate is replaced by the "
-                          "latents of its decoded tokens (0: never)")
-    gen.add_argument("--decoder", choices=list(MDLM_DECODERS), default="ancestral",
-                     help="decoder (mdlm)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (ar, ptp, transformers models)")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (ar, ptp, transformers models)")
-    gen.add_argument("--draft-tokens", type=int, default=0,
-                     help="tokens drafted per call (ptp; default: as many as the model was trained for)")
+    for option in GENERATION_OPTIONS.values():  # one flag per option; a flag the model's kind does not take is an error
+        takers = ", ".join(kinds_taking(option.name))
+        gen.add_argument(option.flag, type=option.type, nargs=option.nargs, default=None,
+                         choices=list(option.choices) if option.choices else None,
+                         metavar=("T_LO", "T_HI") if option.nargs == 2 else None,
+                         help=f"{option.help} [{takers}]")
     gen.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
 
     cmp = sub.add_parser("compare", help="likelihood, sample quality, consistency and speed of saved models "
@@ -149,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     cmp.add_argument("--option", dest="options", action="append", default=[], metavar="NAME.KEY=VALUE",
                      help="a generation option of one model (repeatable), e.g. --option mdlm.decoder=llada "
-                          "--option latent.steps=64")
+                          "--option latent.num_inference_steps=64")
 
     qs = sub.add_parser("quickstart", help="the main job: train every model on synthetic stories and compare")
     qs.add_argument("--out", default="runs/quickstart")

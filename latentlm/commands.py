@@ -25,6 +25,7 @@ from latentlm.eval.latents import generability_report, report_table
 from latentlm.eval.models import load_language_model
 from latentlm.eval.report import summary_table
 from latentlm.files import write_text_atomic
+from latentlm.kinds import GENERATION_OPTIONS, kind_of_folder, kinds_taking
 from latentlm.loading import describe, is_pipeline_folder, load_model, load_pipeline
 from latentlm.quickstart import quickstart
 from latentlm.recipes import run_training
@@ -81,20 +82,20 @@ def dispatch(args: argparse.Namespace) -> int:
             info["training"] = cost_record(cost)
         print(json.dumps(info, indent=2))
     elif args.command == "generate":
-        if args.num_samples < 1:
-            raise InputError(f"--num-samples must be positive, got {args.num_samples}")
-        lm = load_language_model(args.model, device=resolve_device(args.device))
-        options = {"ar": dict(temperature=args.temperature, top_p=args.top_p),
-                   "ptp": dict(temperature=args.temperature, top_p=args.top_p, draft_tokens=args.draft_tokens),
-                   "hf": dict(temperature=args.temperature, top_p=args.top_p),
-                   "mdlm": dict(decoder=args.decoder, steps=args.steps),
-                   "latent": dict(steps=args.steps, guidance_scale=args.guidance_scale,
-                                  guidance_interval=tuple(args.guidance_interval), scheduler=args.scheduler,
-                                  mode=args.mode, window_blocks=args.window_blocks,
-                                  decoder_temperature=args.decoder_temperature, denoising_end=args.denoising_end,
-                                  project_below=args.project_below)}
-        out = lm.generate([args.prompt] * args.num_samples, args.max_new_tokens,
-                          generator=torch.Generator().manual_seed(args.seed), **options[lm.kind])
+        if args.num_samples_per_prompt < 1:
+            raise InputError(f"--num-samples-per-prompt must be positive, got {args.num_samples_per_prompt}")
+        device = resolve_device(args.device)
+        kind = kind_of_folder(args.model)
+        options = {name: getattr(args, name) for name in GENERATION_OPTIONS if getattr(args, name) is not None}
+        for name in options:  # before loading the model: a flag its kind ignores is a mistake
+            if name not in kind.options:
+                raise InputError(f"{GENERATION_OPTIONS[name].flag} does not apply to {args.model} (a {kind.name} "
+                                 f"model); it applies to {', '.join(kinds_taking(name))}")
+        if "guidance_interval" in options:
+            options["guidance_interval"] = tuple(options["guidance_interval"])
+        lm = load_language_model(args.model, device=device)
+        out = lm.generate([args.prompt] * args.num_samples_per_prompt, args.max_new_tokens,
+                          generator=torch.Generator().manual_seed(args.seed), **options)
         for text in out.texts:
             print(text)
         print(f"(NFE {out.nfe})", file=sys.stderr)

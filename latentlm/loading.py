@@ -15,18 +15,18 @@ import diffusers
 import torch
 from safetensors import safe_open
 
-from latentlm.autoencoder.modeling_autoencoder import TextAutoencoder
 from latentlm.baselines.autoregressive import CausalLM
-from latentlm.baselines.masked_diffusion import MaskedDiffusionLM
 from latentlm.baselines.parallel_token_prediction import ParallelTokenPredictor, check_pair
 from latentlm.data.tokenizer import load_tokenizer
-from latentlm.diffusion.modeling_denoiser import LatentDenoiser
 from latentlm.diffusion.time_density import time_cdf
 from latentlm.errors import CheckpointError, InputError
+from latentlm.kinds import KINDS, resolve
 from latentlm.pipeline_latent_diffusion import LatentDiffusionPipeline
 
-MODEL_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (CausalLM, TextAutoencoder, MaskedDiffusionLM,
-                                                                  LatentDenoiser, ParallelTokenPredictor)}
+
+def model_classes() -> dict[str, type]:
+    """Class name -> class of every registered kind's saved model (:mod:`latentlm.kinds`)."""
+    return {kind.class_name: resolve(kind.model_class) for kind in KINDS.values() if kind.model_class}
 
 
 def _read_json(file: Path, what: str) -> Any:
@@ -46,10 +46,11 @@ def read_model_config(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"model folder {folder} does not exist")
     cfg_file = folder / "config.json"
     cfg = _read_json(cfg_file, "a saved latentlm model")
-    if not isinstance(cfg, dict) or cfg.get("_class_name") not in MODEL_CLASSES:
+    classes = model_classes()
+    if not isinstance(cfg, dict) or cfg.get("_class_name") not in classes:
         raise CheckpointError(
             f"{cfg_file} names class {cfg.get('_class_name') if isinstance(cfg, dict) else None!r}, "
-            f"not a latentlm model ({', '.join(MODEL_CLASSES)})"
+            f"not a latentlm model ({', '.join(classes)})"
         )
     return cfg
 
@@ -70,7 +71,7 @@ def load_model(folder: str | Path):
     """Load the model saved in ``folder`` (any latentlm kind)."""
     folder = Path(folder)
     cfg = read_model_config(folder)
-    cls = MODEL_CLASSES[cfg["_class_name"]]
+    cls = model_classes()[cfg["_class_name"]]
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise CheckpointError(f"no .safetensors weights in {folder}")

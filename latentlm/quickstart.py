@@ -25,7 +25,7 @@ from latentlm.choices import QUICKSTART_PROMPTS, QUICKSTART_STORIES
 from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 from latentlm.device import device_name, mixed_precision_reason, resolve_device
-from latentlm.eval.compare import DEFAULT_OPTIONS, CompareConfig, compare
+from latentlm.eval.compare import CompareConfig, compare, default_options
 from latentlm.eval.models import load_language_model
 from latentlm.eval.report import summary_table
 from latentlm.recipes import run_training
@@ -74,7 +74,7 @@ def quickstart(out: Path, *, n_stories: int = N_STORIES, seed: int = 0, n_prompt
     print(f"  [opening] {prompts[0]}")
     for name, folder in models.items():
         lm = load_language_model(folder, name, device)
-        gen = lm.generate(prompts[:1], 64, generator=torch.Generator().manual_seed(seed), **DEFAULT_OPTIONS[name])
+        gen = lm.generate(prompts[:1], 64, generator=torch.Generator().manual_seed(seed), **default_options(lm.kind))
         print(f"  [{name}] ...{gen.continuations[0][:300]}")
 
     print("\n[7/7] latentlm compare (likelihood, sample quality, consistency, speed)")

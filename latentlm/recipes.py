@@ -55,6 +55,7 @@ from latentlm.diffusion.losses import (
 from latentlm.diffusion.modeling_denoiser import LatentDenoiser
 from latentlm.errors import ConfigError, DataError, check_choice
 from latentlm.files import move_tree
+from latentlm.kinds import KINDS, resolve, trainable_kinds
 from latentlm.loading import is_pipeline_folder, load_model, load_pipeline, read_model_config
 from latentlm.pipeline_latent_diffusion import (
     SCHEDULERS,
@@ -137,11 +138,11 @@ def _build_lm(cls, cfg: dict[str, Any], tok, **special) -> torch.nn.Module:
     return cls(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eot_token_id=tok.eos_token_id, **special, **m)
 
 
-def _ar_recipe() -> Recipe:
+def ar_recipe() -> Recipe:
     return Recipe("ar", ARModelConfig, lambda cfg, tok, ctx: _build_lm(CausalLM, cfg, tok), lambda cfg, ctx: ar_loss)
 
 
-def _autoencoder_recipe() -> Recipe:
+def autoencoder_recipe() -> Recipe:
     def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
         m = cfg["model"]
         semantic = m.encoder_type == "semantic"
@@ -158,7 +159,7 @@ def _autoencoder_recipe() -> Recipe:
                   layout="document", extra_sections={"loss": AutoencoderLossConfig})
 
 
-def _mdlm_recipe() -> Recipe:
+def mdlm_recipe() -> Recipe:
     return Recipe("mdlm", MDLMModelConfig,
                   lambda cfg, tok, ctx: _build_lm(MaskedDiffusionLM, cfg, tok, mask_token_id=tok.mask_token_id),
                   lambda cfg, ctx: mdlm_loss)
@@ -182,7 +183,7 @@ class ExpertsConfig:
                               "sections, not the experts section")
 
 
-def _denoiser_recipe() -> Recipe:
+def denoiser_recipe() -> Recipe:
     def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
         ae = ctx["autoencoder"]
         sampling = {name for name, _, _ in SAMPLING_FIELDS}
@@ -215,9 +216,9 @@ def _denoiser_recipe() -> Recipe:
                   needs_autoencoder=True, export=export)
 
 
-def _judge_recipe() -> Recipe:
+def judge_recipe() -> Recipe:
     """The judge of ``compare``: an AR model with its own preset section (larger than the baseline AR)."""
-    return dataclasses.replace(_ar_recipe(), kind="judge")
+    return dataclasses.replace(ar_recipe(), kind="judge")
 
 
 @dataclass
@@ -234,7 +235,7 @@ class PTPModelConfig:
             raise ConfigError(f"model.u_bits must be in [1, 52], got {self.u_bits}")
 
 
-def _ptp_recipe() -> Recipe:
+def ptp_recipe() -> Recipe:
     """Parallel Token Prediction: a predictor distilled from a trained AR (``--teacher``), initialised
     from its weights; the export holds the predictor and, in ``teacher/``, the AR that verifies it."""
 
@@ -264,7 +265,7 @@ class DecoderModelConfig:
     pipeline's autoencoder."""
 
 
-def _decoder_recipe() -> Recipe:
+def decoder_recipe() -> Recipe:
     """Decoder adaptation (diffusion/decoder_adaptation.py): the pipeline's autoencoder with only its
     decoder side trainable, on the frozen denoiser's clean estimates; the export is the whole pipeline
     with the adapted autoencoder."""
@@ -290,16 +291,13 @@ def _decoder_recipe() -> Recipe:
                   extra_sections={"loss": DecoderAdaptationConfig}, needs_pipeline=True, export=export)
 
 
-RECIPES: dict[str, Callable[[], Recipe]] = {
-    "ar": _ar_recipe, "judge": _judge_recipe, "autoencoder": _autoencoder_recipe, "mdlm": _mdlm_recipe,
-    "denoiser": _denoiser_recipe, "ptp": _ptp_recipe, "decoder": _decoder_recipe,
-}
-
-
 def get_recipe(kind: str) -> Recipe:
-    if kind not in RECIPES:
-        raise ConfigError(f"unknown model kind {kind!r}; available: {', '.join(sorted(RECIPES))}")
-    return RECIPES[kind]()
+    """The training recipe of ``kind``, as the registry (:mod:`latentlm.kinds`) names it."""
+    entry = KINDS.get(kind)
+    if entry is None or entry.recipe is None:
+        raise ConfigError(f"unknown model kind {kind!r}; trainable: "
+                          f"{', '.join(sorted(k.name for k in trainable_kinds()))}")
+    return resolve(entry.recipe)()
 
 
 def resolve_run_config(

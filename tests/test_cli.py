@@ -42,7 +42,7 @@ def test_synthetic_tokenizer_train_info_generate(tmp_path):
     training = described["training"]  # its run's cost: 4 steps of the preset's batch at 128 tokens a row
     assert training["trained_params"] == described["parameters"] and training["flops_per_token"] > 0
     assert training["tokens"] == 4 * resolve_run_config("ar", "cpu-tiny")["train"].batch_size * 128
-    gen = run("generate", "--model", str(out), "once upon a time", "--max-new-tokens", "5", "--num-samples", "2")
+    gen = run("generate", "--model", str(out), "once upon a time", "--max-new-tokens", "5", "--num-samples-per-prompt", "2")
     assert gen.returncode == 0, gen.stderr
     assert all(line.startswith("once upon a time") for line in gen.stdout.strip().splitlines())
 
@@ -71,3 +71,46 @@ def test_bad_input_exits_2_with_message(tmp_path, capsys, args, message, monkeyp
 def test_python_dash_m_entry_point():
     proc = run("--help")
     assert proc.returncode == 0 and "quickstart" in proc.stdout
+
+
+def _saved_as(folder, kind: str):
+    """A folder that reads as a saved model of ``kind`` (its JSON only: the flag check comes before loading)."""
+    from latentlm.kinds import get_kind
+
+    folder.mkdir()
+    entry = get_kind(kind)
+    if entry.saved_as == "pipeline":
+        (folder / "model_index.json").write_text("{}")
+    else:
+        cfg = {"model_type": "gpt2"} if entry.saved_as == "transformers" else {"_class_name": entry.class_name}
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["ar", "mdlm", "ptp", "latent", "hf"])
+def test_generate_refuses_a_flag_that_does_not_apply_to_the_models_kind(kind, tmp_path, capsys):
+    from latentlm.kinds import GENERATION_OPTIONS, get_kind, kinds_taking
+
+    folder = _saved_as(tmp_path / kind, kind)
+    values = {"guidance_interval": ["0", "0.5"], "decoder": ["llada"], "scheduler": ["ddpm"], "mode": ["parallel"]}
+    refused = [o for o in GENERATION_OPTIONS.values() if o.name not in get_kind(kind).options]
+    assert refused, f"every option applies to {kind}"
+    for option in refused:
+        capsys.readouterr()
+        assert main(["generate", "--model", str(folder), "hi", option.flag, *values.get(option.name, ["2"])]) == 2
+        err = capsys.readouterr().err
+        assert f"{option.flag} does not apply" in err and f"a {kind} model" in err
+        assert f"it applies to {', '.join(kinds_taking(option.name))}" in err
+
+
+def test_train_commands_and_generate_flags_come_from_the_registry(capsys):
+    from latentlm.kinds import GENERATION_OPTIONS, trainable_kinds
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    assert all(k.name in out for k in trainable_kinds())
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert all(o.flag in out for o in GENERATION_OPTIONS.values()) and "--steps" not in out

@@ -15,7 +15,7 @@ from latentlm.data.synthetic import generate_stories, write_jsonl
 from latentlm.diffusion import LatentDenoiser
 from latentlm.errors import DataError, InputError
 from latentlm.eval import compare as compare_module
-from latentlm.eval.compare import DIVERSITY_KNOBS, REAL, CompareConfig, compare
+from latentlm.eval.compare import REAL, CompareConfig, compare
 from latentlm.pipeline_latent_diffusion import make_scheduler
 
 
@@ -51,7 +51,7 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     models = {k: folders / k for k in ("latent", "mdlm", "ar", "ptp")}
     out = tmp_path / "report"
     res = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", judge=None,
-                  cfg=small_config(), options={"latent": {"steps": 2}, "mdlm": {"steps": 4}}, progress=False)
+                  cfg=small_config(), options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
     s = res["sections"]
     for name in models:
         assert s[f"likelihood/{name}"]["nats_per_token"] > 0
@@ -87,7 +87,7 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     del data["sections"]["speed"]
     (out / "results.json").write_text(json.dumps(data))
     again = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", cfg=small_config(),
-                    options={"latent": {"steps": 2}, "mdlm": {"steps": 4}}, progress=False)
+                    options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
     assert again["sections"]["quality"] == s["quality"]
     assert "speed" in again["sections"]
 
@@ -121,9 +121,9 @@ def test_a_system_added_to_a_finished_comparison_costs_only_its_own_work(folders
 
 def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, tiny_tokenizer, monkeypatch):
     knobs = {"ar": {"temperature": (0.5, 1.0, 2.0)}, "mdlm": {"temperature": (0.5, 1.0)},
-             "latent": {"decoder_temperature": (0.0, 1.0), "steps": (2, 4)}}  # the preset's knobs, fewer values
-    assert all(set(knobs[k]) == set(DIVERSITY_KNOBS[k]) for k in knobs)
-    monkeypatch.setattr(compare_module, "DIVERSITY_KNOBS", knobs)
+             "latent": {"decoder_temperature": (0.0, 1.0), "num_inference_steps": (2, 4)}}  # the kinds' knobs, fewer values
+    assert all(set(knobs[k]) == set(compare_module.diversity_knobs(k)) for k in knobs)
+    monkeypatch.setattr(compare_module, "diversity_knobs", lambda kind: knobs.get(kind, {}))
     judge = tmp_path / "judge"
     torch.manual_seed(1)
     CausalLM(vocab_size=len(tiny_tokenizer), dim=32, depth=1, n_heads=4, max_seq_len=256).save_pretrained(judge)
@@ -132,7 +132,7 @@ def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, 
     out = tmp_path / "report"
     cfg = small_config(nfe_sweep=(), speed_lengths=(8,), nll_texts=2, cloze_items=2, mauve_bootstrap=0)
     res = compare(models, folders / "valid.jsonl", out, judge=judge, cfg=cfg,
-                  options={"latent": {"steps": 2}, "mdlm": {"steps": 4}}, progress=False)
+                  options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
     s = res["sections"]
     for name, kind in (("ar", "ar"), ("mdlm", "mdlm"), ("latent", "latent")):
         curves = s[f"diversity/{name}"]["curves"]
@@ -205,7 +205,7 @@ def test_compare_cli_passes_generation_options(folders, tmp_path, monkeypatch):
 
     monkeypatch.setattr(latentlm.commands, "compare", fake_compare)  # the name the command calls
     assert main(["compare", "--model", f"mdlm={folders / 'mdlm'}", "--data", str(folders / "valid.jsonl"),
-                 "--out", str(tmp_path / "d"), "--option", "mdlm.decoder=llada", "--option", "mdlm.steps=16"]) == 2
+                 "--out", str(tmp_path / "d"), "--option", "mdlm.decoder=llada", "--option", "mdlm.num_inference_steps=16"]) == 2
     assert seen["options"] == {"mdlm": {"decoder": "llada", "steps": 16}}
 
 

@@ -28,7 +28,7 @@ def mdlm(tiny_tokenizer):
 @pytest.mark.parametrize("which", ["ar", "mdlm"])
 def test_generate_keeps_prompts_and_counts_nfe(which, ar, mdlm):
     lm = {"ar": ar, "mdlm": mdlm}[which]
-    kw = {} if which == "ar" else {"steps": 4, "decoder": "llada"}
+    kw = {} if which == "ar" else {"num_inference_steps": 4, "decoder": "llada"}
     out = lm.generate(["lily had", "the sun", "a"], 8, generator=torch.Generator().manual_seed(0), **kw)
     assert [t[: len(p)] for t, p in zip(out.texts, ["lily had", "the sun", "a"])] == ["lily had", "the sun", "a"]
     assert all(t == p + c for t, p, c in zip(out.texts, ["lily had", "the sun", "a"], out.continuations))
@@ -124,7 +124,7 @@ def test_left_padding_changes_nothing_for_mdlm(mdlm):
     for r, row in enumerate(ids):
         alone = mdlm.model(torch.tensor([row + [mask_id] * n]))[0]
         torch.testing.assert_close(batched[r, width - len(row):].exp(), alone.exp(), atol=1e-5, rtol=1e-4)
-    out = mdlm.generate(PROMPTS, n, decoder="llada", steps=4, generator=torch.Generator().manual_seed(0))
+    out = mdlm.generate(PROMPTS, n, decoder="llada", num_inference_steps=4, generator=torch.Generator().manual_seed(0))
     assert [t[: len(p)] for t, p in zip(out.texts, PROMPTS)] == PROMPTS
 
 

@@ -71,7 +71,7 @@ def test_pipeline_fuzz(models, prompt, new, steps, guidance, samples):
                                                                        "anchor", "bogus"]))
 def test_mdlm_fuzz(models, prompt, new, steps, decoder):
     mdlm = models[2]
-    out = _call(lambda: mdlm.generate([prompt], new, decoder=decoder, steps=steps,
+    out = _call(lambda: mdlm.generate([prompt], new, decoder=decoder, num_inference_steps=steps,
                                       generator=torch.Generator().manual_seed(0)))
     if out is not None:
         assert out.texts[0].startswith(prompt)

@@ -33,18 +33,18 @@ def test_export_is_a_complete_pipeline(pipeline_dir, capsys):
 
 def test_generate_cli(pipeline_dir, capsys):
     assert main(["generate", "--model", str(pipeline_dir), "once upon a time", "--max-new-tokens", "16",
-                 "--steps", "4", "--num-samples", "2", "--scheduler", "dpm++"]) == 0
+                 "--num-inference-steps", "4", "--num-samples-per-prompt", "2", "--scheduler", "dpm++"]) == 0
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("once upon a time") for line in lines)
     assert "(NFE 4)" in captured.err
     assert main(["generate", "--model", str(pipeline_dir), "once upon a time", "--max-new-tokens", "16",
-                 "--steps", "4", "--scheduler", "ddpm", "--guidance-scale", "2", "--guidance-interval", "0", "0.6"]) == 0
+                 "--num-inference-steps", "4", "--scheduler", "ddpm", "--guidance-scale", "2", "--guidance-interval", "0", "0.6"]) == 0
     assert "(NFE 6)" in capsys.readouterr().err  # guided at t = 0.5 and 0.25 of 1, 0.75, 0.5, 0.25
     assert main(["generate", "--model", str(pipeline_dir), "hi", "--decoder-temperature", "-1"]) == 2
     assert "decoder_temperature must be a finite number >= 0" in capsys.readouterr().err
     assert main(["generate", "--model", str(pipeline_dir), "once upon a time", "--max-new-tokens", "8",
-                 "--steps", "2", "--decoder-temperature", "1"]) == 0
+                 "--num-inference-steps", "2", "--decoder-temperature", "1"]) == 0
 
 
 def test_latent_adapter_nll_is_a_positive_bound(pipeline_dir):
@@ -55,7 +55,7 @@ def test_latent_adapter_nll_is_a_positive_bound(pipeline_dir):
     assert cond.n_tokens == len(lm.tokenizer("lily had a red kite.")["input_ids"]) - 2 + 1
     long = lm.nll(["lily had a red kite. " * 60], n_samples=2)  # scored on the tokens every model scores
     assert long.n_tokens == lm.context - 1 and long.per_text_tokens == [lm.context - 1]
-    out = lm.generate(["lily had"], 8, generator=torch.Generator().manual_seed(0), steps=3)
+    out = lm.generate(["lily had"], 8, generator=torch.Generator().manual_seed(0), num_inference_steps=3)
     assert out.texts[0].startswith("lily had") and out.nfe == 3
 
 
@@ -98,7 +98,7 @@ def test_two_time_experts_train_into_one_pipeline(tiny_autoencoder_dir, syntheti
     assert main(["info", "--model", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["boundary"] == 0.4 and set(info["components"]) == {"autoencoder", "denoiser", "denoiser_2"}
-    assert main(["generate", "--model", str(out), "once upon a time", "--max-new-tokens", "8", "--steps", "4"]) == 0
+    assert main(["generate", "--model", str(out), "once upon a time", "--max-new-tokens", "8", "--num-inference-steps", "4"]) == 0
     weights = sorted((out / "denoiser_2").glob("*.safetensors"))[0].read_bytes()
     assert main(cmd) == 0  # both runs are complete: resumed at their last step, nothing retrained
     assert sorted((out / "denoiser_2").glob("*.safetensors"))[0].read_bytes() == weights
@@ -118,7 +118,7 @@ def test_block_causal_denoiser_trains_and_samples_in_its_presets_mode(tiny_autoe
     assert main(["info", "--model", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["sampling_mode"] == "block-ar" and info["denoiser"]["block_size"] == 4
-    gen = ["generate", "--model", str(out), "once upon a time", "--max-new-tokens", "32", "--steps", "4"]
+    gen = ["generate", "--model", str(out), "once upon a time", "--max-new-tokens", "32", "--num-inference-steps", "4"]
     assert main(gen) == 0
     assert "(NFE 8)" in capsys.readouterr().err  # 32 tokens = 8 latents = 2 blocks of 4 steps: block-ar
     assert main([*gen, "--mode", "parallel"]) == 0

@@ -230,7 +230,7 @@ def test_a_trained_ptp_folder_generates_the_ars_text(trained, capsys):
     outs = []
     for folder in ("ar", "ptp"):
         capsys.readouterr()
-        assert main(["generate", "--model", str(trained / folder), "once upon a time", "--num-samples", "3",
+        assert main(["generate", "--model", str(trained / folder), "once upon a time", "--num-samples-per-prompt", "3",
                      "--max-new-tokens", "20", "--seed", "4", "--top-p", "0.9"]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1]

@@ -38,7 +38,11 @@ def noisy_init(den) -> None:
 
 
 def latent_cases(tok):
-    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+    from diffusers import (
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        FlowMatchEulerDiscreteScheduler,
+    )
 
     from latentlm import LatentDiffusionPipeline
     from latentlm.autoencoder import TextAutoencoder
