@@ -168,7 +168,7 @@ class ARAdapter(LanguageModelAdapter):
         for x, m in _scoring_batches(units, self.tokenizer.eos_token_id, 0, batch_size, self.model.device,
                                      f"nll {self.name}", progress):
             per_text += ar.sequence_nll(self.model, x, m, prefix_len).tolist()
-        return _summarise(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
+        return summarise_nll(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
 
 
 class PTPAdapter(ARAdapter):
@@ -241,7 +241,7 @@ class MDLMAdapter(LanguageModelAdapter):
             m, se = mdlm.nll_bound(self.model, x, prefix_len=prefix_len, n_samples=n_samples, generator_seed=seed + i)
             means.append(float(m[0]))
             ses.append(float(se[0]))
-        return _summarise(means, ses, units, prefix_len, exact=False)
+        return summarise_nll(means, ses, units, prefix_len, exact=False)
 
 
 GENERATION_CHUNK = 64  # prompts per forward batch: bounds generation memory whatever the number of prompts
@@ -290,7 +290,9 @@ def _scoring_batches(units, start_id: int, pad_id: int, batch_size: int, device,
         yield x.to(device), m.to(device)
 
 
-def _summarise(per_text: list[float], ses: list[float], units, prefix_len: int, exact: bool) -> NLLOutput:
+def summarise_nll(per_text: list[float], ses: list[float], units, prefix_len: int, exact: bool) -> NLLOutput:
+    """The :class:`NLLOutput` of the nats of each text (``per_text``) and their Monte Carlo standard errors
+    (``ses``, zeros when exact), for the ``units`` of :meth:`LanguageModelAdapter._score_units`."""
     return _summary(per_text, ses, [len(ids) - prefix_len for ids, _ in units], [c for _, c in units], exact)
 
 
@@ -341,7 +343,7 @@ class LatentAdapter(LanguageModelAdapter):
         units = self._score_units(texts, prefix_len)
         nats, ses, _ = pipeline_nll_bound(self.pipe, [ids for ids, _ in units], prefix_len=prefix_len,
                                           n_samples=n_samples, seed=seed)  # the tokens every model scores
-        return _summarise(nats, ses, units, prefix_len, exact=False)
+        return summarise_nll(nats, ses, units, prefix_len, exact=False)
 
 
 class HFCausalLMAdapter(LanguageModelAdapter):
@@ -403,7 +405,7 @@ class HFCausalLMAdapter(LanguageModelAdapter):
             nll = -logits.log_softmax(-1).gather(-1, x[:, 1:, None]).squeeze(-1) * m[:, 1:]
             nll[:, :prefix_len] = 0
             per_text += nll.sum(-1).tolist()
-        return _summarise(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
+        return summarise_nll(per_text, [0.0] * len(per_text), units, prefix_len, exact=True)
 
 
 def load_hf_causal_lm(folder: str | Path, name: str | None = None, device: torch.device | None = None
