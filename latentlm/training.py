@@ -264,163 +264,230 @@ def train(
             checkpoint is kept; nothing is exported).
     """
     out_dir = Path(out_dir)
-    ckpt_root = out_dir / "checkpoints"
-    if accelerator is None:
-        # accelerate keeps one process-wide state; each run may pick its own precision,
-        # so clear it (the distributed PartialState is kept).
-        AcceleratorState._reset_state(reset_partial_state=False)
-        GradientState._reset_state()
-        accelerator = Accelerator(
-            mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
-            log_with=None if cfg.log_with == "none" else cfg.log_with,
-            project_dir=str(out_dir),
-        )
-    main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
+    # 1. the accelerator, the checks that need it, the run folder
+    accelerator = accelerator or _new_accelerator(cfg, out_dir)
+    world = accelerator.num_processes
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ConfigError(
             f"train.batch_size ({cfg.batch_size}) must be divisible by processes x grad_accum "
             f"({world} x {cfg.grad_accum})"
         )
     if resume:
-        _check_same_optimizer(ckpt_root, cfg.optimizer)
+        _check_same_optimizer(out_dir / "checkpoints", cfg.optimizer)
     set_seed(cfg.seed)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_root.mkdir(exist_ok=True)
-        if run_config is not None:
-            run_config = {**run_config, "compute_dtype": mixed_precision_reason(cfg.mixed_precision)}
-            write_text_atomic(out_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
-
-    optimizer = make_optimizer(model, cfg.optimizer, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                               weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(
-        cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    state = _TrainerState()
-    accelerator.register_for_checkpointing(scheduler, state)
-    ema = None
-    if cfg.ema_decay > 0:
-        ema = EMAModel(unwrapped.parameters(), decay=cfg.ema_decay)
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    if accelerator.is_main_process:
+        _prepare_folder(out_dir, cfg, run_config)
+    # 2. optimizer, schedule, EMA, checkpointed state; resume
+    run = _Run.start(model, loss_fn, cfg, accelerator, out_dir, valid_batches or [])
     if cfg.log_with != "none":
         accelerator.init_trackers(out_dir.name, config=asdict(cfg))
-
     if resume:
-        _resume(accelerator, ckpt_root)
-        if ema is not None:
-            ema.to(accelerator.device)  # EMAModel.load_state_dict keeps the checkpoint's (CPU) tensors
-
-    def save_checkpoint() -> None:
-        name = f"step-{state.step:08d}"
-        tmp = ckpt_root / f".tmp-{name}"
-        if main and tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        if main:
-            files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            write_text_atomic(tmp / STATE_FILE, json.dumps({"step": state.step, "optimizer": cfg.optimizer,
-                                                             "files": files}))
-            replace_dir(tmp, ckpt_root / name)
-            write_text_atomic(ckpt_root / "latest", name + "\n")
-            for old in sorted(ckpt_root.glob("step-*"))[: -cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-
-    def evaluate() -> float | None:
-        if not valid_batches:
-            return None
-        model.eval()
-        losses = []
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), accelerator.autocast():
-            torch.manual_seed(cfg.seed + 1)
-            for vb in valid_batches[: cfg.eval_batches]:
-                vb = {k: v.to(accelerator.device) for k, v in vb.items()}
-                losses.append(float(loss_fn(model, vb).loss))
-        model.train()
-        return sum(losses) / len(losses)
-
-    history: list[dict[str, Any]] = []
-    metrics_file = out_dir / "metrics.jsonl"
-    last_loss, valid_loss, interrupted = float("nan"), None, False
+        run.resume()
+    # 3. the loop: a checkpoint every save_every steps and on a signal
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not (main and progress),
-               desc=out_dir.name, dynamic_ncols=True)
-    model.train()
-    tokens_seen, t0 = 0, time.perf_counter()
-    with _StopSignal() as stop:
-        while state.step < end:
-            micro_batches = _local_batches(data, state.step, rank, world, cfg.grad_accum)
-            step_loss = torch.zeros((), device=accelerator.device)
-            step_metrics: dict[str, float] = {}
-            for i, mb in enumerate(micro_batches):
-                mb = {k: v.to(accelerator.device) for k, v in mb.items()}
-                sync = i == len(micro_batches) - 1
-                ctx = contextlib.nullcontext() if sync else accelerator.no_sync(model)
-                with ctx:
-                    with accelerator.autocast():
-                        out = loss_fn(model, mb)
-                    accelerator.backward(out.loss / cfg.grad_accum)
-                step_loss += out.loss.detach().float() / cfg.grad_accum
-                for k, v in out.metrics.items():
-                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
-                tokens_seen += _count_tokens(mb) * world
-            if not torch.isfinite(step_loss):
-                bar.close()
-                raise TrainingDivergedError(
-                    f"loss became {step_loss.item()} at step {state.step}; nothing was saved after the "
-                    f"last checkpoint in {ckpt_root}. Lower train.lr, raise train.warmup_steps or set "
-                    "train.grad_clip, then resume."
-                )
-            if cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(unwrapped.parameters())
-            state.step += 1
-
-            last_loss = float(accelerator.reduce(step_loss, "mean"))
-            bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == end:
-                elapsed = time.perf_counter() - t0
-                record = {"step": state.step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                          "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "seconds": elapsed, **step_metrics}
-                if cfg.eval_every and state.step % cfg.eval_every == 0:
-                    valid_loss = record["valid_loss"] = evaluate()
-                history.append(record)
-                bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                if main:
-                    with metrics_file.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
-                if cfg.log_with != "none":
-                    accelerator.log(record, step=state.step)
-                tokens_seen, t0 = 0, time.perf_counter()
-            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < end:
-                save_checkpoint()
-            if stop.received is not None:
-                interrupted = True
-                break
-        bar.close()
-        save_checkpoint()
-
-    if state.step >= cfg.steps and not interrupted:
-        if valid_batches:
-            valid_loss = evaluate()
-            if main:
-                with metrics_file.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": state.step, "valid_loss": valid_loss}) + "\n")
-        if export is not None and main:
-            _export(unwrapped, ema, export, out_dir)
+    interrupted = run.loop(data, end, progress)
+    # 4. at the last step: final validation and export
+    if run.state.step >= cfg.steps and not interrupted:
+        run.finish(export)
     accelerator.wait_for_everyone()
     if cfg.log_with != "none":
         accelerator.end_training()
-    return TrainResult(state.step, last_loss, valid_loss, interrupted, out_dir, history)
+    return TrainResult(run.state.step, run.last_loss, run.valid_loss, interrupted, out_dir, run.history)
+
+
+def _new_accelerator(cfg: TrainConfig, out_dir: Path) -> Accelerator:
+    """An Accelerator with the run's precision. accelerate keeps one process-wide state that a second
+    Accelerator may not change; each run may pick its own precision, so the state is cleared first (the
+    distributed PartialState is kept): accelerate has no public call for it."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+                       log_with=None if cfg.log_with == "none" else cfg.log_with, project_dir=str(out_dir))
+
+
+def _prepare_folder(out_dir: Path, cfg: TrainConfig, run_config: dict[str, Any] | None) -> None:
+    """The run folder, its checkpoint folder and ``run_config.json`` (with the compute dtype)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "checkpoints").mkdir(exist_ok=True)
+    if run_config is not None:
+        run_config = {**run_config, "compute_dtype": mixed_precision_reason(cfg.mixed_precision)}
+        write_text_atomic(out_dir / "run_config.json", json.dumps(run_config, indent=2, default=str))
+
+
+@dataclass
+class _Run:
+    """One training run in progress: the prepared model and its optimizer, schedule, EMA and step, its
+    files, and what it has logged."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by accelerate (maybe wrapped)
+    unwrapped: torch.nn.Module
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: EMAModel | None
+    state: _TrainerState
+    out_dir: Path
+    valid_batches: list[Batch]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_loss: float = float("nan")
+    valid_loss: float | None = None
+
+    @classmethod
+    def start(cls, model: torch.nn.Module, loss_fn: LossFn, cfg: TrainConfig, accelerator: Accelerator,
+              out_dir: Path, valid_batches: list[Batch]) -> _Run:
+        optimizer = make_optimizer(model, cfg.optimizer, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                   weight_decay=cfg.weight_decay)
+        scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                  num_training_steps=cfg.steps)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        unwrapped = accelerator.unwrap_model(model)
+        state = _TrainerState()
+        accelerator.register_for_checkpointing(scheduler, state)
+        ema = None
+        if cfg.ema_decay > 0:
+            ema = EMAModel(unwrapped.parameters(), decay=cfg.ema_decay)
+            ema.to(accelerator.device)
+            accelerator.register_for_checkpointing(ema)
+        return cls(cfg, accelerator, model, unwrapped, loss_fn, optimizer, scheduler, ema, state, out_dir,
+                   valid_batches)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def resume(self) -> None:
+        _resume(self.accelerator, self.ckpt_root)
+        if self.ema is not None:
+            self.ema.to(self.accelerator.device)  # EMAModel.load_state_dict keeps the checkpoint's (CPU) tensors
+
+    def save_checkpoint(self) -> None:
+        """accelerate's state into a temporary folder, checksummed, renamed; then ``latest`` (atomic)."""
+        acc, root = self.accelerator, self.ckpt_root
+        name = f"step-{self.state.step:08d}"
+        tmp = root / f".tmp-{name}"
+        if self.main and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if self.main:
+            files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            write_text_atomic(tmp / STATE_FILE, json.dumps({"step": self.state.step, "optimizer": self.cfg.optimizer,
+                                                             "files": files}))
+            replace_dir(tmp, root / name)
+            write_text_atomic(root / "latest", name + "\n")
+            for old in sorted(root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def evaluate(self) -> float | None:
+        """Mean loss over the validation batches (fixed RNG, so every evaluation draws the same noise)."""
+        if not self.valid_batches:
+            return None
+        self.model.eval()
+        losses = []
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), self.accelerator.autocast():
+            torch.manual_seed(self.cfg.seed + 1)
+            for vb in self.valid_batches[: self.cfg.eval_batches]:
+                vb = {k: v.to(self.accelerator.device) for k, v in vb.items()}
+                losses.append(float(self.loss_fn(self.model, vb).loss))
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def step(self, micro_batches: list[Batch]) -> tuple[torch.Tensor, dict[str, float], int]:
+        """One optimizer step over the micro-batches (gradients synchronised on the last); returns the
+        step's loss, its metrics and the tokens this process saw."""
+        acc, cfg = self.accelerator, self.cfg
+        step_loss = torch.zeros((), device=acc.device)
+        metrics: dict[str, float] = {}
+        tokens = 0
+        for i, mb in enumerate(micro_batches):
+            mb = {k: v.to(acc.device) for k, v in mb.items()}
+            sync = i == len(micro_batches) - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                with acc.autocast():
+                    out = self.loss_fn(self.model, mb)
+                acc.backward(out.loss / cfg.grad_accum)
+            step_loss += out.loss.detach().float() / cfg.grad_accum
+            for k, v in out.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+            tokens += _count_tokens(mb)
+        if not torch.isfinite(step_loss):
+            raise TrainingDivergedError(
+                f"loss became {step_loss.item()} at step {self.state.step}; nothing was saved after the "
+                f"last checkpoint in {self.ckpt_root}. Lower train.lr, raise train.warmup_steps or set "
+                "train.grad_clip, then resume."
+            )
+        if cfg.grad_clip > 0:
+            acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.unwrapped.parameters())
+        self.state.step += 1
+        return step_loss, metrics, tokens
+
+    def log(self, record: dict[str, Any]) -> None:
+        """A metrics record into the history, ``metrics.jsonl`` and the tracker."""
+        self.history.append(record)
+        if self.main:
+            with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.cfg.log_with != "none":
+            self.accelerator.log(record, step=self.state.step)
+
+    def loop(self, data: BatchSource, end: int, progress: bool) -> bool:
+        """Steps until ``end``; returns whether a signal stopped it (a checkpoint is saved either way)."""
+        acc, cfg = self.accelerator, self.cfg
+        rank, world = acc.process_index, acc.num_processes
+        bar = tqdm(total=cfg.steps, initial=self.state.step, disable=not (self.main and progress),
+                   desc=self.out_dir.name, dynamic_ncols=True)
+        self.model.train()
+        interrupted, tokens_seen, t0 = False, 0, time.perf_counter()
+        with _StopSignal() as stop:
+            while self.state.step < end:
+                try:
+                    step_loss, metrics, tokens = self.step(_local_batches(data, self.state.step, rank, world,
+                                                                          cfg.grad_accum))
+                except TrainingDivergedError:
+                    bar.close()
+                    raise
+                tokens_seen += tokens * world
+                self.last_loss = float(acc.reduce(step_loss, "mean"))
+                bar.update(1)
+                if self.state.step % cfg.log_every == 0 or self.state.step == end:
+                    elapsed = time.perf_counter() - t0
+                    record = {"step": self.state.step, "loss": self.last_loss, "lr": self.scheduler.get_last_lr()[0],
+                              "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "seconds": elapsed, **metrics}
+                    if cfg.eval_every and self.state.step % cfg.eval_every == 0:
+                        self.valid_loss = record["valid_loss"] = self.evaluate()
+                    bar.set_postfix(loss=f"{self.last_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    self.log(record)
+                    tokens_seen, t0 = 0, time.perf_counter()
+                if cfg.save_every and self.state.step % cfg.save_every == 0 and self.state.step < end:
+                    self.save_checkpoint()
+                if stop.received is not None:
+                    interrupted = True
+                    break
+            bar.close()
+            self.save_checkpoint()  # still under the signal guard: a second signal is what stops it now
+        return interrupted
+
+    def finish(self, export: Callable[[torch.nn.Module, Path], None] | None) -> None:
+        """The final validation loss (in ``metrics.jsonl``) and the export (EMA weights when EMA is on)."""
+        if self.valid_batches:
+            self.valid_loss = self.evaluate()
+            if self.main:
+                with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": self.state.step, "valid_loss": self.valid_loss}) + "\n")
+        if export is not None and self.main:
+            _export(self.unwrapped, self.ema, export, self.out_dir)
 
 
 def _check_same_optimizer(ckpt_root: Path, optimizer: str) -> None:

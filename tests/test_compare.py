@@ -98,14 +98,14 @@ def test_a_system_added_to_a_finished_comparison_costs_only_its_own_work(folders
     out = tmp_path / "report"
     cfg = small_config(mauve=False, speed_lengths=(8,), nfe_sweep=(2,))
     first = compare({"ar": folders / "ar", "latent": folders / "latent"}, folders / "valid.jsonl", out,
-                    train=folders / "train.jsonl", cfg=cfg, options={"latent": {"steps": 2}}, progress=False)
+                    train=folders / "train.jsonl", cfg=cfg, options={"latent": {"num_inference_steps": 2}}, progress=False)
     generated = []
     real = compare_module.generate_samples
     monkeypatch.setattr(compare_module, "generate_samples",
                         lambda lm, *a, **kw: generated.append(lm.name) or real(lm, *a, **kw))
     models = {"ar": folders / "ar", "latent": folders / "latent", "latent-4": folders / "latent"}
     again = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", cfg=cfg,
-                    options={"latent": {"steps": 3}, "latent-4": {"steps": 4}}, progress=False)
+                    options={"latent": {"num_inference_steps": 3}, "latent-4": {"num_inference_steps": 4}}, progress=False)
     assert set(generated) == {"latent", "latent-4"}  # "latent" changed (3 steps): redone; the AR's reused
     s, s0 = again["sections"], first["sections"]
     assert s["likelihood/ar"] == s0["likelihood/ar"] and s["quality"]["rows"]["ar"] == s0["quality"]["rows"]["ar"]
@@ -181,15 +181,18 @@ def test_compare_bad_input(folders, tmp_path):
 
 def test_compare_rejects_bad_generation_options_before_any_work(folders, tmp_path):
     with pytest.raises(InputError, match="'mdlm', which is not a compared model"):
-        compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "a", options={"mdlm": {"steps": 4}},
+        compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "a", options={"mdlm": {"num_inference_steps": 4}},
                 cfg=small_config(), progress=False)
     with pytest.raises(InputError, match="no generation option 'decoderr'.*decoder"):
         compare({"mdlm": folders / "mdlm"}, folders / "valid.jsonl", tmp_path / "b",
                 options={"mdlm": {"decoderr": "llada"}}, cfg=small_config(), progress=False)
     assert not (tmp_path / "b" / "results.json").exists()
-    with pytest.raises(InputError, match="mdlm.steps must be of type int, got 'many'"):
+    with pytest.raises(InputError, match="guidance_scale' does not apply to a mdlm model; it applies to latent"):
         compare({"mdlm": folders / "mdlm"}, folders / "valid.jsonl", tmp_path / "b",
-                options={"mdlm": {"steps": "many"}}, cfg=small_config(), progress=False)
+                options={"mdlm": {"guidance_scale": 2.0}}, cfg=small_config(), progress=False)
+    with pytest.raises(InputError, match="mdlm.num_inference_steps must be of type int, got 'many'"):
+        compare({"mdlm": folders / "mdlm"}, folders / "valid.jsonl", tmp_path / "b",
+                options={"mdlm": {"num_inference_steps": "many"}}, cfg=small_config(), progress=False)
     base = ["compare", "--model", f"mdlm={folders / 'mdlm'}", "--data", str(folders / "valid.jsonl")]
     assert main([*base, "--out", str(tmp_path / "c"), "--option", "decoder=llada"]) == 2  # no model name
 
@@ -206,7 +209,7 @@ def test_compare_cli_passes_generation_options(folders, tmp_path, monkeypatch):
     monkeypatch.setattr(latentlm.commands, "compare", fake_compare)  # the name the command calls
     assert main(["compare", "--model", f"mdlm={folders / 'mdlm'}", "--data", str(folders / "valid.jsonl"),
                  "--out", str(tmp_path / "d"), "--option", "mdlm.decoder=llada", "--option", "mdlm.num_inference_steps=16"]) == 2
-    assert seen["options"] == {"mdlm": {"decoder": "llada", "steps": 16}}
+    assert seen["options"] == {"mdlm": {"decoder": "llada", "num_inference_steps": 16}}
 
 
 def test_interrupted_batches_are_not_redone(tmp_path):
