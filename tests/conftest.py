@@ -16,6 +16,18 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+# fixtures that train a model for a minute or more: a test that uses one belongs to the slow tier
+SLOW_FIXTURES = {"tiny_autoencoder_dir"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark slow (``make test-fast`` skips them; ``make test`` runs everything) the tests that use a
+    :data:`SLOW_FIXTURES` fixture, besides those marked ``@pytest.mark.slow`` by hand (4 s or more)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def synthetic_texts() -> list[str]:
     from latentlm.data.synthetic import generate_stories

@@ -22,6 +22,7 @@ def test_every_command_has_help(cmd, capsys):
     assert "usage: latentlm" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_synthetic_tokenizer_train_info_generate(tmp_path):
     data = tmp_path / "stories.jsonl"
     assert main(["data", "synthetic", "--n", "300", "--seed", "1", "--out", str(data)]) == 0

@@ -47,6 +47,7 @@ def small_config(**kw):
     return CompareConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     models = {k: folders / k for k in ("latent", "mdlm", "ar", "ptp")}
     out = tmp_path / "report"
@@ -92,6 +93,7 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     assert "speed" in again["sections"]
 
 
+@pytest.mark.slow
 def test_a_system_added_to_a_finished_comparison_costs_only_its_own_work(folders, tmp_path, monkeypatch):
     """The rows of a tuning round join the finished table: the unchanged systems' samples, likelihoods
     and sweeps are reused; a changed system is redone; the aggregate sections cover every system."""
@@ -119,6 +121,7 @@ def test_a_system_added_to_a_finished_comparison_costs_only_its_own_work(folders
     assert not list(out.glob("samples/latent_seed*"))
 
 
+@pytest.mark.slow
 def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, tiny_tokenizer, monkeypatch):
     knobs = {"ar": {"temperature": (0.5, 1.0, 2.0)}, "mdlm": {"temperature": (0.5, 1.0)},
              "latent": {"decoder_temperature": (0.0, 1.0), "num_inference_steps": (2, 4)}}  # the kinds' knobs, fewer values

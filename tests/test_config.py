@@ -64,7 +64,8 @@ def test_unknown_kind_and_bad_file(tmp_path):
         resolve_run_config("ar", config_file=str(unknown))
 
 
-@pytest.mark.parametrize("preset, vocab", [("cpu-tiny", 800), ("cpu-small", 4096), ("gpu-base", 4096)])
+@pytest.mark.parametrize("preset, vocab", [("cpu-tiny", 800), ("cpu-small", 4096),
+                                           pytest.param("gpu-base", 4096, marks=pytest.mark.slow)])
 def test_presets_follow_the_compute_rule(preset, vocab):
     """Models are compared at matched training compute, not matched parameters: each diffusion model of a
     preset trains on at most twice the AR's training FLOPs (the latent model counts its autoencoder's run

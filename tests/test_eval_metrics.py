@@ -175,6 +175,7 @@ def test_cloze_accuracy_of_an_oracle_and_of_a_coin():
         cons.cloze_items(["one. two."], 5)
 
 
+@pytest.mark.slow
 def test_coherence_is_one_on_real_text_and_about_zero_on_shuffled_windows():
     path = shared_file("tinystories", "valid.jsonl")
     texts = [json.loads(line)["text"] for line in path.read_text().splitlines()][:60]

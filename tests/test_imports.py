@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # the import package and the real folders its symlinks point to
 SOURCES = {"latentlm": ROOT / "latentlm", "latentlm.autoencoder": ROOT / "autoencoder",
@@ -142,6 +144,7 @@ def test_layers_run_one_way():
         assert not reachable(edges, model) & {"latentlm.training", "latentlm.loading", "latentlm.recipes"}
 
 
+@pytest.mark.slow
 def test_importing_the_pipeline_does_not_load_the_trainer():
     code = ("import sys, latentlm.pipeline_latent_diffusion; "
             "print(sorted(m for m in sys.modules if m.startswith('latentlm')))")

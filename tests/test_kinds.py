@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from latentlm.cli import main
 from latentlm.eval.compare import CompareConfig, compare

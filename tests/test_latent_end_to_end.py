@@ -81,6 +81,7 @@ def test_denoiser_fine_tunes_from_its_pipeline(pipeline_dir, tiny_autoencoder_di
     assert "trained on another autoencoder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_time_experts_train_into_one_pipeline(tiny_autoencoder_dir, synthetic_files, tmp_path, capsys):
     out = tmp_path / "experts"
     cmd = ["train", "denoiser", "--preset", "cpu-tiny", "--autoencoder", str(tiny_autoencoder_dir),

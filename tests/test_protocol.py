@@ -33,6 +33,7 @@ def tiny_cfg(**kw) -> P.ProtocolConfig:
     return P.ProtocolConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_protocol_skips_finished_stages_and_resumes_the_interrupted_one(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     calls = []

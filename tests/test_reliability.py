@@ -5,11 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .scripts.fault_injection import run_fault_injection
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_ten_random_kills_lose_nothing(tmp_path):
     save_every = 4
     report = run_fault_injection(tmp_path, kills=10, steps=80, save_every=save_every, seed=0)
@@ -20,6 +23,7 @@ def test_ten_random_kills_lose_nothing(tmp_path):
     assert report["final_step"] == 80 and report["identical_to_uninterrupted"], report
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses_and_samples_across_two_processes(tmp_path):
     script = ROOT / "tests" / "scripts" / "determinism_run.py"
     outs = []

@@ -76,6 +76,7 @@ def test_a_corrupt_or_missing_shard_is_refused_by_name(corpus, tmp_path):
         write_shards(["a b c"], train_tokenizer(["a b c d e f"] * 20, vocab_size=300), out, progress=False)
 
 
+@pytest.mark.slow
 def test_a_killed_tokenization_resumes_to_the_same_files(synthetic_files, tmp_path):
     """SIGKILL once the first shards are written, rerun: the files are those of an uninterrupted run."""
     texts = [s.text for s in generate_stories(8_000, seed=4)]
@@ -127,6 +128,7 @@ def test_training_from_shards_gives_the_losses_of_training_from_text(corpus, syn
         run_training("ar", [out, synthetic_files / "train.jsonl"], tmp_path / "x", **common)
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_read_disjoint_windows_whose_union_is_the_batch(corpus, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:

@@ -25,6 +25,7 @@ def test_story_shape_and_vocabulary():
     assert len(NAMES) >= 50
 
 
+@pytest.mark.slow
 def test_100k_distinct_stories():
     texts = {s.text for s in generate_stories(100_000, seed=0)}
     assert len(texts) == 100_000

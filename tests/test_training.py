@@ -80,6 +80,7 @@ def test_resume_gives_identical_weights(tmp_path, mp):
     assert all(torch.equal(a[k], b[k]) for k in a)  # raw (non-EMA) weights too
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "10", "--save-every", "3", "--kill-on-save", "2"],
@@ -100,6 +101,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     assert same_weights(out, tmp_path / "ref")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "100000", "--slow"],
