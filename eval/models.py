@@ -32,14 +32,8 @@ from latentlm.loading import (
     load_pipeline,
     load_ptp,
 )
+from latentlm.outputs import GenerationOutput
 from latentlm.pipeline_latent_diffusion import make_scheduler
-
-
-@dataclass
-class GenerationOutput:
-    texts: list[str]  # prompt + continuation, one per prompt
-    continuations: list[str]
-    nfe: int  # network evaluations each sample went through
 
 
 @dataclass
@@ -97,14 +91,18 @@ class LanguageModelAdapter:
                              f"context of {self.context} tokens; shorten the prompt or max_new_tokens")
         return ids
 
-    def _finish(self, prompts: list[str], new: torch.Tensor) -> tuple[list[str], list[str]]:
+    def _finish(self, prompts: list[str], new: torch.Tensor, nfe: int) -> GenerationOutput:
+        """The output of ``generate`` from the sampled ids (b, max_new_tokens): each row cut at its first
+        end-of-text, decoded, and padded from there on in ``sequences``."""
         eot = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eot
         conts = []
         for row in new.tolist():
             if eot in row:
                 row = row[: row.index(eot)]
             conts.append(self.tokenizer.decode(row))
-        return [p + c for p, c in zip(prompts, conts)], conts
+        sequences = new.masked_fill((new == eot).int().cumsum(1) > 0, pad)
+        return GenerationOutput([p + c for p, c in zip(prompts, conts)], conts, nfe, list(prompts), sequences)
 
     def nll(self, texts, prefix_len: int | Sequence[int] = 0, **kwargs) -> NLLOutput:
         """Nats/token of ``texts`` after their first ``prefix_len`` tokens (one number, or one per text):
@@ -158,8 +156,7 @@ class ARAdapter(LanguageModelAdapter):
                                   generator=generator, attention_mask=m, stop_at_eot=stop_at_eot)
             new[group] = rows.cpu()
             nfe = max(nfe, n)  # a batch stops when its rows have ended
-        texts, conts = self._finish(prompts, new)
-        return GenerationOutput(texts, conts, nfe)
+        return self._finish(prompts, new, nfe)
 
     @torch.no_grad()
     def _nll(self, texts, prefix_len: int = 0, *, batch_size: int = 16, progress: bool = False) -> NLLOutput:
@@ -208,8 +205,7 @@ class PTPAdapter(ARAdapter):
             self.last_stats.calls += stats.calls
             self.last_stats.verify_calls += stats.verify_calls
             self.last_stats.tokens_per_call += stats.tokens_per_call
-        texts, conts = self._finish(prompts, new)
-        return GenerationOutput(texts, conts, calls)
+        return self._finish(prompts, new, calls)
 
 
 class MDLMAdapter(LanguageModelAdapter):
@@ -228,8 +224,7 @@ class MDLMAdapter(LanguageModelAdapter):
                                              prompt_mask=m)
             new[group] = rows.cpu()
             nfe = max(nfe, n)  # every sample saw at most n evaluations (batches run separately)
-        texts, conts = self._finish(prompts, new)
-        return GenerationOutput(texts, conts, nfe)
+        return self._finish(prompts, new, nfe)
 
     @torch.no_grad()
     def _nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
@@ -335,8 +330,7 @@ class LatentAdapter(LanguageModelAdapter):
                         corrector_steps=corrector_steps, generator=generator, mode=mode,
                         window_blocks=window_blocks, decoder_temperature=decoder_temperature,
                         denoising_end=denoising_end, project_below=project_below)
-        conts = [t[len(p):] for t, p in zip(out.texts, prompts)]
-        return GenerationOutput(out.texts, conts, out.nfe)
+        return GenerationOutput(out.texts, out.continuations, out.nfe, out.prompts, out.sequences)
 
     def _nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
              seed: int = 0) -> NLLOutput:
@@ -392,8 +386,7 @@ class HFCausalLMAdapter(LanguageModelAdapter):
                 rows = out[:, x.shape[1]:].cpu()
                 new[group, : rows.shape[1]] = rows
                 nfe = max(nfe, rows.shape[1])
-        texts, conts = self._finish(prompts, new)
-        return GenerationOutput(texts, conts, nfe)
+        return self._finish(prompts, new, nfe)
 
     @torch.no_grad()
     def _nll(self, texts, prefix_len: int = 0, *, batch_size: int = 16, progress: bool = False) -> NLLOutput:

@@ -47,6 +47,10 @@ _EXPORTS: dict[str, str] = {
     "load_model": "latentlm.loading",
     "load_pipeline": "latentlm.loading",
     "LossOutput": "latentlm.outputs",
+    "GenerationOutput": "latentlm.outputs",
+    "ModelKind": "latentlm.kinds",
+    "register_kind": "latentlm.kinds",
+    "load_language_model": "latentlm.eval.models",
     "LatentDiffusionPipeline": "latentlm.pipeline_latent_diffusion",
     "LatentDiffusionPipelineOutput": "latentlm.pipeline_latent_diffusion",
     "run_training": "latentlm.recipes",
@@ -90,9 +94,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         LatentLMError,
         TrainingDivergedError,
     )
+    from latentlm.eval.models import load_language_model
+    from latentlm.kinds import ModelKind, register_kind
     from latentlm.layers import Transformer, TransformerBlock
     from latentlm.loading import load_model, load_pipeline
-    from latentlm.outputs import LossOutput
+    from latentlm.outputs import GenerationOutput, LossOutput
     from latentlm.pipeline_latent_diffusion import (
         LatentDiffusionPipeline,
         LatentDiffusionPipelineOutput,

@@ -42,7 +42,6 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
 )
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
@@ -50,6 +49,7 @@ from latentlm.choices import SAMPLING_MODES, SCHEDULER_NAMES
 from latentlm.diffusion.samplers import SAMPLERS, BlockContext, Estimate, plan_steps
 from latentlm.diffusion.time_density import warn_untrained
 from latentlm.errors import CheckpointError, ConfigError, InputError, check_choice, check_text
+from latentlm.outputs import GenerationOutput
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,
@@ -143,15 +143,12 @@ logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFp32Modul
 
 
 @dataclass
-class LatentDiffusionPipelineOutput(BaseOutput):
-    """texts: prompt + continuation; sequences: continuation token ids (b, n*k), cut
-    at end-of-text and padded; latents: final clean latents (b, n, d); nfe: network
-    evaluations per sample batch."""
+class LatentDiffusionPipelineOutput(GenerationOutput):
+    """:class:`~latentlm.outputs.GenerationOutput` (texts, continuations, nfe, prompts, sequences; all but
+    nfe and latents None with ``output_type="latent"``, texts and continuations None with ``"ids"``) and
+    ``latents``: the final clean latents (b, n, d)."""
 
-    texts: list[str] | None
-    sequences: torch.Tensor | None
-    latents: torch.Tensor
-    nfe: int
+    latents: torch.Tensor | None = None
 
 
 class LatentDiffusionPipeline(DiffusionPipeline):
@@ -432,7 +429,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         denoising_end: float = 1.0,
         project_below: float = 0.0,
         step_spacing: str = "auto",
-    ) -> LatentDiffusionPipelineOutput:
+        return_dict: bool = True,
+    ) -> LatentDiffusionPipelineOutput | tuple:
         """Sample continuations of ``prompt``.
 
         Args:
@@ -526,8 +524,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                                     interrupt=lambda: self.interrupt, **options)
         # 6. decode
         seq = None if sample.tokens is None else self._cut(sample.tokens, max_new_tokens)
-        return self._output(rows, sample.latents, seq, estimate.nfe, output_type, max_new_tokens,
-                            float(decoder_temperature), generator)
+        out = self._output(rows, sample.latents, seq, estimate.nfe, output_type, max_new_tokens,
+                           float(decoder_temperature), generator)
+        return out if return_dict else out.to_tuple()
 
     def _progress(self, show: bool, mode: str, steps: int, n_latents: int, window_blocks: int):
         """A progress bar over the sampler's network calls (``steps`` per block, blocks entering every
@@ -593,11 +592,12 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 generator: torch.Generator | None = None) -> LatentDiffusionPipelineOutput:
         """6. decode (unless ``seq``, the tokens, is known) and assemble the output."""
         if output_type == "latent":
-            return LatentDiffusionPipelineOutput(None, None, latents, nfe)
+            return LatentDiffusionPipelineOutput(None, None, nfe, rows, None, latents)
         if seq is None:
             seq = self.decode(latents, max_new_tokens, decoder_temperature, generator)
-        texts = None
+        texts = conts = None
         if output_type == "text":
             pad = self.tokenizer.pad_token_id
-            texts = [p + self.tokenizer.decode([t for t in row if t != pad]) for p, row in zip(rows, seq.tolist())]
-        return LatentDiffusionPipelineOutput(texts, seq, latents, nfe)
+            conts = [self.tokenizer.decode([t for t in row if t != pad]) for row in seq.tolist()]
+            texts = [p + c for p, c in zip(rows, conts)]
+        return LatentDiffusionPipelineOutput(texts, conts, nfe, rows, seq, latents)

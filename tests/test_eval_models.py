@@ -154,3 +154,36 @@ def test_devices_resolve_or_fail_clearly(tmp_path, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(tmp_path)
     assert load_language_model(tmp_path, device="cpu").model.device.type == "cpu"
 
+
+
+def test_every_generator_returns_one_output_type(tiny_tokenizer):
+    """Pipeline and adapters give the same fields: prompt, continuation, text = both, ids cut at end-of-text."""
+    from latentlm import GenerationOutput, LatentDiffusionPipeline
+    from latentlm.autoencoder import TextAutoencoder
+    from latentlm.diffusion import LatentDenoiser
+    from latentlm.eval.models import LatentAdapter
+    from latentlm.pipeline_latent_diffusion import make_scheduler
+
+    torch.manual_seed(0)
+    ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=8, dim=32, encoder_depth=1,
+                         decoder_depth=1).eval()
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8).eval()
+    pipe = LatentDiffusionPipeline(tiny_tokenizer, ae, den, make_scheduler("ddim", den))
+    ar = ARAdapter(CausalLM(vocab_size=len(tiny_tokenizer), dim=32, depth=1, n_heads=4, max_seq_len=64),
+                   tiny_tokenizer)
+    mdlm = MDLMAdapter(MaskedDiffusionLM(vocab_size=len(tiny_tokenizer), dim=32, depth=1, n_heads=4,
+                                         max_seq_len=64), tiny_tokenizer)
+    prompts = ["lily had", "tom"]
+    outs = [pipe(prompts, max_new_tokens=8, num_inference_steps=2, generator=torch.Generator().manual_seed(0))]
+    for lm, kw in ((LatentAdapter(pipe), {"num_inference_steps": 2}), (ar, {}), (mdlm, {"num_inference_steps": 4})):
+        outs.append(lm.generate(prompts, 8, generator=torch.Generator().manual_seed(0), **kw))
+    eot, pad = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    for out in outs:
+        assert isinstance(out, GenerationOutput) and out.prompts == prompts and out.nfe > 0
+        assert out.texts == [p + c for p, c in zip(out.prompts, out.continuations)]
+        assert out.sequences.shape == (2, 8) and not (out.sequences == eot).any()
+        for ids, cont in zip(out.sequences.tolist(), out.continuations):
+            assert tiny_tokenizer.decode([t for t in ids if t != pad]) == cont
+    texts, conts, nfe, *_ = pipe(prompts, max_new_tokens=8, num_inference_steps=2, return_dict=False,
+                                 generator=torch.Generator().manual_seed(0))
+    assert texts == outs[0].texts and conts == outs[0].continuations and nfe == 2

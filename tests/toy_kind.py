@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from latentlm.eval.models import GenerationOutput, LanguageModelAdapter, NLLOutput, summarise_nll
+from latentlm.eval.models import LanguageModelAdapter, NLLOutput, summarise_nll
 from latentlm.kinds import ModelKind, register_kind
-from latentlm.outputs import LossOutput
+from latentlm.outputs import GenerationOutput, LossOutput
 from latentlm.recipes import Recipe
 
 
@@ -65,8 +65,7 @@ class BigramAdapter(LanguageModelAdapter):
             probs = (self.model(last) / max(temperature, 1e-6)).softmax(-1)
             last = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             new.append(last)
-        texts, conts = self._finish(list(prompts), torch.stack(new, 1))
-        return GenerationOutput(texts, conts, max_new_tokens)
+        return self._finish(list(prompts), torch.stack(new, 1), max_new_tokens)
 
     @torch.no_grad()
     def _nll(self, texts, prefix_len: int = 0, **_) -> NLLOutput:
