@@ -1,0 +1,118 @@
+"""Uniform-state discrete diffusion: the forward process, its posteriors, the Psi-sampler's step and the
+discrete-time NELBO, for any denoiser that gives clean-token probabilities p_theta(x0 | z_t).
+
+Forward process over K tokens (Austin et al. 2021, D3PM "uniform"; UDLM, Schiff et al. 2024; Duo, Sahoo
+et al. 2025, arXiv:2506.10892), each position independently::
+
+    q(z_t | x) = Cat(alpha_t e_x + (1 - alpha_t) / K),    alpha_t = 1 - t (log-linear, Duo's default)
+
+so any token can be rewritten at any step (unlike masking). With alpha_{t|s} = alpha_t / alpha_s, the
+posterior for s < t, written for a distribution p over x (a one-hot x gives the true posterior; the
+denoiser's p_theta gives the reverse step p_theta(z_s | z_t))::
+
+    q(z_s = v | z_t, p) = [alpha_t K p_v 1(v = z_t) + (alpha_{t|s} - alpha_t) 1(v = z_t) + (alpha_s - alpha_t) p_v
+                           + (1 - alpha_{t|s})(1 - alpha_s) / K] / [alpha_t K p_{z_t} + 1 - alpha_t]
+
+(the product q(z_t | z_s = v) q(z_s = v | p), normalised). At s = 0 it is the posterior over the clean
+token, p(x0 = v | z_t) proportional to p_v q(z_t | v).
+
+Psi-sampler step (Deschenaux, Gulcehre & Sahoo, arXiv:2602.21185): a mixture of the ancestral posterior
+and a predictor-corrector move that predicts x0 and noises it forward to s, both keeping the marginals
+of the forward process when p_theta is exact::
+
+    kappa q(z_s | z_t, p) + (1 - kappa) [alpha_s q(x0 | z_t, p) + (1 - alpha_s) / K]
+
+kappa = 1 is ancestral sampling; the corrector's strength is 1 - kappa.
+
+NELBO of the T-step sampler on times t_i = i / T (t_0 = 0, alpha_0 = 1, q(z_1 | x) uniform = the
+prior, so its KL term is 0)::
+
+    -log p(x) <= sum_{i=1}^{T} E_{z_{t_i} ~ q(. | x)} KL(q(z_{t_{i-1}} | z_{t_i}, x) || p_theta(z_{t_{i-1}} | z_{t_i}))
+
+where the i = 1 term is the reconstruction -log p_theta(x | z_{t_1}). :func:`nelbo_draw` estimates it
+with one step index i ~ U{1..T} per call (unbiased: T times that step's KL).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from latentlm.errors import InputError
+
+
+def alpha(t: torch.Tensor) -> torch.Tensor:
+    """The log-linear signal level alpha_t = 1 - t."""
+    return 1 - t
+
+
+def forward_probs(p: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
+    """q(z_t | p) (..., K) for a distribution p (..., K) over the clean token: alpha_t p + (1 - alpha_t) / K."""
+    return alpha_t * p + (1 - alpha_t) / p.shape[-1]
+
+
+def sample_forward(ids: torch.Tensor, alpha_t: torch.Tensor, vocab_size: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """z_t ~ q(z_t | x) for token ids (b, s) at signal levels ``alpha_t`` (b, 1): each token kept with
+    probability alpha_t, else replaced by a uniform draw over the K tokens (which may be itself)."""
+    keep = torch.rand(ids.shape, generator=generator, device=ids.device) < alpha_t
+    noise = torch.randint(0, vocab_size, ids.shape, generator=generator, device=ids.device)
+    return torch.where(keep, ids, noise)
+
+
+def posterior(p: torch.Tensor, z_t: torch.Tensor, alpha_s: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
+    """q(z_s | z_t, p) (..., K) for p (..., K) and z_t (...); ``alpha_s``, ``alpha_t`` broadcast to (..., 1)
+    with alpha_s >= alpha_t (s earlier, less noisy). alpha_s = 1 gives the posterior over the clean token."""
+    k = p.shape[-1]
+    at_zt = torch.nn.functional.one_hot(z_t, k).to(p.dtype)
+    alpha_ts = alpha_t / alpha_s
+    num = (alpha_t * k * p * at_zt + (alpha_ts - alpha_t) * at_zt + (alpha_s - alpha_t) * p
+           + (1 - alpha_ts) * (1 - alpha_s) / k)
+    den = alpha_t * k * p.gather(-1, z_t[..., None]) + 1 - alpha_t
+    return num / den
+
+
+def psi_probs(p: torch.Tensor, z_t: torch.Tensor, alpha_s: torch.Tensor, alpha_t: torch.Tensor,
+              kappa: float) -> torch.Tensor:
+    """The Psi-sampler's distribution of z_s: kappa x ancestral posterior + (1 - kappa) x the clean-token
+    posterior noised forward to s. ``kappa`` in [0, 1]; 1 is ancestral sampling."""
+    if not 0 <= kappa <= 1:
+        raise InputError(f"kappa must be in [0, 1] (1: ancestral, no corrector), got {kappa!r}")
+    ancestral = posterior(p, z_t, alpha_s, alpha_t)
+    if kappa == 1:
+        return ancestral
+    corrected = forward_probs(posterior(p, z_t, torch.ones_like(alpha_s), alpha_t), alpha_s)
+    return kappa * ancestral + (1 - kappa) * corrected
+
+
+def step_kl(x: torch.Tensor, z_t: torch.Tensor, p: torch.Tensor, alpha_s: torch.Tensor,
+            alpha_t: torch.Tensor) -> torch.Tensor:
+    """KL(q(z_s | z_t, x) || q(z_s | z_t, p)) at each position (...), in nats, for clean ids x (...), the
+    noisy ids z_t (...) and the denoiser's clean-token probabilities p (..., K). At alpha_s = 1 it is the
+    reconstruction term -log q(x0 = x | z_t, p)."""
+    k = p.shape[-1]
+    true = posterior(torch.nn.functional.one_hot(x, k).to(p.dtype), z_t, alpha_s, alpha_t)
+    model = posterior(p, z_t, alpha_s, alpha_t)
+    ratio = torch.where(true > 0, true * (true.clamp_min(1e-30).log() - model.clamp_min(1e-30).log()),
+                        torch.zeros_like(true))
+    return ratio.sum(-1)
+
+
+def nelbo_draw(denoise, x: torch.Tensor, vocab_size: int, steps: int, *, weight: torch.Tensor | None = None,
+               generator: torch.Generator | None = None, step: torch.Tensor | None = None) -> torch.Tensor:
+    """One unbiased draw of the T-step NELBO of each row of x (b, s), in nats: a step i ~ U{1..T} per row
+    (or the given ``step`` (b,)), z_{t_i} ~ q(. | x), and T x KL of that step summed over positions
+    (times ``weight`` (b, s) when given: 0 for positions not scored). ``denoise(z_t, t) -> p`` gives the
+    clean-token probabilities (b, s, K) at times t (b,)."""
+    b = x.shape[0]
+    if step is None:
+        step = torch.randint(1, steps + 1, (b,), generator=generator, device=x.device)
+    t = step.to(torch.float64) / steps
+    s = (step - 1).to(torch.float64) / steps
+    a_t, a_s = alpha(t)[:, None], alpha(s)[:, None]
+    z_t = sample_forward(x, a_t.to(torch.float32), vocab_size, generator)
+    p = denoise(z_t, t.to(torch.float32)).to(torch.float64)
+    kl = step_kl(x, z_t, p, a_s[..., None], a_t[..., None])
+    if weight is not None:
+        kl = kl * weight
+    return steps * kl.sum(-1)
+
