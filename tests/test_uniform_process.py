@@ -123,3 +123,46 @@ def test_nelbo_is_never_below_the_exact_nll_and_its_estimate_tightens_with_sampl
             assert abs(mean - bound) < 4 * se + 1e-9, (x, n, mean, bound, se)
             errors.append(se)
         assert errors[1] < errors[0] / 2  # 16x the samples: a quarter of the error
+
+
+def _exact_one_position_denoiser(pi: torch.Tensor):
+    """The exact denoiser when positions are independent with distribution pi: p_theta = pi (the optimum
+    of the NELBO at every z_t and t)."""
+    def model_fn(z, t):
+        return pi.log().expand(*z.shape, -1).float()
+    return model_fn
+
+
+def test_psi_with_zero_corrector_is_ancestral_sampling_draw_for_draw():
+    from latentlm.baselines.uniform_decoders import decode_ancestral, decode_psi, prior_state
+
+    torch.manual_seed(0)
+    table = torch.randn(7, 7)
+
+    def model_fn(z, t):  # an arbitrary denoiser that reads its input and the time
+        return (table[z] * (1 + t[:, None, None])).log_softmax(-1)
+
+    x = torch.tensor([[1, 2, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0]])
+    fill = x == 0
+    x = prior_state(x, fill, 7, torch.Generator().manual_seed(5))
+    a, nfe_a = decode_ancestral(model_fn, x, fill, steps=9, generator=torch.Generator().manual_seed(1))
+    b, nfe_b = decode_psi(model_fn, x, fill, steps=9, corrector=0.0, generator=torch.Generator().manual_seed(1))
+    c, _ = decode_psi(model_fn, x, fill, steps=9, corrector=0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and nfe_a == nfe_b == 9 and not torch.equal(a, c)
+    assert torch.equal(a[~fill], x[~fill])  # the prompt is kept
+    with pytest.raises(InputError, match="corrector"):
+        decode_psi(model_fn, x, fill, steps=2, corrector=-0.1)
+
+
+@pytest.mark.parametrize("corrector", [0.0, 0.7])
+def test_samplers_land_on_the_data_distribution_with_an_exact_denoiser(corrector):
+    from latentlm.baselines.uniform_decoders import decode_psi, prior_state
+
+    pi = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    x = torch.zeros(200, 100, dtype=torch.long)
+    fill = torch.ones_like(x, dtype=torch.bool)
+    g = torch.Generator().manual_seed(2)
+    out, _ = decode_psi(_exact_one_position_denoiser(pi), prior_state(x, fill, 4, g), fill, steps=6,
+                        corrector=corrector, generator=g)
+    freq = torch.bincount(out.flatten(), minlength=4).double() / out.numel()
+    assert torch.allclose(freq, pi, atol=4 * math.sqrt(0.25 / out.numel()))
