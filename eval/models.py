@@ -22,6 +22,7 @@ from latentlm.baselines import autoregressive as ar
 from latentlm.baselines import masked_diffusion as mdlm
 from latentlm.baselines import mdlm_decoders
 from latentlm.baselines import parallel_token_prediction as ptp
+from latentlm.baselines import uniform_diffusion as uniform
 from latentlm.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from latentlm.device import resolve_device
 from latentlm.diffusion.likelihood import pipeline_nll_bound
@@ -234,6 +235,42 @@ class MDLMAdapter(LanguageModelAdapter):
         for i, (ids, _) in enumerate(tqdm(units, desc=f"nll {self.name}", disable=not progress)):
             x = torch.tensor([ids], device=self.model.device)
             m, se = mdlm.nll_bound(self.model, x, prefix_len=prefix_len, n_samples=n_samples, generator_seed=seed + i)
+            means.append(float(m[0]))
+            ses.append(float(se[0]))
+        return summarise_nll(means, ses, units, prefix_len, exact=False)
+
+
+class UniformAdapter(LanguageModelAdapter):
+    """Uniform-state token diffusion (baselines/uniform_diffusion.py): ancestral or Psi sampling, and the
+    NELBO of its ``loss_steps``-step reverse process as the likelihood bound."""
+
+    kind = "duo"
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, decoder: str = "ancestral",
+                 num_inference_steps: int = 64, temperature: float = 1.0, corrector: float = 0.5,
+                 corrector_interval: tuple[float, float] = (0.0, 1.0)) -> GenerationOutput:
+        prompts = _check_prompts(prompts)
+        ids = self._prompt_ids(prompts, max_new_tokens, reserve=0)
+        new, nfe = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long), 0
+        for group, x, m in _length_buckets(ids, self.tokenizer.pad_token_id, self.model.device):
+            rows, n = uniform.generate(self.model, x, max_new_tokens, decoder=decoder, steps=num_inference_steps,
+                                       temperature=temperature, corrector=corrector,
+                                       corrector_interval=tuple(corrector_interval), generator=generator,
+                                       prompt_mask=m)
+            new[group] = rows.cpu()
+            nfe = max(nfe, n)
+        return self._finish(prompts, new, nfe)
+
+    @torch.no_grad()
+    def _nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
+             seed: int = 0) -> NLLOutput:
+        units = self._score_units(texts, prefix_len)
+        means, ses = [], []
+        for i, (ids, _) in enumerate(tqdm(units, desc=f"nll {self.name}", disable=not progress)):
+            x = torch.tensor([ids], device=self.model.device)
+            m, se = uniform.nll_bound(self.model, x, prefix_len=prefix_len, n_samples=n_samples,
+                                      generator_seed=seed + i)
             means.append(float(m[0]))
             ses.append(float(se[0]))
         return summarise_nll(means, ses, units, prefix_len, exact=False)

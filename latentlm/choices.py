@@ -7,6 +7,7 @@ from __future__ import annotations
 SAMPLING_MODES = ("parallel", "block-ar", "staggered")  # how a latent pipeline samples (its __call__'s mode)
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpm++", "flow-euler")  # the latent pipeline's samplers (diffusers)
 MDLM_DECODERS = ("ancestral", "llada", "threshold", "anchor")  # MDLM's decoders (baselines/mdlm_decoders.py)
+UNIFORM_DECODERS = ("ancestral", "psi")  # uniform-state diffusion's samplers (baselines/uniform_decoders.py)
 DEFAULT_VOCAB_SIZE = 4096  # a tokenizer trained by a run
 DEFAULT_SHARD_TOKENS = 100_000_000  # tokens per shard file at most (200 MB of uint16)
 QUICKSTART_STORIES = 4000  # synthetic training stories of `make demo`

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentlm.choices import MDLM_DECODERS, SAMPLING_MODES, SCHEDULER_NAMES
+from latentlm.choices import MDLM_DECODERS, SAMPLING_MODES, SCHEDULER_NAMES, UNIFORM_DECODERS
 from latentlm.errors import CheckpointError, InputError
 
 
@@ -44,7 +44,12 @@ GENERATION_OPTIONS: dict[str, GenerationOption] = {o.name: o for o in (
     GenerationOption("temperature", float, 1.0, "temperature of the token distribution (0: most likely token)"),
     GenerationOption("top_p", float, 1.0, "nucleus sampling: the smallest set of tokens holding this probability"),
     GenerationOption("draft_tokens", int, 0, "tokens drafted per call (0: as many as the model was trained for)"),
-    GenerationOption("decoder", str, "ancestral", "the masked-diffusion decoder", choices=MDLM_DECODERS),
+    GenerationOption("decoder", str, "ancestral", "the token-diffusion decoder (mdlm: ancestral, llada, threshold, "
+                     "anchor; duo: ancestral, psi)", choices=tuple(dict.fromkeys(MDLM_DECODERS + UNIFORM_DECODERS))),
+    GenerationOption("corrector", float, 0.5, "the Psi-sampler's corrector strength 1 - kappa in [0, 1] "
+                     "(0: ancestral)"),
+    GenerationOption("corrector_interval", float, (0.0, 1.0), "apply the Psi corrector only at times in "
+                     "[T_LO, T_HI]", nargs=2),
     GenerationOption("threshold", float, 0.9, "the confidence that unmasks a token (the threshold decoder)"),
     GenerationOption("guidance_scale", float, 1.0,
                      "classifier-free guidance weight; guided above 1, plain conditional at or below"),
@@ -192,6 +197,13 @@ for _kind in (
               model_class="latentlm.baselines.masked_diffusion:MaskedDiffusionLM",
               adapter="latentlm.eval.models:MDLMAdapter",
               options=("num_inference_steps", "decoder", "threshold", "temperature"),
+              compare_options={"num_inference_steps": 64, "decoder": "ancestral"}, steps_sweep=True,
+              diversity_knobs={"temperature": (0.6, 0.7, 0.8, 0.9, 1.0)}),
+    ModelKind("duo", "uniform-state token diffusion, sampled ancestrally or by Psi-samplers",
+              recipe="latentlm.recipes:duo_recipe",
+              model_class="latentlm.baselines.uniform_diffusion:UniformDiffusionLM",
+              adapter="latentlm.eval.models:UniformAdapter",
+              options=("num_inference_steps", "decoder", "temperature", "corrector", "corrector_interval"),
               compare_options={"num_inference_steps": 64, "decoder": "ancestral"}, steps_sweep=True,
               diversity_knobs={"temperature": (0.6, 0.7, 0.8, 0.9, 1.0)}),
     ModelKind("judge", "the judge of `compare` (an AR model larger and trained longer than the baseline)",

@@ -31,6 +31,7 @@ from latentlm.baselines.parallel_token_prediction import (
     PTPLossConfig,
     ptp_loss,
 )
+from latentlm.baselines.uniform_diffusion import UniformDiffusionLM, UniformLossConfig, uniform_loss
 from latentlm.config import model_section, parse_overrides, resolve_config
 from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
 from latentlm.data.readers import read_documents
@@ -113,6 +114,7 @@ class Recipe:
 _SPECIAL = ("vocab_size", "pad_token_id", "eot_token_id")
 ARModelConfig = model_section(CausalLM, "ARModelConfig", exclude=_SPECIAL)
 MDLMModelConfig = model_section(MaskedDiffusionLM, "MDLMModelConfig", exclude=(*_SPECIAL, "mask_token_id"))
+DuoModelConfig = model_section(UniformDiffusionLM, "DuoModelConfig", exclude=_SPECIAL)
 AutoencoderConfig = model_section(TextAutoencoder, "AutoencoderConfig",
                                   exclude=(*_SPECIAL, "max_seq_len", "token_texts"))
 
@@ -163,6 +165,13 @@ def mdlm_recipe() -> Recipe:
     return Recipe("mdlm", MDLMModelConfig,
                   lambda cfg, tok, ctx: _build_lm(MaskedDiffusionLM, cfg, tok, mask_token_id=tok.mask_token_id),
                   lambda cfg, ctx: mdlm_loss)
+
+
+def duo_recipe() -> Recipe:
+    """Uniform-state token diffusion (baselines/uniform_diffusion.py) on the AR's data layout."""
+    return Recipe("duo", DuoModelConfig, lambda cfg, tok, ctx: _build_lm(UniformDiffusionLM, cfg, tok),
+                  lambda cfg, ctx: functools.partial(uniform_loss, cfg=cfg["loss"]),
+                  extra_sections={"loss": UniformLossConfig})
 
 
 @dataclass

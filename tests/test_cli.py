@@ -88,12 +88,13 @@ def _saved_as(folder, kind: str):
     return folder
 
 
-@pytest.mark.parametrize("kind", ["ar", "mdlm", "ptp", "latent", "hf"])
+@pytest.mark.parametrize("kind", ["ar", "mdlm", "duo", "ptp", "latent", "hf"])
 def test_generate_refuses_a_flag_that_does_not_apply_to_the_models_kind(kind, tmp_path, capsys):
     from latentlm.kinds import GENERATION_OPTIONS, get_kind, kinds_taking
 
     folder = _saved_as(tmp_path / kind, kind)
-    values = {"guidance_interval": ["0", "0.5"], "decoder": ["llada"], "scheduler": ["ddpm"], "mode": ["parallel"]}
+    values = {"guidance_interval": ["0", "0.5"], "corrector_interval": ["0", "0.5"], "decoder": ["llada"],
+              "scheduler": ["ddpm"], "mode": ["parallel"]}
     refused = [o for o in GENERATION_OPTIONS.values() if o.name not in get_kind(kind).options]
     assert refused, f"every option applies to {kind}"
     for option in refused:

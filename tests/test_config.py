@@ -72,17 +72,19 @@ def test_presets_follow_the_compute_rule(preset, vocab):
     with its denoiser's), counted by latentlm.cost at the vocabulary the preset is for (synthetic stories:
     under 1,000 tokens; TinyStories: 4,096). The rule's other half, at most twice the AR's wall-clock on
     the same machine, depends on the machine: the TinyStories protocol measures and prints it. Parameters
-    and FLOPs per token are reported, not matched; MDLM stays the AR's network (same depth and width) with
-    bidirectional attention, so that the two differ by their objective only."""
+    and FLOPs per token are reported, not matched; MDLM and the uniform-state model (duo) keep the AR's network
+    (same depth and width) with bidirectional attention, so that they differ by their objective only."""
     from latentlm.cost import preset_costs
 
     costs = preset_costs(preset, vocab)
     ar = costs["ar"].total_flops
     latent = costs["autoencoder"].total_flops + costs["denoiser"].total_flops
     assert latent <= 2 * ar, (preset, latent / ar)
-    assert costs["mdlm"].total_flops <= 2 * ar, (preset, costs["mdlm"].total_flops / ar)
-    ar_model, mdlm_model = resolve_run_config("ar", preset)["model"], resolve_run_config("mdlm", preset)["model"]
-    assert (ar_model.depth, ar_model.dim) == (mdlm_model.depth, mdlm_model.dim)
+    for kind in ("mdlm", "duo"):
+        assert costs[kind].total_flops <= 2 * ar, (preset, kind, costs[kind].total_flops / ar)
+        model = resolve_run_config(kind, preset)["model"]
+        ar_model = resolve_run_config("ar", preset)["model"]
+        assert (ar_model.depth, ar_model.dim) == (model.depth, model.dim), kind
 
 
 def test_scoped_overrides_split_by_run():

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from latentlm.baselines.uniform_process import alpha, psi_probs
+from latentlm.choices import UNIFORM_DECODERS as DECODER_NAMES
 from latentlm.errors import InputError
 
 Callback = Callable[[dict[str, Any]], None]
@@ -87,3 +88,4 @@ def decode_ancestral(model_fn, x: torch.Tensor, fill: torch.Tensor, *, steps: in
 
 UNIFORM_DECODERS: dict[str, Callable[..., tuple[torch.Tensor, int]]] = {"ancestral": decode_ancestral,
                                                                           "psi": decode_psi}
+assert tuple(UNIFORM_DECODERS) == DECODER_NAMES  # the CLI's choices (latentlm/choices.py)
