@@ -79,3 +79,18 @@ def test_duo_trains_loads_and_generates_through_the_cli(synthetic_files, tmp_pat
     assert "does not apply to" in capsys.readouterr().err
     assert main(["generate", "--model", str(out), "hi", "--decoder", "llada", "--num-inference-steps", "2"]) == 2
     assert "unknown decoder 'llada'" in capsys.readouterr().err
+
+
+def test_the_curriculum_feeds_the_relaxed_input_for_its_first_calls_only(model):
+    from latentlm.baselines.uniform_diffusion import UniformLossConfig
+
+    cfg = UniformLossConfig(curriculum_steps=3, curriculum_tau_start=0.1, curriculum_tau_end=0.01)
+    batch = {"input_ids": torch.randint(0, 12, (4, 10))}
+    taus = [uniform_loss(model, batch, cfg).metrics.get("curriculum_tau") for _ in range(5)]
+    assert taus[0] == pytest.approx(0.1) and taus[2] == pytest.approx(0.01) and taus[3:] == [None, None]
+    assert int(model.training_calls) == 5
+    model.eval()
+    assert "curriculum_tau" not in uniform_loss(model, batch, cfg).metrics and int(model.training_calls) == 5
+    soft = torch.nn.functional.one_hot(batch["input_ids"], 12).float()
+    t = torch.full((4,), 0.3)
+    assert torch.allclose(model(soft, t), model(batch["input_ids"], t), atol=1e-5)  # one-hot weights = ids

@@ -166,3 +166,26 @@ def test_samplers_land_on_the_data_distribution_with_an_exact_denoiser(corrector
                         corrector=corrector, generator=g)
     freq = torch.bincount(out.flatten(), minlength=4).double() / out.numel()
     assert torch.allclose(freq, pi, atol=4 * math.sqrt(0.25 / out.numel()))
+
+
+@pytest.mark.parametrize("k", [4, 60])
+def test_the_argmax_of_a_gaussian_diffusion_is_uniform_state_diffusion(k):
+    """Duo's duality: argmax(r e_x + eps) has the uniform-state marginal at alpha = gaussian_alpha(r), and
+    relaxed_forward's argmax keeps q(z_t | x) at the schedule's alpha while its softmax input tends to it."""
+    g = torch.Generator().manual_seed(0)
+    n = 60_000
+    for r in (0.5, 2.0):
+        w = torch.randn(n, k, generator=g, dtype=torch.float64)
+        w[:, 1] += r
+        hit = float((w.argmax(-1) == 1).double().mean())
+        a = float(U.gaussian_alpha(torch.tensor(r), k))
+        assert abs(hit - (a + (1 - a) / k)) < 4 * math.sqrt(0.25 / n), (k, r)
+    a_t = torch.full((n, 1), 0.4)
+    z, soft = U.relaxed_forward(torch.ones(n, 1, dtype=torch.long), a_t, k, tau=1e-4, generator=g)
+    freq = torch.bincount(z.flatten(), minlength=k).double() / n
+    want = U.forward_probs(torch.nn.functional.one_hot(torch.tensor(1), k).double(), torch.tensor(0.4,
+                                                                                           dtype=torch.float64))
+    assert torch.allclose(freq, want, atol=4 * math.sqrt(0.25 / n))
+    assert torch.equal(soft.argmax(-1), z) and float((soft.max(-1).values > 0.999).double().mean()) > 0.995
+    assert torch.allclose(U.gaussian_alpha(U.gaussian_ratio(torch.tensor([0.1, 0.5, 0.9]), k), k),
+                          torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), atol=1e-6)

@@ -53,14 +53,18 @@ class UniformDiffusionLM(ModelMixin, ConfigMixin):
         self.time = TimestepEmbedder(cond_dim)
         self.backbone = Transformer(dim, depth, n_heads, mlp_ratio, cond_dim=cond_dim)
         self.head = nn.Linear(dim, vocab_size)
+        # training-mode loss calls so far: Duo's curriculum runs over the first ones (saved and resumed)
+        self.register_buffer("training_calls", torch.zeros((), dtype=torch.long))
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """Noisy ids z_t (b, s) at times t (b,) -> clean-token log-probabilities (b, s, K) in float32."""
+        """Noisy ids z_t (b, s), or token weights (b, s, K) (the curriculum's relaxed input), at times t (b,)
+        -> clean-token log-probabilities (b, s, K) in float32."""
         if z_t.shape[1] > self.config.max_seq_len:
             raise InputError(f"sequence of {z_t.shape[1]} tokens exceeds the model's context of "
                              f"{self.config.max_seq_len}")
-        h, _ = self.backbone(self.embed(z_t), attention_mask=attention_mask, cond=self.time(t))
+        h = self.embed(z_t) if not z_t.is_floating_point() else z_t.to(self.embed.weight.dtype) @ self.embed.weight
+        h, _ = self.backbone(h, attention_mask=attention_mask, cond=self.time(t))
         return self.head(h).float().log_softmax(-1)
 
 
@@ -71,17 +75,35 @@ class UniformLossConfig:
     # rows whose first tokens (a uniform share of up to half the row) stay clean and unscored: generation
     # continues a clean prompt, which unconditional training never shows a uniform-state model
     p_prefix: float = 0.5
+    # Duo's curriculum: the first curriculum_steps training-mode loss calls (micro-batches) feed the network
+    # softmax(w_t / tau) of the Gaussian diffusion whose argmax is z_t, tau annealed log-linearly from
+    # curriculum_tau_start to curriculum_tau_end; 0 turns it off
+    curriculum_steps: int = 0
+    curriculum_tau_start: float = 0.1
+    curriculum_tau_end: float = 0.01
 
     def validate(self) -> None:
         if not 0 <= self.p_prefix <= 1:
             raise ConfigError(f"loss.p_prefix must be in [0, 1], got {self.p_prefix}")
+        if self.curriculum_steps < 0:
+            raise ConfigError(f"loss.curriculum_steps must be >= 0, got {self.curriculum_steps}")
+        if not 0 < self.curriculum_tau_end <= self.curriculum_tau_start:
+            raise ConfigError(f"loss.curriculum_tau_start ({self.curriculum_tau_start}) and curriculum_tau_end "
+                              f"({self.curriculum_tau_end}) must satisfy 0 < end <= start")
+
+    def tau(self, call: int) -> float | None:
+        """The curriculum's temperature at training call ``call``, or None once it is over."""
+        if call >= self.curriculum_steps:
+            return None
+        frac = call / max(1, self.curriculum_steps - 1)
+        return self.curriculum_tau_start * (self.curriculum_tau_end / self.curriculum_tau_start) ** frac
 
 
 def uniform_loss(model: UniformDiffusionLM, batch: dict[str, torch.Tensor],
                  cfg: UniformLossConfig | None = None) -> LossOutput:
     """The NELBO per scored token of the model's ``loss_steps``-step reverse process: one step per row,
     stratified across the batch (low-discrepancy, as MDLM's times); a ``cfg.p_prefix`` share of rows keeps
-    a clean, unscored prefix."""
+    a clean, unscored prefix; during Duo's curriculum (training mode) the network sees the relaxed input."""
     cfg = cfg or UniformLossConfig()
     ids = batch["input_ids"]
     (b, s), steps = ids.shape, model.config.loss_steps
@@ -94,9 +116,19 @@ def uniform_loss(model: UniformDiffusionLM, batch: dict[str, torch.Tensor],
     weight = (~keep).to(torch.float64)
     if mask is not None:
         weight = weight * mask
-    per_row = nelbo_draw(lambda z, t: model(torch.where(keep, ids, z), t, mask).exp(), ids,
-                         model.config.vocab_size, steps, weight=weight, step=step)
-    return LossOutput((per_row.sum() / weight.sum().clamp_min(1)).float())
+    tau = None
+    if model.training:
+        tau = cfg.tau(int(model.training_calls))
+        model.training_calls += 1
+    vocab = model.config.vocab_size
+
+    def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        clean = ids if not z.is_floating_point() else torch.nn.functional.one_hot(ids, vocab).to(z.dtype)
+        return model(torch.where(keep if clean.dim() == 2 else keep[..., None], clean, z), t, mask).exp()
+
+    per_row = nelbo_draw(denoise, ids, vocab, steps, weight=weight, step=step, relax_tau=tau)
+    metrics = {} if tau is None else {"curriculum_tau": tau}
+    return LossOutput((per_row.sum() / weight.sum().clamp_min(1)).float(), metrics)
 
 
 @torch.no_grad()

@@ -31,6 +31,15 @@ prior, so its KL term is 0)::
 
 where the i = 1 term is the reconstruction -log p_theta(x | z_{t_1}). :func:`nelbo_draw` estimates it
 with one step index i ~ U{1..T} per call (unbiased: T times that step's KL).
+
+Duality (Duo): z_t = argmax(w_t) of a Gaussian diffusion on one-hot vectors, w_t = r e_x + eps with
+eps ~ N(0, I), has exactly the uniform-state marginal with
+
+    alpha_t = (K P(r) - 1) / (K - 1),   P(r) = P(argmax w = x) = int phi(z - r) Phi(z)^(K - 1) dz
+
+(:func:`gaussian_alpha`). Duo's curriculum feeds the network the tempered softmax of w_t instead of its
+argmax (a low-variance relaxation); :func:`relaxed_forward` draws both at the r whose alpha is the
+schedule's, so the NELBO's z_t keeps its distribution and only the network's input changes.
 """
 
 from __future__ import annotations
@@ -98,21 +107,66 @@ def step_kl(x: torch.Tensor, z_t: torch.Tensor, p: torch.Tensor, alpha_s: torch.
 
 
 def nelbo_draw(denoise, x: torch.Tensor, vocab_size: int, steps: int, *, weight: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, step: torch.Tensor | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, step: torch.Tensor | None = None,
+               relax_tau: float | None = None) -> torch.Tensor:
     """One unbiased draw of the T-step NELBO of each row of x (b, s), in nats: a step i ~ U{1..T} per row
     (or the given ``step`` (b,)), z_{t_i} ~ q(. | x), and T x KL of that step summed over positions
     (times ``weight`` (b, s) when given: 0 for positions not scored). ``denoise(z_t, t) -> p`` gives the
-    clean-token probabilities (b, s, K) at times t (b,)."""
+    clean-token probabilities (b, s, K) at times t (b,). With ``relax_tau`` (Duo's curriculum) z_t is the
+    argmax of a Gaussian diffusion and ``denoise`` gets its tempered softmax (b, s, K) instead of z_t."""
     b = x.shape[0]
     if step is None:
         step = torch.randint(1, steps + 1, (b,), generator=generator, device=x.device)
     t = step.to(torch.float64) / steps
     s = (step - 1).to(torch.float64) / steps
     a_t, a_s = alpha(t)[:, None], alpha(s)[:, None]
-    z_t = sample_forward(x, a_t.to(torch.float32), vocab_size, generator)
-    p = denoise(z_t, t.to(torch.float32)).to(torch.float64)
+    if relax_tau is None:
+        z_t = inputs = sample_forward(x, a_t.to(torch.float32), vocab_size, generator)
+    else:
+        z_t, inputs = relaxed_forward(x, a_t.to(torch.float32), vocab_size, relax_tau, generator)
+    p = denoise(inputs, t.to(torch.float32)).to(torch.float64)
     kl = step_kl(x, z_t, p, a_s[..., None], a_t[..., None])
     if weight is not None:
         kl = kl * weight
     return steps * kl.sum(-1)
 
+
+
+def gaussian_alpha(r: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The uniform-state alpha of z = argmax(r e_x + eps) over K = ``vocab_size`` tokens, for signal-to-noise
+    ratios r >= 0 (any shape): (K P(r) - 1) / (K - 1) with P(r) = int phi(z - r) Phi(z)^(K-1) dz, by the
+    trapezoid rule on a fine grid in float64 (Phi^(K-1) through log Phi, exact for K in the thousands)."""
+    r = r.to(torch.float64)
+    z = torch.linspace(-12.0, 12.0, 6001, dtype=torch.float64) + r[..., None]
+    log_phi_cdf = torch.special.log_ndtr(z)
+    density = torch.exp(-0.5 * (z - r[..., None]) ** 2 + (vocab_size - 1) * log_phi_cdf) / (2 * torch.pi) ** 0.5
+    p = torch.trapezoid(density, z, dim=-1)
+    return ((vocab_size * p - 1) / (vocab_size - 1)).clamp(0, 1)
+
+
+_RATIO_TABLES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def gaussian_ratio(alpha_t: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The signal-to-noise ratio r whose argmax has the uniform-state ``alpha_t`` (any shape, in [0, 1)):
+    :func:`gaussian_alpha` inverted by interpolation in a monotone table (made once per vocabulary size)."""
+    if vocab_size not in _RATIO_TABLES:
+        rs = torch.linspace(0.0, 12.0, 4001, dtype=torch.float64)
+        _RATIO_TABLES[vocab_size] = (gaussian_alpha(rs, vocab_size), rs)
+    alphas, rs = _RATIO_TABLES[vocab_size]
+    a = alpha_t.to(torch.float64).clamp(0, float(alphas[-1]))
+    idx = torch.searchsorted(alphas, a.reshape(-1)).clamp(1, len(rs) - 1)
+    lo, hi = alphas[idx - 1], alphas[idx]
+    frac = ((a.reshape(-1) - lo) / (hi - lo).clamp_min(1e-300)).clamp(0, 1)
+    return (rs[idx - 1] + frac * (rs[idx] - rs[idx - 1])).reshape(a.shape)
+
+
+def relaxed_forward(ids: torch.Tensor, alpha_t: torch.Tensor, vocab_size: int, tau: float,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Duo's relaxation: w = r e_x + eps (b, s, K) at the r of ``alpha_t`` (b, 1); returns z_t = argmax w
+    (b, s), distributed as q(z_t | x), and softmax(w / ``tau``) (b, s, K), the network's input (one-hot
+    of z_t as tau -> 0)."""
+    r = gaussian_ratio(alpha_t, vocab_size).to(torch.float32)  # (b, 1)
+    w = torch.randn(*ids.shape, vocab_size, generator=generator, device=ids.device)
+    w = w + r[..., None] * torch.nn.functional.one_hot(ids, vocab_size).to(w.dtype)
+    return w.argmax(-1), (w / tau).softmax(-1)
