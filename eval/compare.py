@@ -106,6 +106,20 @@ def openings(docs: list[str], n: int, cfg: CompareConfig, synthetic: bool) -> li
 # sections computed over every system: recomputed when a system is added, changed or removed (their
 # per-system parts are cached: quality.partial, the sample files, the per-system sections)
 AGGREGATE_SECTIONS = ("quality", "diversity", "consistency", "nfe_sweep", "speed", "skipped", "meta")
+# generation options renamed since a results.json may have been written: read under their current names
+RENAMED_OPTIONS = {"steps": "num_inference_steps"}
+
+
+def _migrate(old: dict) -> dict:
+    """A results.json written before an option was renamed (:data:`RENAMED_OPTIONS`), under the current
+    names: each system's options and the knobs of its quality-entropy curves."""
+    for spec in old.get("config", {}).get("systems", {}).values():
+        if isinstance(spec, dict) and isinstance(spec.get("options"), dict):
+            spec["options"] = {RENAMED_OPTIONS.get(k, k): v for k, v in spec["options"].items()}
+    for key, section in old.get("sections", {}).items():
+        if key.startswith("diversity/") and isinstance(section, dict) and isinstance(section.get("curves"), dict):
+            section["curves"] = {RENAMED_OPTIONS.get(k, k): v for k, v in section["curves"].items()}
+    return old
 
 
 class Results:
@@ -121,7 +135,7 @@ class Results:
         self.path = out / "results.json"
         self.data: dict = {"config": {"shared": shared, "systems": systems}, "sections": {}}
         try:
-            old = json.loads(self.path.read_text()) if self.path.is_file() else None
+            old = _migrate(json.loads(self.path.read_text())) if self.path.is_file() else None
         except json.JSONDecodeError:
             old = None
         if old is not None and old.get("config", {}).get("shared") == shared:

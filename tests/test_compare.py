@@ -278,3 +278,21 @@ def test_cloze_draws_a_bounds_noise_per_story_and_shares_it_between_the_endings(
     seeds = [seed for _, seed, _ in calls]
     assert all(seeds[i] == seeds[i + 1] for i in range(0, 8, 2))  # the two endings of a story
     assert len(set(seeds[::2])) == 4  # a seed of its own for every story
+
+
+def test_results_written_under_a_renamed_option_are_reused(tmp_path):
+    """A comparison saved when the steps option was called ``steps`` keeps its finished sections."""
+    import json
+
+    from latentlm.eval.compare import Results
+
+    shared = {"data": "valid.jsonl"}
+    old = {"config": {"shared": shared, "systems": {"latent": {"folder": "f", "options": {"steps": 32}}}},
+           "sections": {"likelihood/latent": {"nats_per_token": 2.0},
+                        "diversity/latent": {"curves": {"steps": [1], "decoder_temperature": [2]}}}}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    res = Results(tmp_path, shared, {"latent": {"folder": "f", "options": {"num_inference_steps": 32}}})
+    assert res.done("likelihood/latent") and set(res["diversity/latent"]["curves"]) == {
+        "num_inference_steps", "decoder_temperature"}
+    other = Results(tmp_path, shared, {"latent": {"folder": "f", "options": {"num_inference_steps": 64}}})
+    assert not other.done("likelihood/latent")  # a changed option is still a changed system
