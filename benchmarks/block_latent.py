@@ -40,10 +40,10 @@ from latentlm.eval import metrics as M
 from latentlm.eval.compare import (
     CompareConfig,
     System,
-    _judge_scores,
-    _ppl,
+    judge_scores,
     mauve_references,
     openings,
+    perplexity,
 )
 from latentlm.eval.models import load_language_model
 from latentlm.files import write_text_atomic
@@ -146,7 +146,7 @@ def main() -> None:
     names = cons.name_lexicon(read_documents([args.train])) if args.train else set()
 
     def scores(s: System, feats) -> dict:
-        row = {"gen_ppl": _ppl(_judge_scores(judge, s)), "mauve": M.mauve_score(feats, feats_real, seed=cfg.seed),
+        row = {"gen_ppl": perplexity(judge_scores(judge, s)), "mauve": M.mauve_score(feats, feats_real, seed=cfg.seed),
                "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)}
         if names:
             try:

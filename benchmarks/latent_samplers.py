@@ -22,7 +22,7 @@ import torch
 
 from latentlm.data.readers import read_documents
 from latentlm.eval import metrics as M
-from latentlm.eval.compare import CompareConfig, System, _judge_scores, _ppl, openings
+from latentlm.eval.compare import CompareConfig, System, judge_scores, openings, perplexity
 from latentlm.eval.models import load_language_model
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     real = System("real", prompts, [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: args.new_tokens])
                                     for _, c in pairs])
     rows = [{"sampler": "real text", "steps": None, "nfe": None, "s_per_sample": None,
-             "gen_ppl": _ppl(_judge_scores(judge, real)), "entropy": M.unigram_entropy(real.continuations),
+             "gen_ppl": perplexity(judge_scores(judge, real)), "entropy": M.unigram_entropy(real.continuations),
              "rep4": M.rep_n(real.continuations, 4)}]
     print(json.dumps(rows[0]), flush=True)
     for sampler in args.samplers:
@@ -59,7 +59,7 @@ def main() -> None:
             dt = time.perf_counter() - t0
             s = System(sampler, prompts, gen.continuations, gen.texts)
             row = {"sampler": "pc (ddim + langevin)" if pc else sampler, "steps": steps, "nfe": gen.nfe,
-                   "s_per_sample": dt / len(prompts), "gen_ppl": _ppl(_judge_scores(judge, s)),
+                   "s_per_sample": dt / len(prompts), "gen_ppl": perplexity(judge_scores(judge, s)),
                    "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -463,8 +463,9 @@ def _lossless(lm, prompts: list[str], cfg: CompareConfig, options: dict, rows: l
     return {"identical": sum(a == b for a, b in zip(reference, rows)), "n": len(rows)}
 
 
-def _judge_scores(judge, system: System) -> list[tuple[float, int]]:
-    """(nats, tokens) of each continuation given its opening, under the judge."""
+def judge_scores(judge, system: System) -> list[tuple[float, int]]:
+    """(nats, tokens) of each continuation of ``system`` given its opening, under the ``judge`` adapter
+    (generation perplexity's parts; openings longer than the judge's context are left out)."""
     prefix = [len(judge.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in system.prompts]
     texts, ok = [], []
     for t, p in zip(system.texts, prefix):
@@ -476,7 +477,8 @@ def _judge_scores(judge, system: System) -> list[tuple[float, int]]:
     return list(zip(r.per_text, r.per_text_tokens))
 
 
-def _ppl(xs: list[tuple[float, int]]) -> float:
+def perplexity(xs: list[tuple[float, int]]) -> float:
+    """exp(total nats / total tokens) of (nats, tokens) pairs: a corpus perplexity."""
     return math.exp(sum(a for a, _ in xs) / sum(b for _, b in xs))
 
 
@@ -546,8 +548,8 @@ def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, s
         if index is not None:
             r["memorised8"], r["memorised8_ci"] = index.memorised(c), _ci(c, index.memorised, cfg)
         if judge_lm is not None:
-            scores = _judge_scores(judge_lm, s)
-            r["gen_ppl"], r["gen_ppl_ci"] = _ppl(scores), _ci(scores, _ppl, cfg)
+            scores = judge_scores(judge_lm, s)
+            r["gen_ppl"], r["gen_ppl_ci"] = perplexity(scores), _ci(scores, perplexity, cfg)
         if feats_real is not None:
             # real text is scored against other held-out stories: the data-vs-data ceiling
             feats = feats_ceiling if s.name == REAL else M.sentence_embeddings(c)
@@ -580,7 +582,7 @@ def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]]
             rows, nfe = generate_samples(lm, prompts, cfg, {**options, knob: v}, seed=cfg.seed, cache=cache)
             s = System(name, prompts, [c for _, c in rows], [t for t, _ in rows])
             point = {"value": v, "nfe": nfe, "entropy": M.unigram_entropy(s.continuations),
-                     "rep4": M.rep_n(s.continuations, 4), "gen_ppl": _ppl(_judge_scores(judge, s))}
+                     "rep4": M.rep_n(s.continuations, 4), "gen_ppl": perplexity(judge_scores(judge, s))}
             if feats_real is not None:
                 point["mauve"] = M.mauve_score(M.sentence_embeddings(s.continuations), feats_real, seed=cfg.seed)
             points.append(point)
@@ -719,7 +721,7 @@ def _nfe_sweep(name: str, lm, options: dict, prompts, judge_lm, synthetic, cfg) 
         row = {"model": name, "steps": v, "nfe": nfe,
                "entropy": M.unigram_entropy(s.continuations), "rep4": M.rep_n(s.continuations, 4)}
         if judge_lm is not None:
-            row["gen_ppl"] = _ppl(_judge_scores(judge_lm, s))
+            row["gen_ppl"] = perplexity(judge_scores(judge_lm, s))
         if synthetic:
             try:
                 p = cons.synthetic_probe(prompts, s.texts)
