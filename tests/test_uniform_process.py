@@ -189,3 +189,14 @@ def test_the_argmax_of_a_gaussian_diffusion_is_uniform_state_diffusion(k):
     assert torch.equal(soft.argmax(-1), z) and float((soft.max(-1).values > 0.999).double().mean()) > 0.995
     assert torch.allclose(U.gaussian_alpha(U.gaussian_ratio(torch.tensor([0.1, 0.5, 0.9]), k), k),
                           torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), atol=1e-6)
+
+
+def test_one_pass_kl_equals_the_direct_sum_over_the_vocabulary():
+    torch.manual_seed(0)
+    for k in (3, 7, 50):
+        x = torch.randint(0, k, (6, 9))
+        z = torch.where(torch.rand(6, 9) < 0.4, x, torch.randint(0, k, (6, 9)))
+        p = torch.rand(6, 9, k, dtype=torch.float64).softmax(-1)
+        for a_s, a_t in ((0.9, 0.4), (1.0, 0.3), (0.5, 0.5), (0.2, 0.0), (1.0, 0.0), (0.3, 0.299)):
+            args = (torch.full((6, 1, 1), a_s, dtype=torch.float64), torch.full((6, 1, 1), a_t, dtype=torch.float64))
+            assert torch.allclose(U.step_kl(x, z, p, *args), U.step_kl_dense(x, z, p, *args), atol=1e-12), (k, a_s)

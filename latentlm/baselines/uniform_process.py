@@ -97,7 +97,47 @@ def step_kl(x: torch.Tensor, z_t: torch.Tensor, p: torch.Tensor, alpha_s: torch.
             alpha_t: torch.Tensor) -> torch.Tensor:
     """KL(q(z_s | z_t, x) || q(z_s | z_t, p)) at each position (...), in nats, for clean ids x (...), the
     noisy ids z_t (...) and the denoiser's clean-token probabilities p (..., K). At alpha_s = 1 it is the
-    reconstruction term -log q(x0 = x | z_t, p)."""
+    reconstruction term -log q(x0 = x | z_t, p).
+
+    One pass over the vocabulary: the true posterior puts the same mass c / D on every token other than x
+    and z_t (c = (1 - alpha_{t|s})(1 - alpha_s) / K), so its KL needs the model posterior's log-numerators
+    summed over the vocabulary and read at x and z_t only (:func:`step_kl_dense` is the direct sum)."""
+    k = p.shape[-1]
+    a_t, a_s = (a.to(p.dtype)[..., 0] if a.dim() else a.to(p.dtype) for a in (alpha_t, alpha_s))  # (..., 1) -> (...)
+    a_ts = a_t / a_s
+    c = (1 - a_ts) * (1 - a_s) / k
+    same = (x == z_t).to(p.dtype)
+    p_x, p_z = p.gather(-1, x[..., None])[..., 0], p.gather(-1, z_t[..., None])[..., 0]
+    # the true posterior's numerators at x and at z_t (one entry when x = z_t), and its normaliser
+    true_x = a_t * k * same + (a_ts - a_t) * same + (a_s - a_t) + c
+    true_z = (a_ts - a_t) + c  # used when x != z_t
+    den_true = a_t * k * same + 1 - a_t
+    # the model posterior's numerators: (alpha_s - alpha_t) p_v + c, plus alpha_t K p_z + alpha_ts - alpha_t at z_t
+    model_x = (a_s - a_t) * p_x + c + (a_t * k * p_x + a_ts - a_t) * same
+    model_z = (a_s - a_t) * p_z + c + a_t * k * p_z + a_ts - a_t
+    den_model = a_t * k * p_z + 1 - a_t
+    log = torch.log
+    # the other K - 1 (x = z_t) or K - 2 tokens: c / D_true (log c - log numerator), from one sum over the vocabulary
+    n_rest = k - 2 + same
+    rest = torch.zeros_like(p_x)
+    if bool((c > 0).any()):
+        bulk = log((a_s - a_t)[..., None] * p + c[..., None]).sum(-1)  # sum_v log((alpha_s - alpha_t) p_v + c)
+        base_x = log((a_s - a_t) * p_x + c)
+        base_z = log((a_s - a_t) * p_z + c)
+        rest_log_model = bulk - base_z - (1 - same) * base_x  # over the tokens other than x and z_t
+        rest = torch.where(c > 0, c / den_true * (n_rest * log(c.clamp_min(1e-300)) - rest_log_model),
+                           torch.zeros_like(rest))
+    q_x = true_x / den_true
+    q_z = true_z / den_true
+    kl = torch.where(q_x > 0, q_x * (log(true_x.clamp_min(1e-300)) - log(model_x)), torch.zeros_like(q_x))
+    kl = kl + (1 - same) * torch.where(
+        q_z > 0, q_z * (log(true_z.clamp_min(1e-300)) - log(model_z)), torch.zeros_like(q_z))
+    return kl + rest - log(den_true) + log(den_model)
+
+
+def step_kl_dense(x: torch.Tensor, z_t: torch.Tensor, p: torch.Tensor, alpha_s: torch.Tensor,
+                  alpha_t: torch.Tensor) -> torch.Tensor:
+    """:func:`step_kl` as the direct sum over the vocabulary of both posteriors (the reference)."""
     k = p.shape[-1]
     true = posterior(torch.nn.functional.one_hot(x, k).to(p.dtype), z_t, alpha_s, alpha_t)
     model = posterior(p, z_t, alpha_s, alpha_t)
