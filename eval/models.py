@@ -209,57 +209,23 @@ class PTPAdapter(ARAdapter):
         return self._finish(prompts, new, calls)
 
 
-class MDLMAdapter(LanguageModelAdapter):
-    kind = "mdlm"
+class _TokenDiffusionAdapter(LanguageModelAdapter):
+    """What the token-diffusion adapters share: prompts batched by length and filled after the clamped
+    prompt by ``generate_fn(model, x, max_new_tokens, prompt_mask=, generator=, **options)``, and the
+    Monte Carlo bound ``bound(model, ids, prefix_len=, n_samples=, generator_seed=)`` text by text."""
 
-    @torch.no_grad()
-    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, decoder: str = "ancestral",
-                 num_inference_steps: int = 64, threshold: float = 0.9, temperature: float = 1.0
-                 ) -> GenerationOutput:
+    generate_fn = None
+    bound = None
+
+    def _fill(self, prompts, max_new_tokens: int, generator, **options) -> GenerationOutput:
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=0)
         new, nfe = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long), 0
         for group, x, m in _length_buckets(ids, self.tokenizer.pad_token_id, self.model.device):
-            rows, n = mdlm_decoders.generate(self.model, x, max_new_tokens, decoder=decoder, steps=num_inference_steps,
-                                             threshold=threshold, temperature=temperature, generator=generator,
-                                             prompt_mask=m)
+            rows, n = type(self).generate_fn(self.model, x, max_new_tokens, generator=generator, prompt_mask=m,
+                                             **options)
             new[group] = rows.cpu()
             nfe = max(nfe, n)  # every sample saw at most n evaluations (batches run separately)
-        return self._finish(prompts, new, nfe)
-
-    @torch.no_grad()
-    def _nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
-            seed: int = 0) -> NLLOutput:
-        units = self._score_units(texts, prefix_len)
-        means, ses = [], []
-        for i, (ids, _) in enumerate(tqdm(units, desc=f"nll {self.name}", disable=not progress)):
-            x = torch.tensor([ids], device=self.model.device)
-            m, se = mdlm.nll_bound(self.model, x, prefix_len=prefix_len, n_samples=n_samples, generator_seed=seed + i)
-            means.append(float(m[0]))
-            ses.append(float(se[0]))
-        return summarise_nll(means, ses, units, prefix_len, exact=False)
-
-
-class UniformAdapter(LanguageModelAdapter):
-    """Uniform-state token diffusion (baselines/uniform_diffusion.py): ancestral or Psi sampling, and the
-    NELBO of its ``loss_steps``-step reverse process as the likelihood bound."""
-
-    kind = "duo"
-
-    @torch.no_grad()
-    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, decoder: str = "ancestral",
-                 num_inference_steps: int = 64, temperature: float = 1.0, corrector: float = 0.5,
-                 corrector_interval: tuple[float, float] = (0.0, 1.0)) -> GenerationOutput:
-        prompts = _check_prompts(prompts)
-        ids = self._prompt_ids(prompts, max_new_tokens, reserve=0)
-        new, nfe = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long), 0
-        for group, x, m in _length_buckets(ids, self.tokenizer.pad_token_id, self.model.device):
-            rows, n = uniform.generate(self.model, x, max_new_tokens, decoder=decoder, steps=num_inference_steps,
-                                       temperature=temperature, corrector=corrector,
-                                       corrector_interval=tuple(corrector_interval), generator=generator,
-                                       prompt_mask=m)
-            new[group] = rows.cpu()
-            nfe = max(nfe, n)
         return self._finish(prompts, new, nfe)
 
     @torch.no_grad()
@@ -269,11 +235,39 @@ class UniformAdapter(LanguageModelAdapter):
         means, ses = [], []
         for i, (ids, _) in enumerate(tqdm(units, desc=f"nll {self.name}", disable=not progress)):
             x = torch.tensor([ids], device=self.model.device)
-            m, se = uniform.nll_bound(self.model, x, prefix_len=prefix_len, n_samples=n_samples,
-                                      generator_seed=seed + i)
+            m, se = type(self).bound(self.model, x, prefix_len=prefix_len, n_samples=n_samples,
+                                     generator_seed=seed + i)
             means.append(float(m[0]))
             ses.append(float(se[0]))
         return summarise_nll(means, ses, units, prefix_len, exact=False)
+
+
+class MDLMAdapter(_TokenDiffusionAdapter):
+    kind = "mdlm"
+    generate_fn, bound = mdlm_decoders.generate, mdlm.nll_bound
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, decoder: str = "ancestral",
+                 num_inference_steps: int = 64, threshold: float = 0.9, temperature: float = 1.0
+                 ) -> GenerationOutput:
+        return self._fill(prompts, max_new_tokens, generator, decoder=decoder, steps=num_inference_steps,
+                          threshold=threshold, temperature=temperature)
+
+
+class UniformAdapter(_TokenDiffusionAdapter):
+    """Uniform-state token diffusion (baselines/uniform_diffusion.py): ancestral or Psi sampling, and the
+    NELBO of its ``loss_steps``-step reverse process as the likelihood bound."""
+
+    kind = "duo"
+    generate_fn, bound = uniform.generate, uniform.nll_bound
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, decoder: str = "ancestral",
+                 num_inference_steps: int = 64, temperature: float = 1.0, corrector: float = 0.5,
+                 corrector_interval: tuple[float, float] = (0.0, 1.0)) -> GenerationOutput:
+        return self._fill(prompts, max_new_tokens, generator, decoder=decoder, steps=num_inference_steps,
+                          temperature=temperature, corrector=corrector,
+                          corrector_interval=tuple(corrector_interval))
 
 
 GENERATION_CHUNK = 64  # prompts per forward batch: bounds generation memory whatever the number of prompts
