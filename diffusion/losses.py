@@ -43,17 +43,18 @@ import torch
 import torch.nn.functional as F
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
+from latentlm.choices import current_value
 from latentlm.diffusion.time_density import TimeWarp, time_density_spec
 from latentlm.errors import ConfigError, check_choice
 from latentlm.outputs import LossOutput
 
-TIME_SAMPLING = ("uniform", "logit_normal", "learned")
+TIME_SAMPLING = ("uniform", "logit-normal", "learned")
 TIME_WARP_BINS = 100  # bins of a learned time density (time_sampling = "learned")
 # how a block-causal denoiser's rows are noised: one time per row; one per block, each block seeing the
 # noisy blocks before it (Diffusion Forcing); one per block in the [clean ; noisy] layout, each block seeing
 # the clean blocks before it (BD3-LM); or either of the last two, half of the batches each
-BLOCK_REGIMES = ("row", "independent", "clean_prefix", "mix")
-TIME_WEIGHTINGS = ("none", "min_snr")
+BLOCK_REGIMES = ("row", "independent", "clean-prefix", "mix")
+TIME_WEIGHTINGS = ("none", "min-snr")
 
 
 @dataclass
@@ -67,7 +68,7 @@ class DenoiserLossConfig:
     min_latents_fraction: float = 0.25  # shortest continuation, as a share of the autoencoder's latents
     decoder_ce: float = 0.0  # weight of the decoder cross-entropy of x0_hat (0 = MSE only)
     pad_weight: float = 0.1  # weight of padding positions in that cross-entropy
-    # density of the training times t: "uniform", "logit_normal" (time_mean, time_std) or "learned" (CDCD's
+    # density of the training times t: "uniform", "logit-normal" (time_mean, time_std) or "learned" (CDCD's
     # time warping, diffusion/time_density.py: mass where the x0 error changes fastest; needs a uniform share)
     time_sampling: str = "uniform"
     time_mean: float = 0.0  # logit-normal location m (0 = centred on t = 0.5)
@@ -86,10 +87,14 @@ class DenoiserLossConfig:
     # weight of latents that are all padding after the end-of-text in the MSE (1: like text; TinyStories
     # rows at cpu-small settings: 41% of the loss-bearing latents)
     latent_pad_weight: float = 1.0
-    # weighting of the error over times: "none", or "min_snr" (Hang et al. 2023, arXiv:2303.09556): the
+    # weighting of the error over times: "none", or "min-snr" (Hang et al. 2023, arXiv:2303.09556): the
     # x0 error weighted by min(SNR, gamma) (eps: min(SNR, gamma) / SNR, v: min(SNR, gamma) / (SNR + 1))
     time_weighting: str = "none"
     min_snr_gamma: float = 5.0
+
+    def __post_init__(self) -> None:  # the underscore spellings (logit_normal, ...) read as the current ones
+        for name in ("time_sampling", "block_regime", "time_weighting"):
+            setattr(self, name, current_value(getattr(self, name)))
 
     def validate(self) -> None:
         for name in ("p_unconditional", "p_prompt_drop", "p_self_cond", "p_sentence_split"):
@@ -173,12 +178,12 @@ def block_times(b: int, n_blocks: int, cfg: DenoiserLossConfig, time_cfg: Denois
     (``clean=z0`` for the [clean ; noisy] layout). ``time_cfg`` says how times are drawn."""
     regime = cfg.block_regime
     if regime == "mix":
-        regime = "clean_prefix" if torch.rand(()) < 0.5 else "independent"
+        regime = "clean-prefix" if torch.rand(()) < 0.5 else "independent"
     if regime == "row":
         return sample_times(b, time_cfg, device, warp), {}
     t = sample_times(b * n_blocks, time_cfg, device, warp)
     t = t[torch.randperm(b * n_blocks, device=device)].reshape(b, n_blocks)
-    return t, ({"clean": z0} if regime == "clean_prefix" else {})
+    return t, ({"clean": z0} if regime == "clean-prefix" else {})
 
 
 def split_points(ids: torch.Tensor, lengths: torch.Tensor, cfg: DenoiserLossConfig,
@@ -295,7 +300,7 @@ def diffusion_loss(model, x: DenoiserBatch, cfg: DenoiserLossConfig, autoencoder
     if cfg.latent_pad_weight != 1 or cfg.time_weighting != "none":
         pos = known * torch.where(x.padding, cfg.latent_pad_weight, 1.0)
         w = pos / pos.sum().clamp_min(1e-8)
-        if cfg.time_weighting == "min_snr":
+        if cfg.time_weighting == "min-snr":
             snr = (alpha / sigma).pow(2)[..., 0].expand(b, n)  # (b, n)
             clipped = snr.clamp(max=cfg.min_snr_gamma)
             err = err * {"x0": clipped, "eps": clipped / snr, "v": clipped / (snr + 1)}[p]

@@ -40,6 +40,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from latentlm.choices import current_value
 from latentlm.diffusion.schedules import SCHEDULES, NoiseSchedule
 from latentlm.diffusion.time_density import TimeWarp
 from latentlm.errors import ConfigError, InputError, check_choice
@@ -112,12 +113,14 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         max_latents: int = 256,
         parameterisation: str = "x0",
         self_conditioning: bool = True,
-        schedule: str = "shifted_cosine",
+        schedule: str = "shifted-cosine",
         schedule_shift: float = 4.0,
         block_size: int | None = None,
         time_warp_bins: int = 0,
     ) -> None:
         super().__init__()
+        schedule = current_value(schedule)
+        self.register_to_config(schedule=schedule)  # a config.json saved as shifted_cosine reads as shifted-cosine
         self.validate_config(dict(parameterisation=parameterisation, schedule=schedule, block_size=block_size,
                                   max_latents=max_latents, time_warp_bins=time_warp_bins))
         self.in_proj = nn.Linear(2 * latent_dim, dim)  # [z_t, self-conditioning estimate]
@@ -136,7 +139,7 @@ class LatentDenoiser(ModelMixin, ConfigMixin):
         """Check the enum settings in ``values`` (constructor arguments); raise ConfigError."""
         for key, choices in (("parameterisation", PARAMETERISATIONS), ("schedule", SCHEDULES)):
             if key in values:
-                check_choice(where + key, values[key], choices)
+                check_choice(where + key, current_value(values[key]), choices)
         bins = values.get("time_warp_bins", 0)
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 0:
             raise ConfigError(f"{where}time_warp_bins must be a number of bins >= 0, got {bins!r}")

@@ -4,7 +4,7 @@ z_t = alpha_t * z_0 + sigma_t * eps,  alpha_t^2 + sigma_t^2 = 1,  t in [0, 1].
 A schedule is its log signal-to-noise ratio lambda(t) = log(alpha_t^2 / sigma_t^2):
 
 * ``cosine``: lambda(t) = -2 log tan(pi t / 2) (Nichol & Dhariwal 2021, continuous);
-* ``shifted_cosine``: cosine shifted by -2 log(shift): more time at high noise
+* ``shifted-cosine``: cosine shifted by -2 log(shift): more time at high noise
   (Hoogeboom et al. 2023, "simple diffusion", arXiv:2301.11093; shift 4 by default).
   Text latents suit high-noise schedules: TEncDM (arXiv:2402.19097) reports ROCStories
   MAUVE 0.098 with the cosine schedule against 0.762 with a high-noise one.
@@ -19,19 +19,21 @@ from dataclasses import dataclass
 
 import torch
 
+from latentlm.choices import current_value
 from latentlm.errors import InputError, check_choice
 
-SCHEDULES = ("cosine", "shifted_cosine")
+SCHEDULES = ("cosine", "shifted-cosine")
 
 
 @dataclass(frozen=True)
 class NoiseSchedule:
-    name: str = "shifted_cosine"
+    name: str = "shifted-cosine"
     shift: float = 4.0
     t_min: float = 1e-4
     t_max: float = 1 - 1e-4
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "name", current_value(self.name))  # configs saved as shifted_cosine
         check_choice("schedule", self.name, SCHEDULES)
         if self.shift <= 0:
             raise InputError(f"shift must be positive, got {self.shift}")
@@ -39,7 +41,7 @@ class NoiseSchedule:
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         t = t.double().clamp(self.t_min, self.t_max)
         lam = -2 * torch.log(torch.tan(math.pi * t / 2))
-        if self.name == "shifted_cosine":
+        if self.name == "shifted-cosine":
             lam = lam - 2 * math.log(self.shift)
         return lam
 
@@ -51,7 +53,7 @@ class NoiseSchedule:
     def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
         """Inverse of log_snr."""
         lam = lam.double()
-        if self.name == "shifted_cosine":
+        if self.name == "shifted-cosine":
             lam = lam + 2 * math.log(self.shift)
         return (2 / math.pi) * torch.atan(torch.exp(-lam / 2))
 

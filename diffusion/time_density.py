@@ -16,6 +16,8 @@ import warnings
 import torch
 from torch import nn
 
+from latentlm.choices import current_value
+
 # a step counts as untrained when the training density around it is below this share of uniform's
 # (logit-normal(0.25, 0.15) falls below it under t = 0.43 and over t = 0.69; logit-normal(0, 1) nowhere in
 # 0.03-0.97)
@@ -81,7 +83,7 @@ def time_density_spec(sampling: str, mean: float = 0.0, std: float = 1.0, unifor
                       bins: list[float] | None = None) -> dict:
     """The description saved with a pipeline (JSON): the training loss's time settings; ``bins``: the
     probability of each bin of a learned density (:meth:`TimeWarp.density`)."""
-    spec = {"sampling": sampling, "mean": float(mean), "std": float(std), "uniform_share": float(uniform_share)}
+    spec = {"sampling": current_value(sampling), "mean": float(mean), "std": float(std), "uniform_share": float(uniform_share)}
     if bins is not None:
         spec["bins"] = [float(x) for x in bins]
     return spec
@@ -146,7 +148,7 @@ def warn_untrained(spec: dict | None, times: list[float], what: str) -> list[flo
         warnings.warn(
             f"{len(bad)} of the {len(times)} steps of {what} fall at times the denoiser was hardly trained at "
             f"({where}; its training times: {spec['sampling']}"
-            + (f"({spec['mean']:g}, {spec['std']:g})" if spec["sampling"] == "logit_normal" else "")
+            + (f"({spec['mean']:g}, {spec['std']:g})" if spec["sampling"] == "logit-normal" else "")
             + (f" with {spec['uniform_share']:g} uniform" if spec.get("uniform_share") else "")
             + "): its estimates there are untrained. Train with times that cover the sampler's steps "
             "(loss.time_uniform_share, a broader loss.time_std).", UntrainedTimesWarning, stacklevel=3)

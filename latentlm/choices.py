@@ -8,6 +8,17 @@ SAMPLING_MODES = ("parallel", "block-ar", "staggered")  # how a latent pipeline 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpm++", "flow-euler")  # the latent pipeline's samplers (diffusers)
 MDLM_DECODERS = ("ancestral", "llada", "threshold", "anchor")  # MDLM's decoders (baselines/mdlm_decoders.py)
 UNIFORM_DECODERS = ("ancestral", "psi")  # uniform-state diffusion's samplers (baselines/uniform_decoders.py)
+# Option values are lowercase words joined by hyphens. Four were spelled with underscores before; configs
+# saved that way (run_config.json, config.json, presets, --set overrides) are read under the current name.
+RENAMED_VALUES = {"logit_normal": "logit-normal", "clean_prefix": "clean-prefix", "min_snr": "min-snr",
+                  "shifted_cosine": "shifted-cosine"}
+
+
+def current_value(value: object) -> object:
+    """``value`` under its current spelling (:data:`RENAMED_VALUES`); anything else unchanged."""
+    return RENAMED_VALUES.get(value, value) if isinstance(value, str) else value
+
+
 DEFAULT_VOCAB_SIZE = 4096  # a tokenizer trained by a run
 DEFAULT_SHARD_TOKENS = 100_000_000  # tokens per shard file at most (200 MB of uint16)
 QUICKSTART_STORIES = 4000  # synthetic training stories of `make demo`

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from latentlm.choices import current_value
 from latentlm.errors import ConfigError
 
 T = TypeVar("T")
@@ -147,7 +148,7 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         raise ConfigError(
             f"unknown key(s) {unknown} in [{where or cls.__name__}]; valid keys: {', '.join(sorted(fields))}"
         )
-    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    kwargs = {k: current_value(_check_type(v, hints[k], f"{where}.{k}" if where else k)) for k, v in values.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):

@@ -26,7 +26,7 @@ from latentlm.config import from_dict
 from latentlm.data.tokenizer import load_tokenizer
 from latentlm.errors import CheckpointError
 from latentlm.loading import is_pipeline_folder, load_model
-from latentlm.recipes import get_recipe, resolve_run_config
+from latentlm.recipes import RunContext, get_recipe, resolve_run_config
 
 # the kinds a preset trains for the comparison; the latent model is autoencoder + denoiser
 PRESET_KINDS = ("ar", "mdlm", "duo", "autoencoder", "denoiser")
@@ -83,19 +83,19 @@ def count_training_flops(model: torch.nn.Module, loss_fn, seq_len: int, vocab_si
     return counter.get_total_flops()
 
 
-def training_cost(kind: str, cfg: dict[str, Any], tokenizer, ctx: dict[str, Any] | None = None,
+def training_cost(kind: str, cfg: dict[str, Any], tokenizer, ctx: RunContext | None = None,
                   seed: int = 0) -> TrainingCost:
     """The cost of a run of ``kind`` with the resolved sections ``cfg`` (:func:`resolve_run_config`);
     ``tokenizer``: the run's, or anything with ``len()`` and the special ids; ``ctx``: the frozen
-    networks the run uses (``{"autoencoder": ...}`` for a denoiser)."""
+    networks the run uses (``RunContext(autoencoder=...)`` for a denoiser)."""
     recipe = get_recipe(kind)
-    ctx = {"sentence_ends": None, **(ctx or {})}
-    if recipe.needs_autoencoder and "autoencoder" not in ctx:
+    ctx = ctx or RunContext()
+    if recipe.needs_autoencoder and ctx.autoencoder is None:
         raise CheckpointError(f"the cost of a {kind} run needs the autoencoder it trains on")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = recipe.build_model(cfg, tokenizer, ctx)
-    frozen = sum(p.numel() for k in ("autoencoder", "teacher") if k in ctx for p in ctx[k].parameters())
+    frozen = sum(p.numel() for net in (ctx.autoencoder, ctx.teacher) if net is not None for p in net.parameters())
     seq_len, train = cfg["data"].seq_len, cfg["train"]
     flops = count_training_flops(model, recipe.make_loss(cfg, ctx), seq_len, len(tokenizer),
                                  _special_ids(tokenizer), seed)
@@ -110,12 +110,12 @@ def preset_costs(preset: str, vocab_size: int, overrides: dict[str, list[str]] |
     overrides = overrides or {}
     tok = _SizeOnly(vocab_size)
     costs: dict[str, TrainingCost] = {}
-    ctx: dict[str, Any] = {}
+    ctx = RunContext()
     for kind in PRESET_KINDS:
         cfg = resolve_run_config(kind, preset, overrides=overrides.get(kind))
         if kind == "denoiser":
             ae_cfg = resolve_run_config("autoencoder", preset, overrides=overrides.get("autoencoder"))
-            ctx["autoencoder"] = get_recipe("autoencoder").build_model(ae_cfg, tok, {}).requires_grad_(False)
+            ctx.autoencoder = get_recipe("autoencoder").build_model(ae_cfg, tok, RunContext()).requires_grad_(False)
         costs[kind] = training_cost(kind, cfg, tok, ctx)
     return costs
 
@@ -140,11 +140,11 @@ def run_cost(folder: str | Path) -> TrainingCost | None:
                               f"{folder}/run_config.json [{name}]")
     pipeline = is_pipeline_folder(folder)
     tokenizer = load_tokenizer(folder / "tokenizer" if pipeline else folder)
-    ctx = {}
+    ctx = RunContext()
     if recipe.needs_autoencoder:
         if not pipeline:
             raise CheckpointError(f"{folder}: a {kind} run's folder must be its pipeline (with its autoencoder)")
-        ctx["autoencoder"] = load_model(folder / "autoencoder").requires_grad_(False)
+        ctx.autoencoder = load_model(folder / "autoencoder").requires_grad_(False)
     return training_cost(kind, cfg, tokenizer, ctx)
 
 

@@ -45,7 +45,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
-from latentlm.choices import SAMPLING_MODES, SCHEDULER_NAMES
+from latentlm.choices import SAMPLING_MODES, SCHEDULER_NAMES, current_value
 from latentlm.diffusion.samplers import SAMPLERS, BlockContext, Estimate, plan_steps
 from latentlm.diffusion.time_density import warn_untrained
 from latentlm.errors import CheckpointError, ConfigError, InputError, check_choice, check_text
@@ -180,6 +180,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 f"{autoencoder.config.vocab_size}: the tokenizer folder belongs to another model")
         self.register_modules(tokenizer=tokenizer, autoencoder=autoencoder, denoiser=denoiser,
                               scheduler=scheduler, denoiser_2=denoiser_2)
+        if training_times:  # saved as logit_normal: read as logit-normal
+            training_times = {**training_times, "sampling": current_value(training_times["sampling"])}
         self.register_to_config(boundary=boundary, sampling_mode=sampling_mode, window_blocks=window_blocks,
                                 training_times=training_times)
         self._coverage_checked: set = set()

@@ -83,26 +83,39 @@ class DataConfig:
 
 
 @dataclass
+class RunContext:
+    """What a run brings besides its config sections: the frozen networks it trains against and the
+    facts of its data. Each recipe reads the fields its kind needs (``Recipe.needs_*``)."""
+
+    autoencoder: TextAutoencoder | None = None  # denoiser runs: the frozen autoencoder
+    teacher: CausalLM | None = None  # PTP runs: the frozen AR that verifies the drafts
+    pipeline: LatentDiffusionPipeline | None = None  # decoder adaptation: the trained latent pipeline
+    split_cfg: DenoiserLossConfig | None = None  # decoder adaptation: how the pipeline's denoiser split rows
+    sentence_ends: torch.Tensor | None = None  # token ids that end a sentence (prompt/continuation splits)
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)  # saved as the pipeline's defaults
+    training_times: dict[str, Any] | None = None  # the denoiser's training-time density, saved with it
+
+
+@dataclass
 class Recipe:
     """How to build, feed and train one model kind.
 
     ``build_model(cfg, tokenizer, ctx)`` and ``make_loss(cfg, ctx)`` receive the
     resolved sections (``cfg["model"]``, ``cfg["data"]``, any ``extra_sections``)
-    and the run context (``ctx["autoencoder"]``: the frozen autoencoder of a
-    denoiser run; ``ctx["teacher"]``: the frozen AR of a PTP run). ``export(model,
-    tokenizer, ctx, folder)`` writes the result.
+    and the :class:`RunContext` (the frozen networks the run trains against).
+    ``export(model, tokenizer, ctx, folder)`` writes the result.
     """
 
     kind: str
     model_config: type
-    build_model: Callable[[dict[str, Any], Any, dict[str, Any]], torch.nn.Module]
-    make_loss: Callable[[dict[str, Any], dict[str, Any]], LossFn]
+    build_model: Callable[[dict[str, Any], Any, RunContext], torch.nn.Module]
+    make_loss: Callable[[dict[str, Any], RunContext], LossFn]
     layout: Layout = "stream"
     extra_sections: dict[str, type] = dataclasses.field(default_factory=dict)
     needs_autoencoder: bool = False
     needs_teacher: bool = False
     needs_pipeline: bool = False  # a trained latent pipeline (--pipeline): decoder adaptation
-    export: Callable[[torch.nn.Module, Any, dict[str, Any], Path], None] | None = None
+    export: Callable[[torch.nn.Module, Any, RunContext, Path], None] | None = None
 
     def schema(self) -> dict[str, type]:
         return {"model": self.model_config, "train": TrainConfig, "data": DataConfig,
@@ -194,7 +207,7 @@ class ExpertsConfig:
 
 def denoiser_recipe() -> Recipe:
     def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
-        ae = ctx["autoencoder"]
+        ae = ctx.autoencoder
         sampling = {name for name, _, _ in SAMPLING_FIELDS}
         fields = {k: v for k, v in dataclasses.asdict(cfg["model"]).items() if k not in sampling}
         # before training, not at export: the window must fit the autoencoder's latents
@@ -204,21 +217,22 @@ def denoiser_recipe() -> Recipe:
         return LatentDenoiser(latent_dim=ae.config.latent_dim, max_latents=ae.n_latents, **fields)
 
     def export(model, tok, ctx, folder: Path) -> None:
-        times = ctx.get("training_times")
+        times = ctx.training_times
         if times and times["sampling"] == "learned" and model.time_warp is not None:  # the density it learned
             times = {**times, "bins": model.time_warp.density().tolist()}
-        pipe = LatentDiffusionPipeline(tok, ctx["autoencoder"], model, make_scheduler(ctx["sampler"], model),
-                                       sampling_mode=ctx["sampling_mode"], window_blocks=ctx["window_blocks"],
+        pipe = LatentDiffusionPipeline(tok, ctx.autoencoder, model, make_scheduler(ctx.sampling["sampler"], model),
+                                       sampling_mode=ctx.sampling["sampling_mode"],
+                                       window_blocks=ctx.sampling["window_blocks"],
                                        training_times=times)
         pipe.save_pretrained(folder)
 
-    def make_loss(cfg: dict[str, Any], ctx: dict[str, Any]) -> LossFn:
-        ae = ctx["autoencoder"]
+    def make_loss(cfg: dict[str, Any], ctx: RunContext) -> LossFn:
+        ae = ctx.autoencoder
         cache = None
         if cfg["loss"].cache_latents and getattr(ae.config, "encoder_context", "sequence") == "chunk":
             cache = ChunkLatentCache(ae)
         return functools.partial(denoiser_loss, autoencoder=ae, cfg=cfg["loss"],
-                                 sentence_ends=ctx["sentence_ends"], latent_cache=cache)
+                                 sentence_ends=ctx.sentence_ends, latent_cache=cache)
 
     return Recipe("denoiser", DenoiserConfig, build, make_loss,
                   layout="document", extra_sections={"loss": DenoiserLossConfig, "experts": ExpertsConfig},
@@ -249,7 +263,7 @@ def ptp_recipe() -> Recipe:
     from its weights; the export holds the predictor and, in ``teacher/``, the AR that verifies it."""
 
     def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
-        m, teacher = cfg["model"], ctx["teacher"]
+        m, teacher = cfg["model"], ctx.teacher
         if cfg["data"].seq_len > teacher.config.max_seq_len:
             raise ConfigError(f"data.seq_len {cfg['data'].seq_len} exceeds the teacher's context of "
                               f"{teacher.config.max_seq_len} tokens")
@@ -260,11 +274,11 @@ def ptp_recipe() -> Recipe:
     def export(model, tok, ctx, folder: Path) -> None:
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
-        ctx["teacher"].save_pretrained(folder / "teacher")
+        ctx.teacher.save_pretrained(folder / "teacher")
         tok.save_pretrained(folder / "teacher")
 
     return Recipe("ptp", PTPModelConfig, build,
-                  lambda cfg, ctx: functools.partial(ptp_loss, teacher=ctx["teacher"], cfg=cfg["loss"]),
+                  lambda cfg, ctx: functools.partial(ptp_loss, teacher=ctx.teacher, cfg=cfg["loss"]),
                   extra_sections={"loss": PTPLossConfig}, needs_teacher=True, export=export)
 
 
@@ -279,16 +293,16 @@ def decoder_recipe() -> Recipe:
     decoder side trainable, on the frozen denoiser's clean estimates; the export is the whole pipeline
     with the adapted autoencoder."""
     def build(cfg: dict[str, Any], tok, ctx) -> torch.nn.Module:
-        ae = copy.deepcopy(ctx["pipeline"].autoencoder)
+        ae = copy.deepcopy(ctx.pipeline.autoencoder)
         freeze_encoder(ae)
         return ae
 
-    def make_loss(cfg: dict[str, Any], ctx: dict[str, Any]) -> LossFn:
-        return functools.partial(decoder_adaptation_loss, denoiser=ctx["pipeline"].denoiser, cfg=cfg["loss"],
-                                 split_cfg=ctx["split_cfg"], sentence_ends=ctx["sentence_ends"])
+    def make_loss(cfg: dict[str, Any], ctx: RunContext) -> LossFn:
+        return functools.partial(decoder_adaptation_loss, denoiser=ctx.pipeline.denoiser, cfg=cfg["loss"],
+                                 split_cfg=ctx.split_cfg, sentence_ends=ctx.sentence_ends)
 
     def export(model, tok, ctx, folder: Path) -> None:
-        pipe = ctx["pipeline"]
+        pipe = ctx.pipeline
         adapted = LatentDiffusionPipeline(tok, model.eval(), pipe.denoiser, pipe.scheduler,
                                           denoiser_2=pipe.denoiser_2, boundary=pipe.config.boundary,
                                           sampling_mode=pipe.config.sampling_mode,
@@ -404,7 +418,7 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
     recipe = get_recipe(kind)
     train_cfg: TrainConfig = cfg["train"]
     data_cfg: DataConfig = cfg["data"]
-    ctx: dict[str, Any] = {}
+    ctx = RunContext()
     if recipe.needs_autoencoder:
         if autoencoder is None:
             raise ConfigError(f"training a {kind} needs --autoencoder DIR (a trained autoencoder)")
@@ -412,8 +426,8 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         if type(ae).__name__ != "TextAutoencoder":
             raise ConfigError(f"{autoencoder} holds a {type(ae).__name__}, not a TextAutoencoder")
         ae.requires_grad_(False).eval()
-        ctx = {"autoencoder": ae, **{name: getattr(cfg["model"], name) for name, _, _ in SAMPLING_FIELDS},
-               "training_times": time_density_of(cfg["loss"])}
+        ctx = RunContext(autoencoder=ae, training_times=time_density_of(cfg["loss"]),
+                         sampling={name: getattr(cfg["model"], name) for name, _, _ in SAMPLING_FIELDS})
         tokenizer = autoencoder
         # rows of loss.row_lengths autoencoder lengths (2: a prompt of up to max_seq_len tokens followed by a
         # continuation of up to max_seq_len, the most the pipeline takes and samples)
@@ -425,7 +439,7 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         pipe = load_pipeline(pipeline)
         pipe.denoiser.requires_grad_(False).eval()
         split_cfg = _saved_denoiser_loss(Path(pipeline))
-        ctx = {"pipeline": pipe, "split_cfg": split_cfg}
+        ctx = RunContext(pipeline=pipe, split_cfg=split_cfg)
         tokenizer = Path(pipeline) / "tokenizer"
         data_cfg = dataclasses.replace(data_cfg, seq_len=split_cfg.row_lengths * pipe.autoencoder.config.max_seq_len)
     elif teacher is not None and not recipe.needs_teacher:
@@ -433,7 +447,7 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
     if pipeline is not None and not recipe.needs_pipeline:
         raise ConfigError(f"--pipeline is for decoder adaptation (latentlm train decoder), not for a {kind}")
     if recipe.needs_teacher:
-        ctx["teacher"] = _load_teacher(teacher, tokenizer)
+        ctx.teacher = _load_teacher(teacher, tokenizer)
         tokenizer = teacher
     shards, valid_shards = _shard_folder(data, "--data"), _shard_folder(valid or [], "--valid")
     docs = valid_docs = None
@@ -456,7 +470,7 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
             tokenizer = _init_tokenizer(init_from, tokenizer)
     tok = load_tokenizer(tokenizer) if tokenizer else train_tokenizer(docs, data_cfg.vocab_size)
     if recipe.needs_autoencoder or recipe.needs_pipeline:
-        ctx["sentence_ends"] = torch.tensor(sentence_end_ids(tok))
+        ctx.sentence_ends = torch.tensor(sentence_end_ids(tok))
     for source in (shards, valid_shards):
         if source is not None and source.manifest["tokenizer_sha256"] != tokenizer_fingerprint(tok):
             raise DataError(f"the shards in {source.folder} were made with another tokenizer than this run's "
@@ -474,7 +488,7 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
     torch.manual_seed(train_cfg.seed)
     model = recipe.build_model(cfg, tok, ctx)
     if init_from is not None:
-        load_initial_weights(model, kind, init_from, autoencoder=ctx.get("autoencoder"))
+        load_initial_weights(model, kind, init_from, autoencoder=ctx.autoencoder)
 
     def export(m: torch.nn.Module, folder: Path) -> None:
         if recipe.export is not None:

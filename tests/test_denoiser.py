@@ -82,11 +82,11 @@ def test_training_times_uniform_and_logit_normal():
     u = sample_times(1000, DenoiserLossConfig(), "cpu")
     assert u.shape == (1000,) and 0 <= float(u.min()) and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.01  # stratified: one point in each 1/1000 of [0, 1)
-    ln = sample_times(1000, DenoiserLossConfig(time_sampling="logit_normal"), "cpu")
+    ln = sample_times(1000, DenoiserLossConfig(time_sampling="logit-normal"), "cpu")
     assert 0 < float(ln.min()) and float(ln.max()) < 1
     mid = lambda t: float(((t > 0.3) & (t < 0.7)).float().mean())  # noqa: E731
     assert mid(ln) > 0.55 > 0.45 > mid(u)  # logit-normal N(0, 1): 60% of times in (0.3, 0.7), uniform 40%
-    shifted = sample_times(1000, DenoiserLossConfig(time_sampling="logit_normal", time_mean=1.0), "cpu")
+    shifted = sample_times(1000, DenoiserLossConfig(time_sampling="logit-normal", time_mean=1.0), "cpu")
     assert float(shifted.median()) == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.01)
     for bad, match in (({"time_sampling": "lognormal"}, "time_sampling"), ({"time_std": 0.0}, "time_std"),
                        ({"time_std": float("nan")}, "time_std"), ({"time_mean": float("inf")}, "time_mean")):
@@ -104,12 +104,12 @@ def test_validation_loss_draws_uniform_times(ae, tiny_tokenizer, monkeypatch):
     monkeypatch.setattr(losses, "sample_times", lambda b, cfg, *a: seen.append(cfg.time_sampling) or real(b, cfg, *a))
     den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8)
     b = batch(tiny_tokenizer, ["lily had a red kite. the sun was warm."] * 4)
-    cfg = DenoiserLossConfig(time_sampling="logit_normal", p_self_cond=0.0)
+    cfg = DenoiserLossConfig(time_sampling="logit-normal", p_self_cond=0.0)
     den.train()
     denoiser_loss(den, b, autoencoder=ae, cfg=cfg)
     den.eval()
     denoiser_loss(den, b, autoencoder=ae, cfg=cfg)
-    assert seen == ["logit_normal", "uniform"]
+    assert seen == ["logit-normal", "uniform"]
 
 
 def test_a_learned_time_density_puts_its_mass_where_the_error_changes():
@@ -140,7 +140,7 @@ def test_a_learned_time_density_puts_its_mass_where_the_error_changes():
 def test_learned_times_train_the_warp_with_the_denoiser(ae, tiny_tokenizer, tmp_path):
     from latentlm.diffusion.losses import time_density_of
     from latentlm.loading import load_pipeline
-    from latentlm.recipes import get_recipe
+    from latentlm.recipes import RunContext, get_recipe
 
     torch.manual_seed(0)
     den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8, time_warp_bins=20).train()
@@ -150,8 +150,8 @@ def test_learned_times_train_the_warp_with_the_denoiser(ae, tiny_tokenizer, tmp_
     out.loss.backward()
     assert out.metrics["time_warp_fit"] > 0 and den.time_warp.raw.grad.abs().sum() > 0
     # the exported pipeline keeps the learned density: the coverage check and `info` read it
-    ctx = {"autoencoder": ae, "sampler": "ddpm", "sampling_mode": "parallel", "window_blocks": 4,
-           "training_times": time_density_of(cfg)}
+    ctx = RunContext(autoencoder=ae, training_times=time_density_of(cfg),
+                     sampling={"sampler": "ddpm", "sampling_mode": "parallel", "window_blocks": 4})
     get_recipe("denoiser").export(den.eval(), tiny_tokenizer, ctx, tmp_path / "p")
     times = load_pipeline(tmp_path / "p").config.training_times
     assert times["sampling"] == "learned" and len(times["bins"]) == 20 and sum(times["bins"]) == pytest.approx(1)
@@ -277,14 +277,14 @@ def test_the_loss_with_a_latent_cache_is_the_loss_without(tiny_tokenizer):
 
 def test_the_recipe_caches_latents_of_a_chunk_encoder_only(tiny_tokenizer):
     from latentlm.autoencoder.latent_cache import ChunkLatentCache
-    from latentlm.recipes import get_recipe, resolve_run_config
+    from latentlm.recipes import RunContext, get_recipe, resolve_run_config
 
     recipe = get_recipe("denoiser")
     for context, cache_latents, cached in (("chunk", True, True), ("chunk", False, False), ("sequence", True, False)):
         ae = TextAutoencoder(vocab_size=len(tiny_tokenizer), max_seq_len=32, latent_dim=8, dim=32, encoder_depth=1,
                              decoder_depth=1, encoder_context=context)
         cfg = resolve_run_config("denoiser", overrides=[f"loss.cache_latents={str(cache_latents).lower()}"])
-        loss = recipe.make_loss(cfg, {"autoencoder": ae, "sentence_ends": None})
+        loss = recipe.make_loss(cfg, RunContext(autoencoder=ae))
         assert isinstance(loss.keywords["latent_cache"], ChunkLatentCache) == cached
 
 
@@ -345,7 +345,7 @@ def _loss_cases(ae, tok):
     settings = {
         "x0": ({}, {}),
         "eps, logit-normal, sentence splits": (dict(parameterisation="eps"),
-                                               dict(time_sampling="logit_normal", time_mean=0.25, time_std=0.15,
+                                               dict(time_sampling="logit-normal", time_mean=0.25, time_std=0.15,
                                                     p_sentence_split=0.5)),
         "v, decoder CE, self-conditioning always": (dict(parameterisation="v"), dict(decoder_ce=1.0, p_self_cond=1.0)),
         "blocks of 2, mix": (dict(block_size=2, max_latents=8), dict(prompt_groups=2)),
@@ -551,7 +551,7 @@ def test_a_block_causal_denoiser_trains_samples_and_bounds_in_whole_blocks(ae, t
     assert calls and all(shape == (1, -(-n_latents // 4)) and clean for shape, clean in calls)
 
 
-@pytest.mark.parametrize("regime", ["row", "independent", "clean_prefix", "mix"])
+@pytest.mark.parametrize("regime", ["row", "independent", "clean-prefix", "mix"])
 def test_block_regimes_give_the_denoiser_the_inputs_they_name(ae, tiny_tokenizer, regime):
     torch.manual_seed(0)
     den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=ae.n_latents, block_size=2,
@@ -571,7 +571,7 @@ def test_block_regimes_give_the_denoiser_the_inputs_they_name(ae, tiny_tokenizer
         assert t_shape == ((z_shape[0],) if regime == "row" else (z_shape[0], n_blocks))
         if regime in ("row", "independent"):
             assert not clean
-        if regime == "clean_prefix":
+        if regime == "clean-prefix":
             assert clean
     if regime == "mix":
         assert {c for _, _, c in calls} == {True, False}  # both layouts over the four batches
@@ -591,7 +591,7 @@ def test_padding_weight_and_min_snr_weighting_follow_their_formulas(ae, tiny_tok
     den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=8, self_conditioning=False).train()
     err = (x.z0 ** 2).mean(-1)  # the zero-initialised output head estimates x0 = 0
     for cfg in (DenoiserLossConfig(latent_pad_weight=0.0), DenoiserLossConfig(latent_pad_weight=0.3),
-                DenoiserLossConfig(time_weighting="min_snr", min_snr_gamma=2.0)):
+                DenoiserLossConfig(time_weighting="min-snr", min_snr_gamma=2.0)):
         torch.manual_seed(1)
         loss = diffusion_loss(den, x, cfg).loss
         torch.manual_seed(1)

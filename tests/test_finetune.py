@@ -8,7 +8,13 @@ import torch
 from latentlm.data import load_tokenizer
 from latentlm.errors import CheckpointError, ConfigError
 from latentlm.loading import load_model
-from latentlm.recipes import get_recipe, load_initial_weights, resolve_run_config, run_training
+from latentlm.recipes import (
+    RunContext,
+    get_recipe,
+    load_initial_weights,
+    resolve_run_config,
+    run_training,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +30,7 @@ def small_ar(synthetic_files, tiny_tokenizer, tmp_path_factory):
 def test_loaded_weights_are_the_source_weights(small_ar):
     source = load_model(small_ar / "ar")
     cfg = resolve_run_config("ar", "cpu-tiny")
-    fresh = get_recipe("ar").build_model(cfg, load_tokenizer(small_ar / "ar"), {})
+    fresh = get_recipe("ar").build_model(cfg, load_tokenizer(small_ar / "ar"), RunContext())
     assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), source.state_dict().values()))
     load_initial_weights(fresh, "ar", small_ar / "ar")
     for k, v in source.state_dict().items():

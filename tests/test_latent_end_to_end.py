@@ -70,9 +70,9 @@ def test_denoiser_fine_tunes_from_its_pipeline(pipeline_dir, tiny_autoencoder_di
               "--set", "train.steps=2", "--set", "loss.row_lengths=2"]
     assert main([*common, "--autoencoder", str(tiny_autoencoder_dir), "--out", str(tmp_path / "ft")]) == 0
     assert (tmp_path / "ft" / "model_index.json").is_file()
-    with pytest.warns(UserWarning, match="schedule 'cosine' -> 'shifted_cosine'"):
+    with pytest.warns(UserWarning, match="schedule 'cosine' -> 'shifted-cosine'"):
         assert main([*common, "--autoencoder", str(tiny_autoencoder_dir), "--out", str(tmp_path / "sched"),
-                     "--set", "model.schedule=shifted_cosine"]) == 0
+                     "--set", "model.schedule=shifted-cosine"]) == 0
     other = tmp_path / "other_ae"  # same architecture, other weights: the denoiser's latents would mean nothing
     assert main(["train", "autoencoder", "--preset", "cpu-tiny", "--data", str(synthetic_files / "train.jsonl"),
                  "--tokenizer", str(tiny_autoencoder_dir), "--out", str(other), "--set", "train.steps=1"]) == 0

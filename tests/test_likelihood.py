@@ -50,7 +50,7 @@ def quadrature_bound(m, gamma, schedule, t0, x0_fn, decoder_nll):
 
 
 @pytest.mark.parametrize("m, gamma", [(1.0, 3.0), (1.5, 1.0), (0.7, 8.0)])
-@pytest.mark.parametrize("name", ["cosine", "shifted_cosine"])
+@pytest.mark.parametrize("name", ["cosine", "shifted-cosine"])
 def test_bound_never_below_exact_and_tightens_with_samples(m, gamma, name):
     schedule = NoiseSchedule(name)
     t0 = 0.05
@@ -70,7 +70,7 @@ def test_bound_never_below_exact_and_tightens_with_samples(m, gamma, name):
 
 
 def test_schedule_identities():
-    for name in ("cosine", "shifted_cosine"):
+    for name in ("cosine", "shifted-cosine"):
         s = NoiseSchedule(name)
         t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
         a, sig = s.alpha_sigma(t)
@@ -80,7 +80,7 @@ def test_schedule_identities():
         num = (s.log_snr(t + h) - s.log_snr(t - h)) / (2 * h)
         assert torch.allclose(s.d_log_snr_dt(t), num, rtol=1e-4)
         assert (s.log_snr(t)[1:] < s.log_snr(t)[:-1]).all()  # noise grows with t
-    assert float(NoiseSchedule("shifted_cosine").log_snr(torch.tensor(0.5))) < float(NoiseSchedule("cosine").log_snr(torch.tensor(0.5)))
+    assert float(NoiseSchedule("shifted-cosine").log_snr(torch.tensor(0.5))) < float(NoiseSchedule("cosine").log_snr(torch.tensor(0.5)))
     betas = NoiseSchedule("cosine").discrete_betas(1000)
     a2 = torch.cumprod(1 - betas, 0)
     a, _ = NoiseSchedule("cosine").alpha_sigma(torch.arange(1, 1001, dtype=torch.float64) / 1000)

@@ -312,7 +312,7 @@ def test_time_experts_sample_with_the_expert_of_each_step_and_round_trip(experts
 @pytest.mark.parametrize("change, message", [
     ({"boundary": None}, "need both denoiser_2 and boundary"),
     ({"boundary": 1.0}, r"boundary must be a time in \(0, 1\)"),
-    ({"schedule": "cosine"}, "differ in schedule"),  # the fixture's is shifted_cosine
+    ({"schedule": "cosine"}, "differ in schedule"),  # the fixture's is shifted-cosine
 ])
 def test_bad_time_experts(pipe, change, message):
     cfg = {k: v for k, v in pipe.denoiser.config.items() if not k.startswith("_")}
@@ -481,7 +481,7 @@ def test_a_narrow_training_density_warns_at_the_steps_it_never_trained(pipe, tmp
 
     from latentlm.diffusion.time_density import UntrainedTimesWarning, time_density_spec
 
-    narrow = _with_times(pipe, time_density_spec("logit_normal", 0.25, 0.15))  # 99.8% of t in 0.45-0.67
+    narrow = _with_times(pipe, time_density_spec("logit-normal", 0.25, 0.15))  # 99.8% of t in 0.45-0.67
     with pytest.warns(UntrainedTimesWarning, match=r"of the 32 steps of DDIMScheduler at 32 steps") as seen:
         narrow("lily", max_new_tokens=8, num_inference_steps=32, generator=gen())
     flagged = narrow.check_time_coverage.__self__._coverage_checked
@@ -491,14 +491,44 @@ def test_a_narrow_training_density_warns_at_the_steps_it_never_trained(pipe, tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error", UntrainedTimesWarning)
         narrow("lily", max_new_tokens=8, num_inference_steps=32, generator=gen())  # once per step count
-        for spec in (time_density_spec("uniform"), time_density_spec("logit_normal", 0.0, 1.0),
-                     time_density_spec("logit_normal", 0.25, 0.15, uniform_share=0.2), None):
+        for spec in (time_density_spec("uniform"), time_density_spec("logit-normal", 0.0, 1.0),
+                     time_density_spec("logit-normal", 0.25, 0.15, uniform_share=0.2), None):
             _with_times(pipe, spec)("lily", max_new_tokens=8, num_inference_steps=32, generator=gen())
     narrow.save_pretrained(tmp_path / "p")  # saved with the pipeline
-    assert load_pipeline(tmp_path / "p").config.training_times == time_density_spec("logit_normal", 0.25, 0.15)
+    assert load_pipeline(tmp_path / "p").config.training_times == time_density_spec("logit-normal", 0.25, 0.15)
     from latentlm.loading import describe
 
     assert len(describe(tmp_path / "p")["untrained_steps_at_32"]) == n_bad  # `latentlm info` lists them
+
+
+def test_configs_saved_with_underscore_values_load_under_the_current_names(pipe, tmp_path):
+    """Option values are spelled with hyphens; a pipeline, a run config or an override that says
+    logit_normal, shifted_cosine, clean_prefix or min_snr is read under the current name, same model."""
+    import json
+
+    from latentlm.config import from_dict
+    from latentlm.diffusion.losses import DenoiserLossConfig
+    from latentlm.diffusion.time_density import time_density_spec
+
+    _with_times(pipe, time_density_spec("logit-normal", 0.25, 0.15)).save_pretrained(tmp_path / "p")
+    for path, key in ((tmp_path / "p" / "model_index.json", "training_times"),
+                      (tmp_path / "p" / "denoiser" / "config.json", "schedule")):
+        saved = json.loads(path.read_text())
+        if key == "schedule":
+            assert saved["schedule"] == "shifted-cosine"
+            saved["schedule"] = "shifted_cosine"
+        else:
+            saved[key]["sampling"] = "logit_normal"
+        path.write_text(json.dumps(saved))
+    old = load_pipeline(tmp_path / "p")
+    assert old.config.training_times["sampling"] == "logit-normal"
+    assert old.denoiser.config.schedule == "shifted-cosine" and old.denoiser.schedule.name == "shifted-cosine"
+    a, b = (p("lily", max_new_tokens=8, num_inference_steps=4, generator=gen()).texts for p in (pipe, old))
+    assert a == b
+    cfg = from_dict(DenoiserLossConfig, {"time_sampling": "logit_normal", "block_regime": "clean_prefix",
+                                         "time_weighting": "min_snr"})
+    assert (cfg.time_sampling, cfg.block_regime, cfg.time_weighting) == ("logit-normal", "clean-prefix", "min-snr")
+    assert DenoiserLossConfig(time_sampling="logit_normal") == DenoiserLossConfig(time_sampling="logit-normal")
 
 
 def test_training_time_cdf_matches_the_draws():
@@ -506,8 +536,8 @@ def test_training_time_cdf_matches_the_draws():
     from latentlm.diffusion.time_density import time_cdf
 
     torch.manual_seed(0)
-    for cfg in (DenoiserLossConfig(), DenoiserLossConfig(time_sampling="logit_normal", time_mean=0.25, time_std=0.15),
-                DenoiserLossConfig(time_sampling="logit_normal", time_mean=0.25, time_std=0.15,
+    for cfg in (DenoiserLossConfig(), DenoiserLossConfig(time_sampling="logit-normal", time_mean=0.25, time_std=0.15),
+                DenoiserLossConfig(time_sampling="logit-normal", time_mean=0.25, time_std=0.15,
                                    time_uniform_share=0.2)):
         t = torch.cat([sample_times(256, cfg, "cpu") for _ in range(40)]).double()
         grid = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
@@ -527,7 +557,7 @@ def test_per_t_map_known_answers(tiny_autoencoder_dir, monkeypatch):
     torch.manual_seed(0)
     den = LatentDenoiser(latent_dim=ae.config.latent_dim, dim=32, depth=1, n_heads=4, max_latents=ae.n_latents)
     pipe = LatentDiffusionPipeline(tok, ae, den.eval(), make_scheduler("ddpm", den),
-                                   training_times=time_density_spec("logit_normal", 0.25, 0.15))
+                                   training_times=time_density_spec("logit-normal", 0.25, 0.15))
     from latentlm.data.synthetic import generate_stories
     from latentlm.eval.compare import CompareConfig, openings
 

@@ -89,7 +89,7 @@ def latent_cases(tok):
     sc = LatentDiffusionPipeline(tok, ae, den_sc, make_scheduler("ddpm", den_sc))
     yield from run(sc, "parallel-self-conditioning", guidance_scale=2.0)
     timed = LatentDiffusionPipeline(tok, ae, den, make_scheduler("ddpm", den),
-                                    training_times=time_density_spec("logit_normal", 0.0, 1.0))
+                                    training_times=time_density_spec("logit-normal", 0.0, 1.0))
     yield from run(timed, "parallel-training-spacing", step_spacing="training")
     experts = LatentDiffusionPipeline(tok, ae, den, make_scheduler("ddim", den), denoiser_2=den_2, boundary=0.5)
     yield from run(experts, "parallel-two-experts")
