@@ -40,6 +40,7 @@ from latentlm.eval import metrics as M
 from latentlm.eval.compare import (
     CompareConfig,
     System,
+    cut_references,
     judge_scores,
     mauve_references,
     openings,
@@ -140,9 +141,8 @@ def main() -> None:
             print(f"skipped: {window_error(w, cfg.block_size, cfg.max_latents)}", file=sys.stderr)
         return fit
 
-    real = System("real", prompts, [tok.decode(tok(c, add_special_tokens=False)["input_ids"][: args.new_tokens])
-                                    for _, c in pairs])
-    feats_real, feats_ceiling = mauve_references(docs, pairs, real.continuations, tok, cfg)
+    real = System("real", prompts, cut_references([c for _, c in pairs], cfg))
+    feats_real, feats_ceiling = mauve_references(docs, pairs, real.continuations, cfg)
     names = cons.name_lexicon(read_documents([args.train])) if args.train else set()
 
     def scores(s: System, feats) -> dict:

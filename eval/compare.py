@@ -15,9 +15,11 @@ text is marked hackable). Intervals are 95% percentile bootstraps over samples
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import math
 import random
+import re
 import statistics
 import time
 import zlib
@@ -255,8 +257,7 @@ def compare(
     res = Results(out, json.loads(json.dumps(shared)), json.loads(json.dumps(per_system)))
     pairs = openings(docs, cfg.prompts, cfg, synthetic)
     prompts = [p for p, _ in pairs]
-    tok = next(iter(lms.values())).tokenizer
-    real_conts = _cut([c for _, c in pairs], tok, cfg)
+    real_conts = cut_references([c for _, c in pairs], cfg)
     n_words = max(1, int(statistics.median(len(c.split()) for c in real_conts)))
     steps_total = 3 * len(lms) + 3 + (1 if cfg.nfe_sweep else 0) + (1 if cfg.curves else 0)
     bar = tqdm(total=steps_total, desc="compare", disable=not progress)
@@ -318,7 +319,7 @@ def compare(
     # --- sample quality ---------------------------------------------------------------
     stage("sample quality")
     if not res.done("quality"):
-        res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, tok, cfg, skipped,
+        res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
                                     out / "quality.partial"))
     bar.update(1)
 
@@ -489,7 +490,7 @@ METRIC_DIRECTION = {  # +1 higher is better, -1 lower is better
 }
 
 
-def mauve_references(docs: list[str], pairs: list[tuple[str, str]], real: list[str], tokenizer,
+def mauve_references(docs: list[str], pairs: list[tuple[str, str]], real: list[str],
                      cfg: CompareConfig) -> tuple[np.ndarray, np.ndarray]:
     """Sentence features of the real continuations ``real`` (of the openings ``pairs``), which every
     system's MAUVE is measured against, and of the data-vs-data ceiling: real continuations of other
@@ -499,14 +500,14 @@ def mauve_references(docs: list[str], pairs: list[tuple[str, str]], real: list[s
         other = [c for p, c in openings(docs, len(docs), cfg, is_synthetic(docs)) if p not in used]
     except DataError:
         other = []
-    ref_other = _cut(other[: len(real)], tokenizer, cfg)
+    ref_other = cut_references(other[: len(real)], cfg)
     if len(real) < 10 or len(ref_other) < 10:
         raise DataError(f"MAUVE needs 10+ openings and 10+ other held-out stories for the data-vs-data "
                         f"ceiling (have {len(real)} and {len(ref_other)})")
     return M.sentence_embeddings(real), M.sentence_embeddings(ref_other)
 
 
-def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, skipped,
+def _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
              cache: Path | None = None) -> dict:
     """Per system: entropy, distinct-2, rep-4, self-BLEU, memorisation, judge perplexity and MAUVE with
     their intervals. Each finished system's row is appended to ``cache`` (JSONL) at once, so an
@@ -523,7 +524,7 @@ def _quality(systems, real, docs, pairs, train_docs, judge_lm, tokenizer, cfg, s
     feats_real = feats_ceiling = None
     if cfg.mauve:
         try:
-            feats_real, feats_ceiling = mauve_references(docs, pairs, real.continuations, tokenizer, cfg)
+            feats_real, feats_ceiling = mauve_references(docs, pairs, real.continuations, cfg)
         except DataError as e:
             skipped["mauve"] = str(e)
     if judge_lm is None:
@@ -573,7 +574,7 @@ def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]]
     (:func:`diversity_knobs`); the other options as in the main table. Samples are cached per batch."""
     pairs = pairs[: cfg.curve_prompts]
     prompts = [p for p, _ in pairs]
-    feats_real = M.sentence_embeddings(_cut([c for _, c in pairs], lm.tokenizer, cfg)) if cfg.mauve else None
+    feats_real = M.sentence_embeddings(cut_references([c for _, c in pairs], cfg)) if cfg.mauve else None
     curves = {}
     for knob, values in diversity_knobs(lm.kind).items():
         points = []
@@ -590,18 +591,22 @@ def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]]
     return {"curves": curves, "n": len(prompts)}
 
 
-def _cut(texts: list[str], tokenizer, cfg: CompareConfig) -> list[str]:
-    """``texts`` (real continuations) cut to ``cfg.max_new_tokens`` tokens of ``tokenizer``."""
-    return [tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"][: cfg.max_new_tokens])
-            for c in texts]
+def cut_references(texts: list[str], cfg: CompareConfig) -> list[str]:
+    """``texts`` (real continuations) cut after their first :meth:`CompareConfig.words_per_reference` words,
+    whitespace inside kept: the same references whichever models are compared, in whatever order."""
+    n = cfg.words_per_reference()
+    out = []
+    for text in texts:
+        ends = [m.end() for m in itertools.islice(re.finditer(r"\S+", text), n)]
+        out.append(text[: ends[-1]] if len(ends) == n else text)
+    return out
 
 
 def _matched(res: Results, lms: dict, pairs: list[tuple[str, str]], cfg: CompareConfig) -> dict:
     """Real text's word entropy on the curves' openings, and per model the judge perplexity and MAUVE
     interpolated where its curves cross it (``gen_ppl`` None: no curve reaches it); of several
     crossings, the lowest perplexity and its knob."""
-    tok = next(iter(lms.values())).tokenizer
-    target = M.unigram_entropy(_cut([c for _, c in pairs[: cfg.curve_prompts]], tok, cfg))
+    target = M.unigram_entropy(cut_references([c for _, c in pairs[: cfg.curve_prompts]], cfg))
     matched: dict[str, dict] = {}
     for name in lms:
         if not res.done(f"diversity/{name}"):

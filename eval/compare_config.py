@@ -13,6 +13,10 @@ class CompareConfig:
 
     prompts: int = 128
     max_new_tokens: int = 128
+    # the real continuations, every model's reference, are cut to this many words whatever the models'
+    # tokenizers (0: 3/4 of max_new_tokens, the usual words per BPE token of English; TinyStories with
+    # the protocol's 4,096-token tokenizer: 0.78)
+    reference_words: int = 0
     seeds: int = 1
     prompt_sentences: int = 2  # opening of a real story (synthetic stories: their introductions)
     nll_texts: int = 128
@@ -32,11 +36,18 @@ class CompareConfig:
     batch_size: int = 32  # prompts per generate call
     seed: int = 0
 
+    def words_per_reference(self) -> int:
+        """The words each real continuation is cut to (:attr:`reference_words`, or 3/4 of max_new_tokens)."""
+        return self.reference_words or max(1, round(0.75 * self.max_new_tokens))
+
     def validate(self) -> None:
         for name in ("prompts", "max_new_tokens", "seeds", "prompt_sentences", "nll_texts", "cloze_items",
                      "sweep_prompts", "speed_batch", "window", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.reference_words, int) or self.reference_words < 0:
+            raise InputError(f"reference_words must be a number of words >= 0 (0: 3/4 of max_new_tokens), "
+                             f"got {self.reference_words!r}")
         if self.nll_samples < 2:
             raise InputError(f"nll_samples must be at least 2 (for a standard error), got {self.nll_samples}")
         if self.bootstrap < 10:

@@ -52,7 +52,7 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     models = {k: folders / k for k in ("latent", "mdlm", "ar", "ptp")}
     out = tmp_path / "report"
     res = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", judge=None,
-                  cfg=small_config(), options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
+                  cfg=small_config(reference_words=16), options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
     s = res["sections"]
     for name in models:
         assert s[f"likelihood/{name}"]["nats_per_token"] > 0
@@ -70,7 +70,11 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     assert rows["ptp"] == rows["ar"]
     assert s["likelihood/ptp"]["nats_per_token"] == s["likelihood/ar"]["nats_per_token"]
     assert s["consistency"]["probe"]["real text"]["consistent"] == 1.0  # the true continuations
-    assert "sanity: unigram" in s["quality"]["hackable"]["entropy"]  # random words beat real text on entropy
+    # the references are the real continuations cut by words, no model's tokenizer involved
+    real_rows = [json.loads(x) for x in (out / "samples" / "real_text.jsonl").read_text().splitlines()]
+    assert len(real_rows) == 20 and max(len(r["continuation"].split()) for r in real_rows) == 16
+    # random words beat real text on distinct bigrams (on word entropy they tie with these short stories)
+    assert "sanity: unigram" in s["quality"]["hackable"]["distinct2"]
     assert s["skipped"]["generation perplexity"] == "no --judge model given"
     assert {r["model"] for r in s["nfe_sweep"]} == set(models)
     assert any(r["skipped"] and r["new_tokens"] == 4096 for r in s["speed"])
@@ -87,7 +91,7 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     data = json.loads((out / "results.json").read_text())
     del data["sections"]["speed"]
     (out / "results.json").write_text(json.dumps(data))
-    again = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", cfg=small_config(),
+    again = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", cfg=small_config(reference_words=16),
                     options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
     assert again["sections"]["quality"] == s["quality"]
     assert "speed" in again["sections"]
@@ -234,6 +238,17 @@ def test_interrupted_batches_are_not_redone(tmp_path):
         f.write('{"start": 6, "out": [6')  # a line cut by the interruption
     assert cached_batches(cache, 10, 3, work) == list(range(10))
     assert calls == [0, 3, 6, 9]  # only the unfinished batches ran again
+
+
+def test_references_are_cut_by_words_whatever_the_tokenizer():
+    from latentlm.eval.compare import cut_references
+
+    text = "Lily ran.\n\nShe saw  a big dog. It barked!"
+    assert cut_references([text], CompareConfig(reference_words=4)) == ["Lily ran.\n\nShe saw"]
+    assert cut_references([text, "one two"], CompareConfig(reference_words=50)) == [text, "one two"]
+    assert CompareConfig(max_new_tokens=128).words_per_reference() == 96  # 3/4 of the new tokens
+    with pytest.raises(InputError, match="reference_words"):
+        CompareConfig(reference_words=-1).validate()
 
 
 @pytest.mark.parametrize("bad", [dict(prompts=0), dict(max_new_tokens=-1), dict(nll_samples=1),
