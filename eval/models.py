@@ -22,6 +22,7 @@ from latentlm.baselines import autoregressive as ar
 from latentlm.baselines import masked_diffusion as mdlm
 from latentlm.baselines import mdlm_decoders
 from latentlm.baselines import parallel_token_prediction as ptp
+from latentlm.baselines import score_entropy_diffusion as sedd
 from latentlm.baselines import uniform_diffusion as uniform
 from latentlm.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from latentlm.device import resolve_device
@@ -268,6 +269,19 @@ class UniformAdapter(_TokenDiffusionAdapter):
         return self._fill(prompts, max_new_tokens, generator, decoder=decoder, steps=num_inference_steps,
                           temperature=temperature, corrector=corrector,
                           corrector_interval=tuple(corrector_interval))
+
+
+class ScoreEntropyAdapter(_TokenDiffusionAdapter):
+    """Score-entropy diffusion with uniform transitions (baselines/score_entropy_diffusion.py): Tweedie
+    tau-leaping, and the score-entropy bound (plus its prior term) as the likelihood bound."""
+
+    kind = "sedd"
+    generate_fn, bound = sedd.generate, sedd.nll_bound
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens: int = 128, *, generator=None,
+                 num_inference_steps: int = 64) -> GenerationOutput:
+        return self._fill(prompts, max_new_tokens, generator, steps=num_inference_steps)
 
 
 GENERATION_CHUNK = 64  # prompts per forward batch: bounds generation memory whatever the number of prompts

@@ -29,7 +29,7 @@ from latentlm.loading import is_pipeline_folder, load_model
 from latentlm.recipes import RunContext, get_recipe, resolve_run_config
 
 # the kinds a preset trains for the comparison; the latent model is autoencoder + denoiser
-PRESET_KINDS = ("ar", "mdlm", "duo", "autoencoder", "denoiser")
+PRESET_KINDS = ("ar", "mdlm", "duo", "sedd", "autoencoder", "denoiser")
 
 
 @dataclass(frozen=True)

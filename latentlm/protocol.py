@@ -64,9 +64,9 @@ STAGES = (
     TrainStage("denoiser_block", "denoiser", ("model.block_size=4", "model.sampling_mode=block-ar"),
                autoencoder="autoencoder", compared="latent-block"),
 )
-DIFFUSION_KINDS = ("mdlm", "duo", "denoiser", "decoder")
-COMPARED_KINDS = ("ar", "mdlm", "duo", "denoiser", "decoder")  # the kinds whose model writes text
-VARIANT_KINDS = ("ar", "mdlm", "duo", "autoencoder", "denoiser", "decoder")
+DIFFUSION_KINDS = ("mdlm", "duo", "sedd", "denoiser", "decoder")
+COMPARED_KINDS = ("ar", "mdlm", "duo", "sedd", "denoiser", "decoder")  # the kinds whose model writes text
+VARIANT_KINDS = ("ar", "mdlm", "duo", "sedd", "autoencoder", "denoiser", "decoder")
 
 
 def parse_variant(spec: str, stages: tuple[TrainStage, ...]) -> TrainStage:

@@ -31,6 +31,7 @@ from latentlm.baselines.parallel_token_prediction import (
     PTPLossConfig,
     ptp_loss,
 )
+from latentlm.baselines.score_entropy_diffusion import ScoreEntropyLM, ScoreEntropyLossConfig, score_entropy_loss
 from latentlm.baselines.uniform_diffusion import UniformDiffusionLM, UniformLossConfig, uniform_loss
 from latentlm.config import model_section, parse_overrides, resolve_config
 from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
@@ -128,6 +129,7 @@ _SPECIAL = ("vocab_size", "pad_token_id", "eot_token_id")
 ARModelConfig = model_section(CausalLM, "ARModelConfig", exclude=_SPECIAL)
 MDLMModelConfig = model_section(MaskedDiffusionLM, "MDLMModelConfig", exclude=(*_SPECIAL, "mask_token_id"))
 DuoModelConfig = model_section(UniformDiffusionLM, "DuoModelConfig", exclude=_SPECIAL)
+SEDDModelConfig = model_section(ScoreEntropyLM, "SEDDModelConfig", exclude=(*_SPECIAL, "loss_steps"))
 AutoencoderConfig = model_section(TextAutoencoder, "AutoencoderConfig",
                                   exclude=(*_SPECIAL, "max_seq_len", "token_texts"))
 
@@ -178,6 +180,14 @@ def mdlm_recipe() -> Recipe:
     return Recipe("mdlm", MDLMModelConfig,
                   lambda cfg, tok, ctx: _build_lm(MaskedDiffusionLM, cfg, tok, mask_token_id=tok.mask_token_id),
                   lambda cfg, ctx: mdlm_loss)
+
+
+def sedd_recipe() -> Recipe:
+    """Score-entropy diffusion with uniform transitions (baselines/score_entropy_diffusion.py) on the AR's
+    data layout."""
+    return Recipe("sedd", SEDDModelConfig, lambda cfg, tok, ctx: _build_lm(ScoreEntropyLM, cfg, tok),
+                  lambda cfg, ctx: functools.partial(score_entropy_loss, cfg=cfg["loss"]),
+                  extra_sections={"loss": ScoreEntropyLossConfig})
 
 
 def duo_recipe() -> Recipe:

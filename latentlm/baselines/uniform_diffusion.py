@@ -56,16 +56,21 @@ class UniformDiffusionLM(ModelMixin, ConfigMixin):
         # training-mode loss calls so far: Duo's curriculum runs over the first ones (saved and resumed)
         self.register_buffer("training_calls", torch.zeros((), dtype=torch.long))
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def head_output(self, z_t: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None
+                    ) -> torch.Tensor:
         """Noisy ids z_t (b, s), or token weights (b, s, K) (the curriculum's relaxed input), at times t (b,)
-        -> clean-token log-probabilities (b, s, K) in float32."""
+        -> the output head's values (b, s, K) in float32."""
         if z_t.shape[1] > self.config.max_seq_len:
             raise InputError(f"sequence of {z_t.shape[1]} tokens exceeds the model's context of "
                              f"{self.config.max_seq_len}")
         h = self.embed(z_t) if not z_t.is_floating_point() else z_t.to(self.embed.weight.dtype) @ self.embed.weight
         h, _ = self.backbone(h, attention_mask=attention_mask, cond=self.time(t))
-        return self.head(h).float().log_softmax(-1)
+        return self.head(h).float()
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Clean-token log-probabilities (b, s, K) in float32 (see :meth:`head_output`)."""
+        return self.head_output(z_t, t, attention_mask).log_softmax(-1)
 
 
 @dataclass
@@ -99,6 +104,18 @@ class UniformLossConfig:
         return self.curriculum_tau_start * (self.curriculum_tau_end / self.curriculum_tau_start) ** frac
 
 
+def clean_prefixes(ids: torch.Tensor, p_prefix: float, mask: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, weight), both (b, s): a ``p_prefix`` share of rows keeps its first tokens (a uniform share of
+    up to half the row) clean, and the loss weighs every other real token 1 (float64)."""
+    b, s = ids.shape
+    lengths = torch.randint(0, s // 2 + 1, (b, 1), device=ids.device)
+    lengths = torch.where(torch.rand(b, 1, device=ids.device) < p_prefix, lengths, torch.zeros_like(lengths))
+    keep = torch.arange(s, device=ids.device)[None] < lengths
+    weight = (~keep).to(torch.float64)
+    return keep, weight if mask is None else weight * mask
+
+
 def uniform_loss(model: UniformDiffusionLM, batch: dict[str, torch.Tensor],
                  cfg: UniformLossConfig | None = None) -> LossOutput:
     """The NELBO per scored token of the model's ``loss_steps``-step reverse process: one step per row,
@@ -106,16 +123,11 @@ def uniform_loss(model: UniformDiffusionLM, batch: dict[str, torch.Tensor],
     a clean, unscored prefix; during Duo's curriculum (training mode) the network sees the relaxed input."""
     cfg = cfg or UniformLossConfig()
     ids = batch["input_ids"]
-    (b, s), steps = ids.shape, model.config.loss_steps
+    b, steps = ids.shape[0], model.config.loss_steps
     u = (torch.rand((), device=ids.device) + torch.arange(b, device=ids.device) / b) % 1
     step = (u * steps).long().clamp(0, steps - 1) + 1
     mask = batch.get("attention_mask")
-    lengths = torch.randint(0, s // 2 + 1, (b, 1), device=ids.device)
-    lengths = torch.where(torch.rand(b, 1, device=ids.device) < cfg.p_prefix, lengths, torch.zeros_like(lengths))
-    keep = torch.arange(s, device=ids.device)[None] < lengths  # (b, s) the clean prefix
-    weight = (~keep).to(torch.float64)
-    if mask is not None:
-        weight = weight * mask
+    keep, weight = clean_prefixes(ids, cfg.p_prefix, mask)
     tau = None
     if model.training:
         tau = cfg.tau(int(model.training_calls))
