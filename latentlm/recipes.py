@@ -31,7 +31,11 @@ from latentlm.baselines.parallel_token_prediction import (
     PTPLossConfig,
     ptp_loss,
 )
-from latentlm.baselines.score_entropy_diffusion import ScoreEntropyLM, ScoreEntropyLossConfig, score_entropy_loss
+from latentlm.baselines.score_entropy_diffusion import (
+    ScoreEntropyLM,
+    ScoreEntropyLossConfig,
+    score_entropy_loss,
+)
 from latentlm.baselines.uniform_diffusion import UniformDiffusionLM, UniformLossConfig, uniform_loss
 from latentlm.config import model_section, parse_overrides, resolve_config
 from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
