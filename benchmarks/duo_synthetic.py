@@ -1,8 +1,10 @@
-"""Uniform-state diffusion (duo) next to MDLM on the built-in synthetic stories, cpu-tiny presets.
+"""Uniform-state diffusion (duo) and score entropy with uniform transitions (SEDD) next to MDLM on the
+built-in synthetic stories, cpu-tiny presets.
 
-Trains both on the quickstart's data (4,000 stories, its tokenizer) and compares them with ``compare``:
+Trains each on the quickstart's data (4,000 stories, its tokenizer) and compares them with ``compare``:
 the synthetic probe's well-formed and consistent shares, the likelihood bounds, and quality against
-steps for MDLM's ancestral decoder, duo's ancestral sampler and its Psi-sampler. Resumable: a finished
+steps for MDLM's ancestral decoder, duo's ancestral sampler and its Psi-sampler, and SEDD's Tweedie
+tau-leaping. Resumable: a finished
 model or compare section is reused.
 
     python benchmarks/duo_synthetic.py --out runs/duo_synthetic [--psi-corrector 0.5] [--prompts 128]
@@ -38,7 +40,7 @@ def main() -> None:
         train_tokenizer([json.loads(line)["text"] for line in train.read_text().splitlines()],
                         DEFAULT_VOCAB_SIZE).save_pretrained(tok)
     seconds = {}
-    for kind in ("mdlm", "duo"):
+    for kind in ("mdlm", "duo", "sedd"):
         folder = out / kind
         t0 = time.perf_counter()
         if not (folder / "config.json").is_file():
@@ -46,7 +48,7 @@ def main() -> None:
         seconds[kind] = time.perf_counter() - t0
         print(f"{kind}: trained in {seconds[kind]:.0f} s (this run; 0 when it was already trained)")
     cfg = CompareConfig(prompts=args.prompts, nfe_sweep=tuple(args.steps), curves=False, speed_lengths=(64,))
-    models = {"mdlm": out / "mdlm", "duo": out / "duo", "duo-psi": out / "duo"}
+    models = {"mdlm": out / "mdlm", "duo": out / "duo", "duo-psi": out / "duo", "sedd": out / "sedd"}
     options = {"duo-psi": {"decoder": "psi", "corrector": args.psi_corrector}}
     results = compare(models, valid, out / "compare", train=train, cfg=cfg, options=options)
     print(summary_table(results))
