@@ -142,6 +142,18 @@ def token_cases(tok):
         out, nfe = ar_generate(ar, ids, 16, temperature=temperature, top_p=top_p, generator=gen(5),
                                stop_at_eot=False)
         yield f"ar-t{temperature}-p{top_p}", digest(out, nfe=nfe)
+    from latentlm.baselines.uniform_diffusion import UniformDiffusionLM, uniform_loss
+    from latentlm.baselines.uniform_diffusion import generate as uniform_generate
+
+    torch.manual_seed(6)
+    duo = UniformDiffusionLM(vocab_size=len(tok), dim=32, depth=1, n_heads=4, max_seq_len=64, loss_steps=50).eval()
+    for decoder, extra in (("ancestral", {}), ("psi", {"corrector": 0.5}), ("psi", {"corrector": 0.3,
+                                                                                     "corrector_interval": (0.2, 0.8)})):
+        out, nfe = uniform_generate(duo, ids, 16, decoder=decoder, steps=8, generator=gen(7), **extra)
+        yield f"duo-{decoder}-{sorted(extra.items())}", digest(out, nfe=nfe)
+    torch.manual_seed(8)
+    loss = uniform_loss(duo, {"input_ids": torch.cat([ids, ids], 1)}).loss
+    yield "duo-loss", digest(loss.detach().double().reshape(1))
 
 
 def main() -> None:
