@@ -28,6 +28,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from latentlm.baselines.bounds import prompt_positions
 from latentlm.errors import InputError
 from latentlm.layers import Transformer
 from latentlm.outputs import LossOutput
@@ -124,12 +125,7 @@ def nll_bound(
     Uses ``n_samples`` stratified masking levels per row. Returns (mean, standard
     error) of the per-row bound in nats (sum over the scored tokens), each (b,).
     """
-    if n_samples < 2:
-        raise InputError(f"n_samples must be at least 2 for a standard error, got {n_samples}")
-    if not 0 <= prefix_len < ids.shape[1]:
-        raise InputError(f"prefix_len must be in [0, {ids.shape[1]}), got {prefix_len}")
-    keep = torch.zeros_like(ids, dtype=torch.bool)
-    keep[:, :prefix_len] = True
+    keep = prompt_positions(ids, prefix_len, n_samples)
     g = torch.Generator(device="cpu").manual_seed(generator_seed)
     draws = []
     with torch.random.fork_rng(devices=[]):

@@ -17,9 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
+from latentlm.baselines.bounds import prompt_positions
 from latentlm.baselines.score_entropy import T_MAX, dse_draw, tweedie_probs, uniform_prior_kl
-from latentlm.baselines.uniform_decoders import Callback, prior_state
-from latentlm.baselines.uniform_diffusion import MAX_STEPS, UniformDiffusionLM, clean_prefixes
+from latentlm.baselines.uniform_decoders import Callback
+from latentlm.baselines.uniform_diffusion import (
+    MAX_STEPS,
+    UniformDiffusionLM,
+    clean_prefixes,
+    prior_canvas,
+)
 from latentlm.errors import ConfigError, InputError
 from latentlm.outputs import LossOutput
 
@@ -70,12 +76,7 @@ def nll_bound(model: ScoreEntropyLM, ids: torch.Tensor, *, prefix_len: int = 0, 
     """Monte Carlo bound on -log p of each row of ids (b, s) given its first ``prefix_len`` tokens (kept
     clean), from ``n_samples`` stratified times: T_MAX x the mean score entropy + the prior term per scored
     token. Returns (mean, standard error) in nats, each (b,)."""
-    if n_samples < 2:
-        raise InputError(f"n_samples must be at least 2 for a standard error, got {n_samples}")
-    if not 0 <= prefix_len < ids.shape[1]:
-        raise InputError(f"prefix_len must be in [0, {ids.shape[1]}), got {prefix_len}")
-    keep = torch.zeros_like(ids, dtype=torch.bool)
-    keep[:, :prefix_len] = True
+    keep = prompt_positions(ids, prefix_len, n_samples)
     weight = (~keep).to(torch.float64)
 
     def score(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -122,20 +123,10 @@ def generate(model: ScoreEntropyLM, prompt_ids: torch.Tensor, max_new_tokens: in
              callback=None) -> tuple[torch.Tensor, int]:
     """Sample ``max_new_tokens`` tokens after a clamped prompt (b, p), left-padded with ``prompt_mask``
     (b, p) 0 on the padding, by Tweedie tau-leaping. Returns the new tokens (b, max_new_tokens) and the NFE."""
-    if max_new_tokens <= 0:
-        raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if not 0 < steps <= MAX_STEPS:
         raise InputError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
-    b, p = prompt_ids.shape
-    if p + max_new_tokens > model.config.max_seq_len:
-        raise InputError(f"prompt ({p}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
-                         f"{model.config.max_seq_len} tokens")
-    x = torch.cat([prompt_ids, torch.zeros(b, max_new_tokens, dtype=prompt_ids.dtype, device=prompt_ids.device)], 1)
-    fill = torch.zeros_like(x, dtype=torch.bool)
-    fill[:, p:] = True
-    attn = None if prompt_mask is None else torch.cat(
-        [prompt_mask.to(x.device), torch.ones(b, max_new_tokens, dtype=prompt_mask.dtype, device=x.device)], 1)
-    x = prior_state(x, fill, model.config.vocab_size, generator)
+    x, fill, attn = prior_canvas(model, prompt_ids, max_new_tokens, prompt_mask, generator)
+    p = prompt_ids.shape[1]
     x, nfe = decode_tweedie(lambda z, t: model(z, t, attn), x, fill, steps=steps, generator=generator,
                             callback=callback)
     return x[:, p:], nfe

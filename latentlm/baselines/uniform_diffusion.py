@@ -21,6 +21,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from latentlm.baselines.bounds import prompt_positions
 from latentlm.baselines.uniform_decoders import UNIFORM_DECODERS, prior_state
 from latentlm.baselines.uniform_process import nelbo_draw
 from latentlm.errors import ConfigError, InputError
@@ -149,13 +150,8 @@ def nll_bound(model: UniformDiffusionLM, ids: torch.Tensor, *, prefix_len: int =
     """Monte Carlo NELBO of each row of ids (b, s) given its first ``prefix_len`` tokens (kept clean: the
     bound of the continuation given the prompt), from ``n_samples`` stratified step indices of the model's
     ``loss_steps``. Returns (mean, standard error) in nats, each (b,)."""
-    if n_samples < 2:
-        raise InputError(f"n_samples must be at least 2 for a standard error, got {n_samples}")
-    if not 0 <= prefix_len < ids.shape[1]:
-        raise InputError(f"prefix_len must be in [0, {ids.shape[1]}), got {prefix_len}")
+    keep = prompt_positions(ids, prefix_len, n_samples)
     steps, vocab = model.config.loss_steps, model.config.vocab_size
-    keep = torch.zeros_like(ids, dtype=torch.bool)
-    keep[:, :prefix_len] = True
     weight = (~keep).to(torch.float64)
 
     def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -171,6 +167,26 @@ def nll_bound(model: UniformDiffusionLM, ids: torch.Tensor, *, prefix_len: int =
     return d.mean(0), d.std(0) / math.sqrt(n_samples)
 
 
+def prior_canvas(model: UniformDiffusionLM, prompt_ids: torch.Tensor, max_new_tokens: int,
+                 prompt_mask: torch.Tensor | None, generator: torch.Generator | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x, fill, attention mask) of a uniform-state generation: the prompt (b, p) followed by
+    ``max_new_tokens`` uniform draws (the prior), ``fill`` marking those, the mask extending ``prompt_mask``
+    (None: no padding). InputError when they do not fit the model's context."""
+    if max_new_tokens <= 0:
+        raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    b, p = prompt_ids.shape
+    if p + max_new_tokens > model.config.max_seq_len:
+        raise InputError(f"prompt ({p}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                         f"{model.config.max_seq_len} tokens")
+    x = torch.cat([prompt_ids, torch.zeros(b, max_new_tokens, dtype=prompt_ids.dtype, device=prompt_ids.device)], 1)
+    fill = torch.zeros_like(x, dtype=torch.bool)
+    fill[:, p:] = True
+    attn = None if prompt_mask is None else torch.cat(
+        [prompt_mask.to(x.device), torch.ones(b, max_new_tokens, dtype=prompt_mask.dtype, device=x.device)], 1)
+    return prior_state(x, fill, model.config.vocab_size, generator), fill, attn
+
+
 @torch.no_grad()
 def generate(model: UniformDiffusionLM, prompt_ids: torch.Tensor, max_new_tokens: int, *,
              decoder: str = "ancestral", steps: int = 64, temperature: float = 1.0, corrector: float = 0.5,
@@ -182,20 +198,10 @@ def generate(model: UniformDiffusionLM, prompt_ids: torch.Tensor, max_new_tokens
     if decoder not in UNIFORM_DECODERS:
         raise InputError(f"unknown decoder {decoder!r} for uniform-state diffusion; choose one of "
                          f"{', '.join(UNIFORM_DECODERS)}")
-    if max_new_tokens <= 0:
-        raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if not 0 < steps <= MAX_STEPS:
         raise InputError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
-    b, p = prompt_ids.shape
-    if p + max_new_tokens > model.config.max_seq_len:
-        raise InputError(f"prompt ({p}) + max_new_tokens ({max_new_tokens}) exceeds the context of "
-                         f"{model.config.max_seq_len} tokens")
-    x = torch.cat([prompt_ids, torch.zeros(b, max_new_tokens, dtype=prompt_ids.dtype, device=prompt_ids.device)], 1)
-    fill = torch.zeros_like(x, dtype=torch.bool)
-    fill[:, p:] = True
-    attn = None if prompt_mask is None else torch.cat(
-        [prompt_mask.to(x.device), torch.ones(b, max_new_tokens, dtype=prompt_mask.dtype, device=x.device)], 1)
-    x = prior_state(x, fill, model.config.vocab_size, generator)
+    x, fill, attn = prior_canvas(model, prompt_ids, max_new_tokens, prompt_mask, generator)
+    p = prompt_ids.shape[1]
 
     def model_fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(z, t, attn)
