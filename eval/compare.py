@@ -207,6 +207,44 @@ def _ratio_ci(rows: list, num: int, den: int, cfg: CompareConfig) -> list[float]
     return _ci(rows, lambda xs: sum(x[num] for x in xs) / max(1, sum(x[den] for x in xs)), cfg)
 
 
+def _likelihood(lm, docs: list[str], cfg: CompareConfig, cache: Path) -> dict:
+    """The likelihood section of one model: nats/token (exact, or a Monte Carlo bound with its standard
+    error), bits/char and a bootstrap interval over texts, on ``cfg.nll_texts`` seeded documents; each
+    finished batch is cached."""
+    texts = random.Random(cfg.seed).sample(docs, min(cfg.nll_texts, len(docs)))
+    kw = {} if lm.exact else {"n_samples": cfg.nll_samples}
+
+    def score(a: int, b: int) -> list:
+        r = lm.nll(texts[a:b], seed=a, **kw) if kw else lm.nll(texts[a:b])
+        return [list(x) for x in zip(r.per_text, r.per_text_se, r.per_text_tokens, r.per_text_chars)]
+
+    per = cached_batches(cache, len(texts), cfg.batch_size, score)
+    nats, ses, toks, chars = (list(x) for x in zip(*per))
+    n_tok = sum(toks)
+    return {"nats_per_token": sum(nats) / n_tok, "stderr": math.sqrt(sum(x * x for x in ses)) / n_tok,
+            "bits_per_char": sum(nats) / math.log(2) / sum(chars), "exact": lm.exact, "n_tokens": n_tok,
+            "ci": _ratio_ci(list(zip(nats, toks)), 0, 1, cfg)}
+
+
+def _system_samples(lm, name: str, prompts: list[str], options: dict, cfg: CompareConfig, out: Path,
+                    res: Results) -> System:
+    """One model's continuations of ``prompts``, ``cfg.seeds`` samples each (seed s at rows s x n ...),
+    read from ``out/samples`` when written before, else generated (cached per batch); a PTP model's
+    losslessness against its AR is checked on the first seed."""
+    conts, texts = [], []
+    for s in range(cfg.seeds):
+        path = out / "samples" / f"{name}_seed{s}.jsonl"
+        rows = _load_samples(path, len(prompts))
+        if rows is None:
+            rows, _ = generate_samples(lm, prompts, cfg, options, seed=cfg.seed + s, cache=path.with_suffix(".partial"))
+            _write_samples(path, prompts, rows)
+        conts += [c for _, c in rows]
+        texts += [t for t, _ in rows]
+        if s == 0 and lm.kind == "ptp" and not res.done(f"lossless/{name}"):
+            res.put(f"lossless/{name}", _lossless(lm, prompts, cfg, options, rows))
+    return System(name, prompts * cfg.seeds, conts, texts)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -271,39 +309,14 @@ def compare(
         stage(f"likelihood {name}")
         key = f"likelihood/{name}"
         if not res.done(key):
-            texts = random.Random(cfg.seed).sample(docs, min(cfg.nll_texts, len(docs)))
-            kw = {} if lm.exact else {"n_samples": cfg.nll_samples}
-
-            def score(a: int, b: int, lm=lm, kw=kw, texts=texts) -> list:
-                r = lm.nll(texts[a:b], seed=a, **kw) if kw else lm.nll(texts[a:b])
-                return [list(x) for x in zip(r.per_text, r.per_text_se, r.per_text_tokens, r.per_text_chars)]
-
-            per = cached_batches(out / f"likelihood_{_slug(name)}.partial", len(texts), cfg.batch_size, score)
-            nats, ses, toks, chars = (list(x) for x in zip(*per))
-            n_tok = sum(toks)
-            res.put(key, {"nats_per_token": sum(nats) / n_tok, "stderr": math.sqrt(sum(x * x for x in ses)) / n_tok,
-                          "bits_per_char": sum(nats) / math.log(2) / sum(chars), "exact": lm.exact,
-                          "n_tokens": n_tok,
-                          "ci": _ratio_ci(list(zip(nats, toks)), 0, 1, cfg)})
+            res.put(key, _likelihood(lm, docs, cfg, out / f"likelihood_{_slug(name)}.partial"))
         bar.update(1)
 
     # --- samples --------------------------------------------------------------------
     systems: list[System] = []
     for name, lm in lms.items():
         stage(f"generate {name}")
-        conts, texts = [], []
-        for s in range(cfg.seeds):
-            path = out / "samples" / f"{name}_seed{s}.jsonl"
-            rows = _load_samples(path, len(prompts))
-            if rows is None:
-                rows, _ = generate_samples(lm, prompts, cfg, opts[name], seed=cfg.seed + s,
-                                    cache=path.with_suffix(".partial"))
-                _write_samples(path, prompts, rows)
-            conts += [c for _, c in rows]
-            texts += [t for t, _ in rows]
-            if s == 0 and lm.kind == "ptp" and not res.done(f"lossless/{name}"):
-                res.put(f"lossless/{name}", _lossless(lm, prompts, cfg, opts[name], rows))
-        systems.append(System(name, prompts * cfg.seeds, conts, texts))
+        systems.append(_system_samples(lm, name, prompts, opts[name], cfg, out, res))
         bar.update(1)
     real = System(REAL, prompts, real_conts)
     systems.append(real)
