@@ -88,7 +88,7 @@ def _saved_as(folder, kind: str):
     return folder
 
 
-@pytest.mark.parametrize("kind", ["ar", "mdlm", "duo", "ptp", "latent", "hf"])
+@pytest.mark.parametrize("kind", ["ar", "mdlm", "duo", "sedd", "ptp", "latent", "hf"])
 def test_generate_refuses_a_flag_that_does_not_apply_to_the_models_kind(kind, tmp_path, capsys):
     from latentlm.kinds import GENERATION_OPTIONS, get_kind, kinds_taking
 
