@@ -8,8 +8,8 @@ SAMPLING_MODES = ("parallel", "block-ar", "staggered")  # how a latent pipeline 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpm++", "flow-euler")  # the latent pipeline's samplers (diffusers)
 MDLM_DECODERS = ("ancestral", "llada", "threshold", "anchor")  # MDLM's decoders (baselines/mdlm_decoders.py)
 UNIFORM_DECODERS = ("ancestral", "psi")  # uniform-state diffusion's samplers (baselines/uniform_decoders.py)
-# Option values are lowercase words joined by hyphens. Four were spelled with underscores before; configs
-# saved that way (run_config.json, config.json, presets, --set overrides) are read under the current name.
+# Option values are lowercase words joined by hyphens. A config that spells one of these four with
+# underscores (run_config.json, config.json, presets, --set overrides) is read under the hyphenated name.
 RENAMED_VALUES = {"logit_normal": "logit-normal", "clean_prefix": "clean-prefix", "min_snr": "min-snr",
                   "shifted_cosine": "shifted-cosine"}
 
