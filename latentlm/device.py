@@ -3,7 +3,7 @@
 * :func:`resolve_device`: ``"auto"`` is the first CUDA GPU when there is one, else the CPU;
   explicit names are checked to exist.
 * :func:`resolve_mixed_precision` (with :func:`mixed_precision_reason`): what ``"auto"``
-  autocasts to. On CUDA bf16 where the GPU supports it, else fp16. On the CPU bf16 only
+  autocasts to; :func:`autocast` is the context training runs its forward passes in. On CUDA bf16 where the GPU supports it, else fp16. On the CPU bf16 only
   where it computes bf16 natively (AVX512-BF16 or AMX tiles: about 1.5x faster training);
   elsewhere bf16 is emulated (11x slower on an AVX2-only EPYC), so fp32.
 
@@ -13,6 +13,7 @@ Training, Muon, the quickstart, ``compare`` and the CLI read these; nothing else
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Literal
 
@@ -57,6 +58,14 @@ def resolve_mixed_precision(choice: MixedPrecision = "auto") -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def autocast(mode: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for ``mode`` (an answer of :func:`resolve_mixed_precision`) on ``device``:
+    bf16 or fp16 autocast, or nothing for ``"no"``."""
+    if mode == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
 
 
 def mixed_precision_reason(choice: MixedPrecision = "auto") -> str:

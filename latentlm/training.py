@@ -45,13 +45,17 @@ from typing import Any, Literal, Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from latentlm.device import MixedPrecision, mixed_precision_reason, resolve_mixed_precision
+from latentlm.device import (
+    MixedPrecision,
+    autocast,
+    mixed_precision_reason,
+    resolve_mixed_precision,
+)
 from latentlm.errors import CheckpointError, ConfigError, TrainingDivergedError
 from latentlm.files import move_tree, replace_dir, sha256, write_text_atomic
 from latentlm.optim import OPTIMIZERS, make_optimizer
@@ -296,13 +300,11 @@ def train(
 
 
 def _new_accelerator(cfg: TrainConfig, out_dir: Path) -> Accelerator:
-    """An Accelerator with the run's precision. accelerate keeps one process-wide state that a second
-    Accelerator may not change; each run may pick its own precision, so the state is cleared first (the
-    distributed PartialState is kept): accelerate has no public call for it."""
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    return Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
-                       log_with=None if cfg.log_with == "none" else cfg.log_with, project_dir=str(out_dir))
+    """An Accelerator for one run. accelerate keeps one process-wide precision that a later Accelerator
+    may not change, and each run may pick its own, so the Accelerator stays in fp32 and the run
+    autocasts itself (:class:`_Run`, with :func:`latentlm.device.autocast`)."""
+    return Accelerator(mixed_precision="no", log_with=None if cfg.log_with == "none" else cfg.log_with,
+                       project_dir=str(out_dir))
 
 
 def _prepare_folder(out_dir: Path, cfg: TrainConfig, run_config: dict[str, Any] | None) -> None:
@@ -330,6 +332,8 @@ class _Run:
     state: _TrainerState
     out_dir: Path
     valid_batches: list[Batch]
+    precision: str  # resolve_mixed_precision's answer: "no", "bf16" or "fp16"
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
     history: list[dict[str, Any]] = field(default_factory=list)
     last_loss: float = float("nan")
     valid_loss: float | None = None
@@ -350,8 +354,15 @@ class _Run:
             ema = EMAModel(unwrapped.parameters(), decay=cfg.ema_decay)
             ema.to(accelerator.device)
             accelerator.register_for_checkpointing(ema)
+        precision = resolve_mixed_precision(cfg.mixed_precision)
+        scaler = torch.amp.GradScaler(accelerator.device.type, enabled=precision == "fp16")
+        if scaler.is_enabled():  # registered only when used: fp32 and bf16 checkpoints keep their files
+            accelerator.register_for_checkpointing(scaler)
         return cls(cfg, accelerator, model, unwrapped, loss_fn, optimizer, scheduler, ema, state, out_dir,
-                   valid_batches)
+                   valid_batches, precision, scaler)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.precision, self.accelerator.device)
 
     @property
     def ckpt_root(self) -> Path:
@@ -391,7 +402,7 @@ class _Run:
             return None
         self.model.eval()
         losses = []
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), self.accelerator.autocast():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), self.autocast():
             torch.manual_seed(self.cfg.seed + 1)
             for vb in self.valid_batches[: self.cfg.eval_batches]:
                 vb = {k: v.to(self.accelerator.device) for k, v in vb.items()}
@@ -410,9 +421,9 @@ class _Run:
             mb = {k: v.to(acc.device) for k, v in mb.items()}
             sync = i == len(micro_batches) - 1
             with contextlib.nullcontext() if sync else acc.no_sync(self.model):
-                with acc.autocast():
+                with self.autocast():
                     out = self.loss_fn(self.model, mb)
-                acc.backward(out.loss / cfg.grad_accum)
+                acc.backward(self.scaler.scale(out.loss / cfg.grad_accum))
             step_loss += out.loss.detach().float() / cfg.grad_accum
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
@@ -424,8 +435,10 @@ class _Run:
                 "train.grad_clip, then resume."
             )
         if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # optimizer.step() unless fp16 gradients overflowed
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:

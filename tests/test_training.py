@@ -64,8 +64,9 @@ def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native):
     assert resolve_mixed_precision("bf16") == "bf16"  # an explicit choice is kept
 
 
-@pytest.mark.parametrize("mp", ["no", "bf16"])
+@pytest.mark.parametrize("mp", ["no", "bf16", "fp16"])
 def test_resume_gives_identical_weights(tmp_path, mp):
+    """Runs of several precisions in one process; fp16's loss scale is checkpointed with the rest."""
     train(tiny_model(), ar_loss, RandomTokens(), cfg(mixed_precision=mp), tmp_path / "full", progress=False)
     part = train(tiny_model(), ar_loss, RandomTokens(), cfg(mixed_precision=mp), tmp_path / "split",
                  stop_after=4, progress=False)
@@ -78,6 +79,8 @@ def test_resume_gives_identical_weights(tmp_path, mp):
     ckpt_split = list_checkpoints(tmp_path / "split" / "checkpoints")[0]
     a, b = load_file(ckpt_full / "model.safetensors"), load_file(ckpt_split / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)  # raw (non-EMA) weights too
+    registered = list(ckpt_split.glob("custom_checkpoint_*.pkl"))  # schedule, step, EMA (+ fp16's scaler)
+    assert len(registered) == 2 + (cfg().ema_decay > 0) + (mp == "fp16")
 
 
 @pytest.mark.slow
