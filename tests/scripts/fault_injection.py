@@ -5,7 +5,9 @@ usage: python tests/scripts/fault_injection.py OUT_DIR [--kills 10] [--steps 60]
 Kills come in two kinds, mixed at random: from outside at a random moment of
 the run (any point of a step, of logging, or of a checkpoint write), and from
 inside in the middle of a checkpoint write (weights file half-written, then
-SIGKILL). After each kill the script checks that ``latest`` names a checkpoint
+SIGKILL). Each run is a process of its own, forked from a server that has imported
+torch and latentlm once (multiprocessing's forkserver), so a kill is a real SIGKILL
+of a whole process without paying the imports for every run. After each kill the script checks that ``latest`` names a checkpoint
 that passes its SHA-256 manifest, and counts the steps lost (last logged step
 minus the step resumed from). Finally the resumed run's weights must equal those
 of an uninterrupted run of the same seed and step count, bit for bit.
@@ -15,10 +17,12 @@ Prints a JSON report (and writes OUT_DIR/fault_report.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
+import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +30,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-SCRIPT = Path(__file__).with_name("tiny_run.py")
+try:
+    from . import tiny_run
+except ImportError:  # run as a script: tests/scripts is on sys.path
+    import tiny_run
+
+# a server that imports these once; every run is forked from it (a fresh interpreter costs ~5 s of imports)
+_FORKSERVER = multiprocessing.get_context("forkserver")
+_FORKSERVER.set_forkserver_preload(["torch", "latentlm.training", "latentlm.baselines.autoregressive"])
 
 
 def _logged_step(run: Path) -> int:
@@ -52,8 +63,25 @@ def _weights_equal(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _cmd(run: Path, steps: int, save_every: int, *extra: str) -> list[str]:
-    return [sys.executable, str(SCRIPT), str(run), str(steps), "--save-every", str(save_every), "--slow", *extra]
+def _quiet_run(argv: list[str]) -> None:
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # its result is in the run folder
+        tiny_run.main(argv)
+
+
+def _start(run: Path, steps: int, save_every: int, *extra: str) -> multiprocessing.Process:
+    """tiny_run.py's training of ``run`` in a process of its own (``--slow``: 50 ms per step)."""
+    proc = _FORKSERVER.Process(target=_quiet_run,
+                               args=([str(run), str(steps), "--save-every", str(save_every), "--slow", *extra],))
+    proc.start()
+    return proc
+
+
+def _finish(proc: multiprocessing.Process, timeout: float) -> int:
+    proc.join(timeout)
+    if proc.exitcode is None:
+        proc.kill()
+        raise TimeoutError(f"a training run did not finish in {timeout} s")
+    return proc.exitcode
 
 
 def run_fault_injection(out: Path, kills: int = 10, steps: int = 60, save_every: int = 5, seed: int = 0,
@@ -61,25 +89,24 @@ def run_fault_injection(out: Path, kills: int = 10, steps: int = 60, save_every:
     out = Path(out)
     rng = random.Random(seed)
     ref, run = out / "reference", out / "faulted"
-    subprocess.run(_cmd(ref, steps, save_every), check=True, capture_output=True, timeout=timeout)
+    if _finish(_start(ref, steps, save_every), timeout) != 0:
+        raise RuntimeError(f"the uninterrupted reference run failed; see its output above ({ref})")
     events = []
     for i in range(kills):
         before = _logged_step(run)
         in_write = rng.random() < 0.3
         if in_write:  # die in the middle of the next checkpoint write
-            proc = subprocess.Popen(_cmd(run, steps, save_every, "--kill-on-save", "1"),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            proc.wait(timeout=timeout)
+            code = _finish(_start(run, steps, save_every, "--kill-on-save", "1"), timeout)
         else:  # die at a random moment a few steps into the resumed run
-            proc = subprocess.Popen(_cmd(run, steps, save_every), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = _start(run, steps, save_every)
             target = before + rng.randint(1, 2 * save_every)
             deadline = time.time() + timeout
-            while proc.poll() is None and _logged_step(run) < target and time.time() < deadline:
+            while proc.is_alive() and _logged_step(run) < target and time.time() < deadline:
                 time.sleep(0.01)
             time.sleep(rng.uniform(0, 0.06))  # anywhere inside a step (a step sleeps 50 ms)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=timeout)
-        killed = proc.returncode == -signal.SIGKILL
+            proc.kill()  # SIGKILL
+            code = _finish(proc, timeout)
+        killed = code == -signal.SIGKILL
         reached = _logged_step(run)
         try:
             resume_from, valid = _latest(run), True
@@ -91,8 +118,8 @@ def run_fault_injection(out: Path, kills: int = 10, steps: int = 60, save_every:
                        "resume_from": resume_from, "steps_lost": reached - resume_from if valid else None})
         if reached >= steps:
             break
-    done = subprocess.run(_cmd(run, steps, save_every), capture_output=True, text=True, timeout=timeout)
-    final = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else {}
+    ok = _finish(_start(run, steps, save_every), timeout) == 0
+    final = json.loads((run / "result-rank0.json").read_text()) if ok else {}
     kill_events = [e for e in events if "kind" in e]
     report = {
         "kills_attempted": len(kill_events),
@@ -100,7 +127,7 @@ def run_fault_injection(out: Path, kills: int = 10, steps: int = 60, save_every:
         "steps_lost": [e["steps_lost"] for e in kill_events],
         "max_steps_lost": max((e["steps_lost"] or 0 for e in kill_events), default=0),
         "final_step": final.get("step"),
-        "identical_to_uninterrupted": done.returncode == 0 and _weights_equal(ref, run),
+        "identical_to_uninterrupted": ok and _weights_equal(ref, run),
         "events": events,
     }
     (out / "fault_report.json").write_text(json.dumps(report, indent=2))

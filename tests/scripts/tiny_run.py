@@ -32,7 +32,7 @@ def tiny_model():
     return CausalLM(vocab_size=40, dim=32, depth=2, n_heads=4, max_seq_len=32)
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("steps", type=int)
@@ -40,7 +40,7 @@ def main():
     p.add_argument("--kill-on-save", type=int, default=0, help="SIGKILL in the middle of the K-th checkpoint write")
     p.add_argument("--slow", action="store_true", help="sleep in every step (for signal tests)")
     p.add_argument("--mp", default="no")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
 
     if args.kill_on_save:
