@@ -1,8 +1,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,9 +19,8 @@ from latentlm.training import (
     validate_checkpoint,
 )
 
+from .scripts.fault_injection import finish, start_tiny_run
 from .scripts.tiny_run import RandomTokens, tiny_model
-
-SCRIPT = Path(__file__).parent / "scripts" / "tiny_run.py"
 
 
 def cfg(**kw):
@@ -86,37 +83,29 @@ def test_resume_gives_identical_weights(tmp_path, mp):
 @pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "10", "--save-every", "3", "--kill-on-save", "2"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert finish(start_tiny_run(str(out), "10", "--save-every", "3", "--kill-on-save", "2")) == -signal.SIGKILL
     root = out / "checkpoints"
     assert (root / "latest").read_text().strip() == "step-00000003"
     assert validate_checkpoint(root / "step-00000003")["step"] == 3
     assert not (root / "step-00000006").exists()  # the half-written one never got its name
-    done = subprocess.run([sys.executable, str(SCRIPT), str(out), "10", "--save-every", "3"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1])["step"] == 10
+    assert finish(start_tiny_run(str(out), "10", "--save-every", "3")) == 0
+    assert json.loads((out / "result-rank0.json").read_text())["step"] == 10
     # the reference is the same script uninterrupted: one CPU thread, as the killed run had
-    ref = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "ref"), "10", "--save-every", "3"],
-                         capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr
+    assert finish(start_tiny_run(str(tmp_path / "ref"), "10", "--save-every", "3")) == 0
     assert same_weights(out, tmp_path / "ref")
 
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "100000", "--slow"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_tiny_run(str(out), "100000", "--slow")
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
-        assert time.time() < deadline and proc.poll() is None, "training did not start"
+        assert time.time() < deadline and proc.is_alive(), "training did not start"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    result = json.loads(stdout.splitlines()[-1])
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc, 120) == 0
+    result = json.loads((out / "result-rank0.json").read_text())
     assert result["interrupted"] and 3 <= result["step"] < 100000
     latest = (out / "checkpoints" / "latest").read_text().strip()
     assert validate_checkpoint(out / "checkpoints" / latest)["step"] == result["step"]

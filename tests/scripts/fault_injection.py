@@ -68,15 +68,20 @@ def _quiet_run(argv: list[str]) -> None:
         tiny_run.main(argv)
 
 
-def _start(run: Path, steps: int, save_every: int, *extra: str) -> multiprocessing.Process:
-    """tiny_run.py's training of ``run`` in a process of its own (``--slow``: 50 ms per step)."""
-    proc = _FORKSERVER.Process(target=_quiet_run,
-                               args=([str(run), str(steps), "--save-every", str(save_every), "--slow", *extra],))
+def start_tiny_run(*argv: str) -> multiprocessing.Process:
+    """tiny_run.py with arguments ``argv`` in a process of its own, forked from the server."""
+    proc = _FORKSERVER.Process(target=_quiet_run, args=(list(argv),))
     proc.start()
     return proc
 
 
-def _finish(proc: multiprocessing.Process, timeout: float) -> int:
+def _start(run: Path, steps: int, save_every: int, *extra: str) -> multiprocessing.Process:
+    """The training of ``run`` (``--slow``: 50 ms per step)."""
+    return start_tiny_run(str(run), str(steps), "--save-every", str(save_every), "--slow", *extra)
+
+
+def finish(proc: multiprocessing.Process, timeout: float = 300) -> int:
+    """The process's exit code once it ends (negative: killed by that signal)."""
     proc.join(timeout)
     if proc.exitcode is None:
         proc.kill()
@@ -89,14 +94,14 @@ def run_fault_injection(out: Path, kills: int = 10, steps: int = 60, save_every:
     out = Path(out)
     rng = random.Random(seed)
     ref, run = out / "reference", out / "faulted"
-    if _finish(_start(ref, steps, save_every), timeout) != 0:
+    if finish(_start(ref, steps, save_every), timeout) != 0:
         raise RuntimeError(f"the uninterrupted reference run failed; see its output above ({ref})")
     events = []
     for i in range(kills):
         before = _logged_step(run)
         in_write = rng.random() < 0.3
         if in_write:  # die in the middle of the next checkpoint write
-            code = _finish(_start(run, steps, save_every, "--kill-on-save", "1"), timeout)
+            code = finish(_start(run, steps, save_every, "--kill-on-save", "1"), timeout)
         else:  # die at a random moment a few steps into the resumed run
             proc = _start(run, steps, save_every)
             target = before + rng.randint(1, 2 * save_every)
@@ -105,7 +110,7 @@ def run_fault_injection(out: Path, kills: int = 10, steps: int = 60, save_every:
                 time.sleep(0.01)
             time.sleep(rng.uniform(0, 0.06))  # anywhere inside a step (a step sleeps 50 ms)
             proc.kill()  # SIGKILL
-            code = _finish(proc, timeout)
+            code = finish(proc, timeout)
         killed = code == -signal.SIGKILL
         reached = _logged_step(run)
         try:
@@ -118,7 +123,7 @@ def run_fault_injection(out: Path, kills: int = 10, steps: int = 60, save_every:
                        "resume_from": resume_from, "steps_lost": reached - resume_from if valid else None})
         if reached >= steps:
             break
-    ok = _finish(_start(run, steps, save_every), timeout) == 0
+    ok = finish(_start(run, steps, save_every), timeout) == 0
     final = json.loads((run / "result-rank0.json").read_text()) if ok else {}
     kill_events = [e for e in events if "kind" in e]
     report = {
