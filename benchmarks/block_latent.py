@@ -142,7 +142,10 @@ def main() -> None:
         return fit
 
     real = System("real", prompts, cut_references([c for _, c in pairs], cfg))
-    feats_real, feats_ceiling = mauve_references(docs, pairs, real.continuations, cfg)
+    feats_real, feats_ceiling, why = mauve_references(docs, pairs, real.continuations, cfg,
+                                                      read_documents([args.train]) if args.train else ())
+    if feats_ceiling is None:
+        raise DataError(why)
     names = cons.name_lexicon(read_documents([args.train])) if args.train else set()
 
     def scores(s: System, feats) -> dict:

@@ -503,21 +503,32 @@ METRIC_DIRECTION = {  # +1 higher is better, -1 lower is better
 }
 
 
-def mauve_references(docs: list[str], pairs: list[tuple[str, str]], real: list[str],
-                     cfg: CompareConfig) -> tuple[np.ndarray, np.ndarray]:
+def mauve_references(docs: list[str], pairs: list[tuple[str, str]], real: list[str], cfg: CompareConfig,
+                     train_docs: list[str] = ()) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """Sentence features of the real continuations ``real`` (of the openings ``pairs``), which every
-    system's MAUVE is measured against, and of the data-vs-data ceiling: real continuations of other
-    held-out openings of ``docs``, cut to the same length. Raises DataError when either has fewer than 10."""
+    system's MAUVE is measured against, and of the data-vs-data ceiling: as many real continuations of
+    other stories, cut to the same length. They come from the held-out openings ``pairs`` leaves out
+    and, when those are too few (every opening of the split is compared), from ``train_docs``. Returns
+    (real features, ceiling features or None, why the ceiling is missing or None). Raises DataError when
+    there are fewer than 10 openings."""
+    if len(real) < 10:
+        raise DataError(f"MAUVE needs 10+ openings with a continuation (have {len(real)})")
     used = {p for p, _ in pairs}
-    try:
-        other = [c for p, c in openings(docs, len(docs), cfg, is_synthetic(docs)) if p not in used]
-    except DataError:
-        other = []
-    ref_other = cut_references(other[: len(real)], cfg)
-    if len(real) < 10 or len(ref_other) < 10:
-        raise DataError(f"MAUVE needs 10+ openings and 10+ other held-out stories for the data-vs-data "
-                        f"ceiling (have {len(real)} and {len(ref_other)})")
-    return M.sentence_embeddings(real), M.sentence_embeddings(ref_other)
+    other: list[str] = []
+    for source in (docs, train_docs):
+        if len(other) >= len(real) or not source:
+            continue
+        try:
+            more = openings(source, len(source), cfg, is_synthetic(source))
+        except DataError:
+            continue
+        other += [c for p, c in more if p not in used][: len(real) - len(other)]
+    ref_other = cut_references(other, cfg)
+    if len(ref_other) < 10:
+        return M.sentence_embeddings(real), None, (
+            f"the data-vs-data ceiling needs 10+ stories besides the compared openings (have {len(ref_other)}; "
+            "pass --train to draw them from the training texts)")
+    return M.sentence_embeddings(real), M.sentence_embeddings(ref_other), None
 
 
 def _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
@@ -537,7 +548,9 @@ def _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
     feats_real = feats_ceiling = None
     if cfg.mauve:
         try:
-            feats_real, feats_ceiling = mauve_references(docs, pairs, real.continuations, cfg)
+            feats_real, feats_ceiling, why = mauve_references(docs, pairs, real.continuations, cfg, train_docs)
+            if why:
+                skipped["mauve of real text (the ceiling)"] = why
         except DataError as e:
             skipped["mauve"] = str(e)
     if judge_lm is None:
@@ -564,8 +577,8 @@ def _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
         if judge_lm is not None:
             scores = judge_scores(judge_lm, s)
             r["gen_ppl"], r["gen_ppl_ci"] = perplexity(scores), _ci(scores, perplexity, cfg)
-        if feats_real is not None:
-            # real text is scored against other held-out stories: the data-vs-data ceiling
+        if feats_real is not None and not (s.name == REAL and feats_ceiling is None):
+            # real text is scored against other stories: the data-vs-data ceiling
             feats = feats_ceiling if s.name == REAL else M.sentence_embeddings(c)
             groups = [n + i for i in range(len(feats))] if s.name == REAL else [i % n for i in range(len(c))]
             r["mauve"] = M.mauve_score(feats, feats_real, seed=cfg.seed)

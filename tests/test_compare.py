@@ -126,6 +126,27 @@ def test_a_system_added_to_a_finished_comparison_costs_only_its_own_work(folders
 
 
 @pytest.mark.slow
+def test_every_opening_compared_still_gives_every_system_a_mauve(folders, tmp_path):
+    """When every opening of the split is compared (the TinyStories protocol), no held-out story is left
+    for real text's data-vs-data ceiling: it comes from the training texts, and without them only the
+    ceiling is missing, never the systems' MAUVE."""
+    cfg = small_config(prompts=100_000, nfe_sweep=(), speed_lengths=(8,), nll_texts=2, cloze_items=2)
+    docs = compare_module.read_documents([folders / "valid.jsonl"])
+    pairs = compare_module.openings(docs, 100_000, cfg, True)
+    real = compare_module.cut_references([c for _, c in pairs], cfg)
+    train = compare_module.read_documents([folders / "train.jsonl"])
+    feats, ceiling, why = compare_module.mauve_references(docs, pairs, real, cfg, train)
+    assert len(feats) == len(pairs) == len(ceiling) and why is None  # topped up from the training texts
+    feats, ceiling, why = compare_module.mauve_references(docs, pairs, real, cfg)
+    assert ceiling is None and "--train" in why
+    with pytest.raises(DataError, match="10\\+ openings"):
+        compare_module.mauve_references(docs, pairs[:9], real[:9], cfg)
+    res = compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path / "r", cfg=cfg, progress=False)
+    rows = res["sections"]["quality"]["rows"]
+    assert rows["ar"]["n"] == len(pairs) and 0 <= rows["ar"]["mauve"] <= 1 and "mauve_ci" in rows["ar"]
+    assert "mauve" not in rows[REAL] and "ceiling" in " ".join(res["sections"]["skipped"])
+
+
 def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, tiny_tokenizer, monkeypatch):
     knobs = {"ar": {"temperature": (0.5, 1.0, 2.0)}, "mdlm": {"temperature": (0.5, 1.0)},
              "latent": {"decoder_temperature": (0.0, 1.0), "num_inference_steps": (2, 4)}}  # the kinds' knobs, fewer values
