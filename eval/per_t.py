@@ -5,7 +5,8 @@ nothing), the denoiser's clean estimate x0_hat(z_t, t) without and with self-con
 first estimate fed back, as the samplers do), each decoded by the autoencoder and scored by token
 accuracy against the real continuation and by word entropy of the decoded texts; and the training
 density near t (as a share of uniform times' mass: under 0.01 the denoiser hardly trained there).
-A block-causal denoiser is given one time for all its blocks (each block sees the noisy blocks before it).
+A block-causal denoiser is given one time for all its blocks, each block seeing the noisy blocks before
+it, and again with the clean blocks before it ([clean ; noisy] layout): what block-AR sampling gives it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class PerTRow:
     x0_entropy: float
     x0_sc_accuracy: float | None  # x0_hat with its own first estimate as self-conditioning (None: no self-cond)
     x0_sc_entropy: float | None
+    # block-causal: x0_hat with the clean blocks before each block (self-conditioned when it self-conditions)
+    x0_prefix_accuracy: float | None = None
+    x0_prefix_entropy: float | None = None
 
 
 def continuation_ids(tokenizer, continuations: list[str], max_new_tokens: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,10 +61,11 @@ def per_t_map(pipe, prompts: list[str], continuations: list[str], grid=DEFAULT_G
     ids, mask = continuation_ids(tok, continuations, max_new_tokens, k)
     spec = getattr(pipe.config, "training_times", None)
     self_cond = pipe.denoiser.config.self_conditioning
+    block_causal = pipe.denoiser.config.block_size is not None
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for t_val in grid:
-        decoded: dict[str, list[torch.Tensor]] = {"noisy": [], "x0": [], "x0_sc": []}
+        decoded: dict[str, list[torch.Tensor]] = {"noisy": [], "x0": [], "x0_sc": [], "x0_prefix": []}
         for a in range(0, len(prompts), batch_size):
             b_ids, b_mask = ids[a : a + batch_size].to(device), mask[a : a + batch_size].to(device)
             z0 = ae.encode(b_ids, b_mask).float()
@@ -74,10 +79,15 @@ def per_t_map(pipe, prompts: list[str], continuations: list[str], grid=DEFAULT_G
             decoded["x0"].append(pipe.tokens_of(x0))
             if self_cond:
                 decoded["x0_sc"].append(pipe.tokens_of(pipe.predict_x0(z_t, t, prompt, prompt_mask, self_cond=x0)))
+            if block_causal:
+                x0p = pipe.predict_x0(z_t, t, prompt, prompt_mask, clean=z0).float()
+                if self_cond:
+                    x0p = pipe.predict_x0(z_t, t, prompt, prompt_mask, self_cond=x0p, clean=z0).float()
+                decoded["x0_prefix"].append(pipe.tokens_of(x0p))
         scores = {name: _scores(tok, torch.cat(v).cpu(), ids, mask) if v else (None, None)
                   for name, v in decoded.items()}
         mass = float(mass_near(spec, torch.tensor([float(t_val)], dtype=torch.float64))[0]) if spec else None
-        rows.append(PerTRow(float(t_val), mass, *scores["noisy"], *scores["x0"], *scores["x0_sc"]))
+        rows.append(PerTRow(float(t_val), mass, *scores["noisy"], *scores["x0"], *scores["x0_sc"], *scores["x0_prefix"]))
     return rows
 
 
@@ -93,12 +103,14 @@ def map_table(rows: list[PerTRow], real_entropy: float) -> str:
     def f(v, fmt="{:.3f}"):
         return "-" if v is None else fmt.format(v)
 
-    lines = [f"Real continuations: word entropy {real_entropy:.2f} bits.", "",
-             "| t | training mass / uniform | z_t/alpha acc. | entropy | x0_hat acc. | entropy | "
-             "x0_hat self-cond acc. | entropy |", "|---|---|---|---|---|---|---|---|"]
+    prefix = any(r.x0_prefix_accuracy is not None for r in rows)
+    head = ("| t | training mass / uniform | z_t/alpha acc. | entropy | x0_hat acc. | entropy | "
+            "x0_hat self-cond acc. | entropy |" + (" x0_hat, clean blocks before: acc. | entropy |" if prefix else ""))
+    lines = [f"Real continuations: word entropy {real_entropy:.2f} bits.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         d = asdict(r)
         lines.append(f"| {r.t:.2f} | {f(r.training_mass, '{:.2f}')} | {f(d['noisy_accuracy'])} | "
                      f"{f(d['noisy_entropy'], '{:.2f}')} | {f(d['x0_accuracy'])} | {f(d['x0_entropy'], '{:.2f}')} | "
-                     f"{f(d['x0_sc_accuracy'])} | {f(d['x0_sc_entropy'], '{:.2f}')} |")
+                     f"{f(d['x0_sc_accuracy'])} | {f(d['x0_sc_entropy'], '{:.2f}')} |"
+                     + (f" {f(d['x0_prefix_accuracy'])} | {f(d['x0_prefix_entropy'], '{:.2f}')} |" if prefix else ""))
     return "\n".join(lines)

@@ -550,7 +550,7 @@ def test_training_time_cdf_matches_the_draws():
 def test_per_t_map_known_answers(tiny_autoencoder_dir, monkeypatch):
     from latentlm.data.tokenizer import load_tokenizer
     from latentlm.diffusion.time_density import time_density_spec
-    from latentlm.eval.per_t import continuation_ids, per_t_map
+    from latentlm.eval.per_t import continuation_ids, map_table, per_t_map
     from latentlm.loading import load_model
 
     ae, tok = load_model(tiny_autoencoder_dir).eval(), load_tokenizer(tiny_autoencoder_dir)
@@ -583,6 +583,17 @@ def test_per_t_map_known_answers(tiny_autoencoder_dir, monkeypatch):
     exact = per_t_map(pipe, prompts, conts, (0.02, 0.5, 0.95), max_new_tokens=16)
     assert [r.x0_accuracy for r in exact] == pytest.approx([recon_acc] * 3)
     assert exact[2].noisy_accuracy < exact[0].noisy_accuracy  # the noisy latent loses the text
+    assert exact[0].x0_prefix_accuracy is None  # a full-attention denoiser has no clean-prefix column
+    # a block-causal denoiser is also read with the clean blocks before each block: here one that returns
+    # whatever clean latents it is given, so that column is the reconstruction and the other the noisy latent
+    blocks = LatentDenoiser(latent_dim=ae.config.latent_dim, dim=32, depth=1, n_heads=4, max_latents=ae.n_latents,
+                            block_size=2)
+    bpipe = LatentDiffusionPipeline(tok, ae, blocks.eval(), make_scheduler("ddpm", blocks))
+    monkeypatch.setattr(bpipe, "predict_x0", lambda z_t, t, *a, clean=None, **kw: z_t if clean is None else clean)
+    rows = per_t_map(bpipe, prompts, conts, (0.02, 0.95), max_new_tokens=16)
+    assert [r.x0_prefix_accuracy for r in rows] == pytest.approx([recon_acc] * 2)
+    assert rows[1].x0_accuracy == rows[1].noisy_accuracy < 0.5
+    assert "clean blocks before" in map_table(rows, 8.0)
 
 
 def test_projection_replaces_the_estimate_below_its_time(pipe, monkeypatch):
