@@ -7,6 +7,9 @@ accuracy against the real continuation and by word entropy of the decoded texts;
 density near t (as a share of uniform times' mass: under 0.01 the denoiser hardly trained there).
 A block-causal denoiser is given one time for all its blocks, each block seeing the noisy blocks before
 it, and again with the clean blocks before it ([clean ; noisy] layout): what block-AR sampling gives it.
+Last, the estimate the sampler reads (self-conditioned when the denoiser self-conditions; with the clean
+blocks before for a block-causal one) with every row's context (its prompt, its clean blocks) taken from
+another row: where it scores as well as with its own, the denoiser does not read its context.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class PerTRow:
     # block-causal: x0_hat with the clean blocks before each block (self-conditioned when it self-conditions)
     x0_prefix_accuracy: float | None = None
     x0_prefix_entropy: float | None = None
+    # the sampler's estimate with another row's context (prompt, clean blocks): what the context is worth
+    x0_other_accuracy: float | None = None
+    x0_other_entropy: float | None = None
 
 
 def continuation_ids(tokenizer, continuations: list[str], max_new_tokens: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +71,7 @@ def per_t_map(pipe, prompts: list[str], continuations: list[str], grid=DEFAULT_G
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for t_val in grid:
-        decoded: dict[str, list[torch.Tensor]] = {"noisy": [], "x0": [], "x0_sc": [], "x0_prefix": []}
+        decoded: dict[str, list[torch.Tensor]] = {"noisy": [], "x0": [], "x0_sc": [], "x0_prefix": [], "x0_other": []}
         for a in range(0, len(prompts), batch_size):
             b_ids, b_mask = ids[a : a + batch_size].to(device), mask[a : a + batch_size].to(device)
             z0 = ae.encode(b_ids, b_mask).float()
@@ -80,15 +86,27 @@ def per_t_map(pipe, prompts: list[str], continuations: list[str], grid=DEFAULT_G
             if self_cond:
                 decoded["x0_sc"].append(pipe.tokens_of(pipe.predict_x0(z_t, t, prompt, prompt_mask, self_cond=x0)))
             if block_causal:
-                x0p = pipe.predict_x0(z_t, t, prompt, prompt_mask, clean=z0).float()
-                if self_cond:
-                    x0p = pipe.predict_x0(z_t, t, prompt, prompt_mask, self_cond=x0p, clean=z0).float()
-                decoded["x0_prefix"].append(pipe.tokens_of(x0p))
+                decoded["x0_prefix"].append(pipe.tokens_of(_read(pipe, z_t, t, prompt, prompt_mask, z0)))
+            if len(prompts) > 1:  # row r reads row r - 1's context (a batch of one row: its own)
+                other = _read(pipe, z_t, t, prompt.roll(1, 0), prompt_mask.roll(1, 0),
+                              z0.roll(1, 0) if block_causal else None)
+                decoded["x0_other"].append(pipe.tokens_of(other))
         scores = {name: _scores(tok, torch.cat(v).cpu(), ids, mask) if v else (None, None)
                   for name, v in decoded.items()}
         mass = float(mass_near(spec, torch.tensor([float(t_val)], dtype=torch.float64))[0]) if spec else None
-        rows.append(PerTRow(float(t_val), mass, *scores["noisy"], *scores["x0"], *scores["x0_sc"], *scores["x0_prefix"]))
+        rows.append(PerTRow(float(t_val), mass, *scores["noisy"], *scores["x0"], *scores["x0_sc"], *scores["x0_prefix"],
+                            *scores["x0_other"]))
     return rows
+
+
+def _read(pipe, z_t, t, prompt, prompt_mask, clean) -> torch.Tensor:
+    """The clean estimate the sampler reads: self-conditioned on a first estimate when the denoiser
+    self-conditions; ``clean``: the clean blocks before each block of a block-causal denoiser."""
+    kw = {} if clean is None else {"clean": clean}
+    x = pipe.predict_x0(z_t, t, prompt, prompt_mask, **kw).float()
+    if pipe.denoiser.config.self_conditioning:
+        x = pipe.predict_x0(z_t, t, prompt, prompt_mask, self_cond=x, **kw).float()
+    return x
 
 
 def _scores(tok, pred: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
@@ -104,13 +122,16 @@ def map_table(rows: list[PerTRow], real_entropy: float) -> str:
         return "-" if v is None else fmt.format(v)
 
     prefix = any(r.x0_prefix_accuracy is not None for r in rows)
+    other = any(r.x0_other_accuracy is not None for r in rows)
     head = ("| t | training mass / uniform | z_t/alpha acc. | entropy | x0_hat acc. | entropy | "
-            "x0_hat self-cond acc. | entropy |" + (" x0_hat, clean blocks before: acc. | entropy |" if prefix else ""))
+            "x0_hat self-cond acc. | entropy |" + (" x0_hat, clean blocks before: acc. | entropy |" if prefix else "")
+            + (" the same, another row's context: acc. | entropy |" if other else ""))
     lines = [f"Real continuations: word entropy {real_entropy:.2f} bits.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         d = asdict(r)
         lines.append(f"| {r.t:.2f} | {f(r.training_mass, '{:.2f}')} | {f(d['noisy_accuracy'])} | "
                      f"{f(d['noisy_entropy'], '{:.2f}')} | {f(d['x0_accuracy'])} | {f(d['x0_entropy'], '{:.2f}')} | "
                      f"{f(d['x0_sc_accuracy'])} | {f(d['x0_sc_entropy'], '{:.2f}')} |"
-                     + (f" {f(d['x0_prefix_accuracy'])} | {f(d['x0_prefix_entropy'], '{:.2f}')} |" if prefix else ""))
+                     + (f" {f(d['x0_prefix_accuracy'])} | {f(d['x0_prefix_entropy'], '{:.2f}')} |" if prefix else "")
+                     + (f" {f(d['x0_other_accuracy'])} | {f(d['x0_other_entropy'], '{:.2f}')} |" if other else ""))
     return "\n".join(lines)

@@ -592,6 +592,7 @@ def test_per_t_map_known_answers(tiny_autoencoder_dir, monkeypatch):
     monkeypatch.setattr(bpipe, "predict_x0", lambda z_t, t, *a, clean=None, **kw: z_t if clean is None else clean)
     rows = per_t_map(bpipe, prompts, conts, (0.02, 0.95), max_new_tokens=16)
     assert [r.x0_prefix_accuracy for r in rows] == pytest.approx([recon_acc] * 2)
+    assert rows[0].x0_other_accuracy < 0.5  # with another row's clean blocks it returns that row's latents
     assert rows[1].x0_accuracy == rows[1].noisy_accuracy < 0.5
     assert "clean blocks before" in map_table(rows, 8.0)
 
