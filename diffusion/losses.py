@@ -321,7 +321,7 @@ def diffusion_loss(model, x: DenoiserBatch, cfg: DenoiserLossConfig, autoencoder
         real = x.token_mask.bool()
         weight = torch.where(real, 1.0, cfg.pad_weight) * (real | x.ended[:, None])  # a cut document: no padding
         ce = (ce * weight).sum() / weight.sum()
-        loss = mse + cfg.decoder_ce * ce
+        loss = loss + cfg.decoder_ce * ce
         metrics.update(mse=float(mse.detach()), decoder_ce=float(ce.detach()))
     return LossOutput(loss, metrics)
 

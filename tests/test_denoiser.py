@@ -149,6 +149,16 @@ def test_learned_times_train_the_warp_with_the_denoiser(ae, tiny_tokenizer, tmp_
                         cfg=cfg)
     out.loss.backward()
     assert out.metrics["time_warp_fit"] > 0 and den.time_warp.raw.grad.abs().sum() > 0
+    # with the decoder's cross-entropy the fit still trains: the terms add up
+    den.zero_grad()
+    torch.manual_seed(1)
+    ce_cfg = DenoiserLossConfig(time_sampling="learned", time_uniform_share=0.1, p_self_cond=0.0, decoder_ce=0.5)
+    both = denoiser_loss(den, batch(tiny_tokenizer, ["lily had a red kite. the sun was warm."] * 4),
+                         autoencoder=ae, cfg=ce_cfg)
+    both.loss.backward()
+    m = both.metrics
+    assert float(both.loss) == pytest.approx(m["mse"] + m["time_warp_fit"] + 0.5 * m["decoder_ce"], rel=1e-4)
+    assert den.time_warp.raw.grad.abs().sum() > 0
     # the exported pipeline keeps the learned density: the coverage check and `info` read it
     ctx = RunContext(autoencoder=ae, training_times=time_density_of(cfg),
                      sampling={"sampler": "ddpm", "sampling_mode": "parallel", "window_blocks": 4})
