@@ -11,7 +11,8 @@ denoiser, mdlm, denoiser_block). ``--variant NAME=BASE[@INPUT][:SECTION.KEY=VALU
 (a tuning row) to the run: trained after the others, compared with them, remembered by the run folder;
 a finished run trains and compares only the new row. ``--render`` prints the table of a finished run and, with
 ``--write-docs``, puts it into README.md and docs/tinystories.md between their
-``<!-- tinystories-results -->`` markers.
+``<!-- tinystories-results -->`` markers; ``--samples ROW`` adds the first openings' samples of ROW next
+to the AR's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from latentlm.protocol import (
     ProtocolConfig,
     protocol_compare_config,
     render_results,
+    render_samples,
     tinystories_protocol,
     write_docs,
 )
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--render", action="store_true", help="print the table of a finished run; train nothing")
     p.add_argument("--write-docs", action="store_true", help="with --render: write the table into README and docs")
+    p.add_argument("--samples", action="append", default=[], metavar="ROW",
+                   help="with --render: the first openings' samples of ROW next to the AR's (repeatable)")
+    p.add_argument("--n-samples", type=int, default=10, help="openings shown by --samples")
     args = p.parse_args(argv)
     try:
         out = Path(args.out)
@@ -64,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"{path} does not exist: run the protocol first (without --render)")
             results = json.loads(path.read_text())
             print(render_results(results))
+            samples = ""
+            if args.samples:
+                samples = render_samples(out, next(reversed(results["splits"])), args.samples, args.n_samples)
+                print(samples)
             if args.write_docs:
-                for f in write_docs(results, ROOT):
+                for f in write_docs(results, ROOT, samples):
                     print(f"wrote the table into {f}")
             return 0
         overrides = split_scoped_overrides(args.overrides, "STAGE")

@@ -326,7 +326,7 @@ def compare(
     else:
         skipped["sanity samplers, memorisation, entity persistence"] = "no --train texts given"
     for s in systems:
-        _write_samples(out / "samples" / f"{_slug(s.name)}.jsonl", s.prompts, list(zip(s.texts, s.continuations)))
+        _write_samples(samples_path(out, s.name), s.prompts, list(zip(s.texts, s.continuations)))
     bar.update(1)
 
     # --- sample quality ---------------------------------------------------------------
@@ -395,6 +395,11 @@ def compare(
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def samples_path(out: str | Path, name: str) -> Path:
+    """The file of system ``name``'s samples (JSON lines: prompt, continuation, text) in report ``out``."""
+    return Path(out) / "samples" / f"{_slug(name)}.jsonl"
 
 
 def _load_samples(path: Path, n: int) -> list[tuple[str, str]] | None:

@@ -33,7 +33,7 @@ from latentlm.data.readers import read_documents
 from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, sentence_end_ids, train_tokenizer
 from latentlm.device import device_name, resolve_device
 from latentlm.errors import DataError, InputError, LatentLMError
-from latentlm.eval.compare import CompareConfig, compare
+from latentlm.eval.compare import CompareConfig, compare, samples_path
 from latentlm.eval.latents import generability_report, report_table
 from latentlm.files import move_tree, write_text_atomic
 from latentlm.loading import load_pipeline
@@ -536,12 +536,40 @@ def render_per_t(results: dict) -> str:
     return "\n".join(lines) + (f"\n\nReal continuations: word entropy {real:.2f} bits.\n" if real else "\n")
 
 
+def render_samples(run: str | Path, split: str, rows: list[str], n: int = 10) -> str:
+    """The first sample of each of the first ``n`` openings of ``split`` (file order: no picking), the AR's
+    next to each row's in ``rows``, read from the run's ``compare_<split>/samples``; markdown."""
+    report = Path(run) / f"compare_{split}"
+    folder = report / "samples"
+    texts: dict[str, dict[str, str]] = {}
+    for name in ["ar", *[r for r in rows if r != "ar"]]:
+        path = samples_path(report, name)
+        if not path.is_file():
+            have = sorted(p.stem for p in folder.glob("*.jsonl") if "_seed" not in p.stem) if folder.is_dir() else []
+            raise InputError(f"no samples of row {name!r} on {split}.jsonl ({path} is missing); compared rows "
+                             f"there: {', '.join(have) or 'none (run compare on that split first)'}")
+        first: dict[str, str] = {}
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            first.setdefault(rec["prompt"], rec["continuation"])
+        texts[name] = first
+    prompts = [p for p in texts["ar"] if all(p in t for t in texts.values())][:n]
+    lines = []
+    for i, prompt in enumerate(prompts, 1):
+        lines.append(f"**{i}. Opening:** {' '.join(prompt.split())}\n")
+        for name, t in texts.items():
+            lines.append(f"- *{name}:* {' '.join(t[prompt].split())}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 BEGIN, END = "<!-- tinystories-results:begin -->", "<!-- tinystories-results:end -->"
 
 
-def write_docs(results: dict, root: Path) -> list[Path]:
+def write_docs(results: dict, root: Path, samples: str = "") -> list[Path]:
     """Put the generated tables between the markers of README.md (test split) and docs/tinystories.md
-    (both splits and the training times); returns the files written."""
+    (both splits, the training times and, when given, ``samples``: :func:`render_samples`); returns the
+    files written."""
     last = next(reversed(results["splits"]), None)
     stamp = f"_Generated from the protocol run of {results['finished']} ({results['device']})._\n\n"
     blocks = {root / "README.md": stamp + render_results(results, "test"),
@@ -551,7 +579,9 @@ def write_docs(results: dict, root: Path) -> list[Path]:
               + ("\nSampling (batch 1, this machine):\n\n" + render_sampling(results, last) if last else "")
               + ("\nWhere each latent model loses the text (`valid.jsonl`, per t: its decoded clean estimate; "
                  "the full reports are `latents_*.md` in the run folder):\n\n" + render_per_t(results)
-                 if render_per_t(results) else "")}
+                 if render_per_t(results) else "")
+              + (f"\nSamples, the first of each of the first openings of `{last}.jsonl`, 128 new tokens:\n\n"
+                 + samples if samples else "")}
     written = []
     for path, block in blocks.items():
         text = path.read_text()

@@ -152,3 +152,19 @@ def test_write_docs_replaces_only_the_marked_block(tmp_path):
     (tmp_path / "README.md").write_text("no markers")
     with pytest.raises(InputError, match="markers"):
         P.write_docs(results, tmp_path)
+
+
+def test_samples_are_the_first_openings_of_each_row_side_by_side(tmp_path):
+    samples = tmp_path / "compare_test" / "samples"
+    samples.mkdir(parents=True)
+    rows = {"ar": [("o1", " a1"), ("o1", " a1 again"), ("o2", " a2"), ("o3", " a3")],
+            "block-broad": [("o2", " b2"), ("o1", " b1\n\nmore"), ("o2", " b2 again")]}
+    for name, recs in rows.items():
+        (samples / f"{name.replace('-', '_')}.jsonl").write_text(
+            "".join(json.dumps({"prompt": p, "continuation": c, "text": p + c}) + "\n" for p, c in recs))
+    md = P.render_samples(tmp_path, "test", ["block-broad"], n=5)
+    # the AR's order, each opening's first sample, openings only one row has left out
+    assert md.index("o1") < md.index("o2") and "o3" not in md and "again" not in md
+    assert "- *ar:* a1" in md and "- *block-broad:* b1 more" in md and "- *block-broad:* b2" in md
+    with pytest.raises(InputError, match="no samples of row 'mdlm'.*ar, block_broad"):
+        P.render_samples(tmp_path, "test", ["mdlm"])
