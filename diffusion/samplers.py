@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from latentlm.diffusion.ddim import StepwiseDDIMScheduler, stepwise_ddim
+from latentlm.diffusion.ddim import stepwise_ddim
 from latentlm.diffusion.sampling import langevin_correct
 from latentlm.diffusion.schedules import NoiseSchedule
 from latentlm.diffusion.time_density import step_times
@@ -83,7 +83,7 @@ class StepPlan:
 def plan_steps(sched, schedule: NoiseSchedule, num_inference_steps: int, device, *, spacing: str = "scheduler",
                training_times: dict | None = None, denoising_end: float = 1.0) -> StepPlan:
     """Set ``sched``'s timesteps (:func:`set_timesteps`) and return its :class:`StepPlan` for a denoiser
-    trained on ``schedule`` (diffusers' DDIM replaced by :class:`StepwiseDDIMScheduler`, which steps to the
+    trained on ``schedule`` (diffusers' DDIM replaced by :class:`~latentlm.diffusion.ddim.StepwiseDDIMScheduler`, which steps to the
     timesteps it set)."""
     sched = stepwise_ddim(sched)
     set_timesteps(sched, num_inference_steps, device, spacing, training_times)
