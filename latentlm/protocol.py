@@ -539,6 +539,8 @@ def render_per_t(results: dict) -> str:
 def render_samples(run: str | Path, split: str, rows: list[str], n: int = 10) -> str:
     """The first sample of each of the first ``n`` openings of ``split`` (file order: no picking), the AR's
     next to each row's in ``rows``, read from the run's ``compare_<split>/samples``; markdown."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"the number of openings to show must be a positive integer, got {n!r}")
     report = Path(run) / f"compare_{split}"
     folder = report / "samples"
     texts: dict[str, dict[str, str]] = {}
@@ -549,9 +551,13 @@ def render_samples(run: str | Path, split: str, rows: list[str], n: int = 10) ->
             raise InputError(f"no samples of row {name!r} on {split}.jsonl ({path} is missing); compared rows "
                              f"there: {', '.join(have) or 'none (run compare on that split first)'}")
         first: dict[str, str] = {}
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            first.setdefault(rec["prompt"], rec["continuation"])
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                rec = json.loads(line)
+                first.setdefault(rec["prompt"], rec["continuation"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise InputError(f"{path}, line {i}: not a sample record with prompt and continuation ({e}); "
+                                 "rerun compare on that split to rewrite it") from e
         texts[name] = first
     prompts = [p for p in texts["ar"] if all(p in t for t in texts.values())][:n]
     lines = []

@@ -168,3 +168,8 @@ def test_samples_are_the_first_openings_of_each_row_side_by_side(tmp_path):
     assert "- *ar:* a1" in md and "- *block-broad:* b1 more" in md and "- *block-broad:* b2" in md
     with pytest.raises(InputError, match="no samples of row 'mdlm'.*ar, block_broad"):
         P.render_samples(tmp_path, "test", ["mdlm"])
+    with pytest.raises(InputError, match="positive integer"):
+        P.render_samples(tmp_path, "test", ["block-broad"], n=0)
+    (samples / "block_broad.jsonl").write_text("{not json\n")
+    with pytest.raises(InputError, match="line 1: not a sample record"):
+        P.render_samples(tmp_path, "test", ["block-broad"])
