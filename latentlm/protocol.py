@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from latentlm.cost import cost_record, run_cost
 from latentlm.data.readers import read_documents
@@ -156,16 +157,22 @@ class StageClock:
     """Wall-clock of each stage, summed over every run that worked on it, in ``protocol.json``.
 
     While a stage runs a thread writes its time every ``CLOCK_EVERY`` seconds, so a kill loses at
-    most that much of it."""
+    most that much of it. Each write keeps what another process wrote of the stages this one has not
+    worked on, so two runs of the protocol on one folder (``--splits valid`` beside ``--splits test``)
+    keep each other's times."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict = {"stages": {}}
-        if path.is_file():
+        self.data: dict = self._read()
+        self._mine: set[str] = set()  # stages this process ran or marked
+
+    def _read(self) -> dict:
+        if self.path.is_file():
             try:
-                self.data = json.loads(path.read_text())
+                return json.loads(self.path.read_text())
             except json.JSONDecodeError:
                 pass  # a file cut by a crash: the times start over, the models are kept
+        return {"stages": {}}
 
     def seconds(self, name: str) -> float:
         return float(self.data["stages"].get(name, {}).get("seconds", 0.0))
@@ -174,6 +181,7 @@ class StageClock:
         return bool(self.data["stages"].get(name, {}).get("done"))
 
     def run(self, name: str, fn: Callable[[], object], **info) -> None:
+        self._mine.add(name)
         entry = self.data["stages"].setdefault(name, {"seconds": 0.0, "runs": 0})
         entry.update(info, runs=entry["runs"] + 1)
         base, t0, stop = entry["seconds"], time.perf_counter(), threading.Event()
@@ -195,11 +203,16 @@ class StageClock:
             self._write()
 
     def mark(self, name: str, **info) -> None:
+        self._mine.add(name)
         self.data["stages"].setdefault(name, {}).update(info)
         self._write()
 
     def _write(self) -> None:
-        write_text_atomic(self.path, json.dumps(self.data, indent=1))
+        with FileLock(f"{self.path}.lock"):
+            disk = self._read()
+            stages = {**disk.get("stages", {}), **{n: self.data["stages"][n] for n in self._mine}}
+            self.data = {**disk, **{k: v for k, v in self.data.items() if k != "stages"}, "stages": stages}
+            write_text_atomic(self.path, json.dumps(self.data, indent=1))
 
 
 def with_variants(cfg: ProtocolConfig, clock: StageClock) -> ProtocolConfig:
