@@ -165,6 +165,7 @@ class StageClock:
         self.path = path
         self.data: dict = self._read()
         self._mine: set[str] = set()  # stages this process ran or marked
+        self._keys: set[str] = set()  # top-level entries this process set (``variants``)
 
     def _read(self) -> dict:
         if self.path.is_file():
@@ -207,11 +208,17 @@ class StageClock:
         self.data["stages"].setdefault(name, {}).update(info)
         self._write()
 
+    def put(self, key: str, value) -> None:
+        """Set a top-level entry of ``protocol.json`` (not a stage) and write it."""
+        self._keys.add(key)
+        self.data[key] = value
+        self._write()
+
     def _write(self) -> None:
         with FileLock(f"{self.path}.lock"):
             disk = self._read()
             stages = {**disk.get("stages", {}), **{n: self.data["stages"][n] for n in self._mine}}
-            self.data = {**disk, **{k: v for k, v in self.data.items() if k != "stages"}, "stages": stages}
+            self.data = {**disk, **{k: self.data[k] for k in self._keys}, "stages": stages}
             write_text_atomic(self.path, json.dumps(self.data, indent=1))
 
 
@@ -232,8 +239,7 @@ def with_variants(cfg: ProtocolConfig, clock: StageClock) -> ProtocolConfig:
     for v in saved:
         stages += (parse_variant(v, stages),)
     if saved != clock.data.get("variants", []):
-        clock.data["variants"] = saved
-        clock._write()
+        clock.put("variants", saved)
     return dataclasses.replace(cfg, stages=stages, variants=tuple(saved))
 
 

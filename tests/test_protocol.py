@@ -177,13 +177,16 @@ def test_samples_are_the_first_openings_of_each_row_side_by_side(tmp_path):
 
 def test_two_clocks_on_one_folder_keep_each_others_stages(tmp_path):
     """Two protocol runs on one folder (one split each) both write protocol.json: neither erases the
-    other's stage, and a stage's own entry is the writer's."""
+    other's stage or a row a third run adds, and a stage's own entry is the writer's."""
     path = tmp_path / "protocol.json"
     a, b = P.StageClock(path), P.StageClock(path)
     a.run("compare_valid", lambda: None)
     b.run("compare_test", lambda: None)
     a.mark("compare_valid", note="a")
+    P.StageClock(path).put("variants", ["x=denoiser"])  # a third run adds a row while both go on
+    b.run("compare_test", lambda: None)
     data = json.loads(path.read_text())
     assert data["stages"]["compare_valid"]["done"] and data["stages"]["compare_test"]["done"]
     assert data["stages"]["compare_valid"]["note"] == "a"
+    assert data["variants"] == ["x=denoiser"] and data["stages"]["compare_test"]["runs"] == 2
     assert P.StageClock(path).is_done("compare_test") and P.StageClock(path).is_done("compare_valid")
