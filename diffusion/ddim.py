@@ -7,7 +7,8 @@ each step jumps further than the update assumes: with the exact clean estimate o
 steps end with a sample mean off by 0.7 data standard deviations (``tests/test_pipeline.py``).
 :class:`StepwiseDDIMScheduler` is DDIM (Song et al. 2021, arXiv:2010.02502, eq. 12) with the previous
 timestep read from ``self.timesteps``; the sampler swaps it in for diffusers' class
-(:func:`stepwise_ddim`), so saved pipelines keep the diffusers config they had.
+(:func:`stepwise_ddim`), so saved pipelines keep the diffusers config they had. It also takes custom
+timesteps, so DDIM can step at a learned training density's quantiles.
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ from diffusers.utils.torch_utils import randn_tensor
 
 class StepwiseDDIMScheduler(DDIMScheduler):
     """:class:`diffusers.DDIMScheduler` whose ``step`` goes to the next of its own timesteps."""
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None,
+                      timesteps: list[int] | None = None) -> None:
+        """diffusers' spacing for ``num_inference_steps``, or the given strictly decreasing ``timesteps``
+        (the sampler's steps at the training density's quantiles); the update follows either."""
+        if timesteps is None:
+            return super().set_timesteps(num_inference_steps, device=device)
+        ts = [int(t) for t in timesteps]
+        if not ts or any(a <= b for a, b in zip(ts, ts[1:])) or ts[-1] < 0 or ts[0] >= self.config.num_train_timesteps:
+            raise ValueError(f"timesteps must decrease strictly within [0, {self.config.num_train_timesteps}), "
+                             f"got {ts}")
+        self.num_inference_steps = len(ts)
+        self.timesteps = torch.tensor(ts, dtype=torch.long, device=device)
 
     def previous_timestep(self, timestep) -> int:
         """The timestep after ``timestep`` in ``self.timesteps`` (-1 after the last: alpha = final alpha)."""

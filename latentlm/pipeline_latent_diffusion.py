@@ -46,6 +46,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from latentlm.autoencoder.modeling_autoencoder import encode_prompts
 from latentlm.choices import SAMPLING_MODES, SCHEDULER_NAMES, current_value
+from latentlm.diffusion.ddim import stepwise_ddim
 from latentlm.diffusion.samplers import SAMPLERS, BlockContext, Estimate, plan_steps
 from latentlm.diffusion.time_density import warn_untrained
 from latentlm.errors import CheckpointError, ConfigError, InputError, check_choice, check_text
@@ -394,7 +395,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         if spacing not in STEP_SPACINGS:
             raise InputError(f"step_spacing must be one of {STEP_SPACINGS}, got {spacing!r}")
         spec = getattr(self.config, "training_times", None)
-        custom = ("timesteps" in inspect.signature(self.scheduler.set_timesteps).parameters
+        custom = ("timesteps" in inspect.signature(stepwise_ddim(self.scheduler).set_timesteps).parameters
                   and not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler))
         if spacing == "auto":
             return "training" if custom and spec and spec["sampling"] == "learned" else "scheduler"
@@ -402,7 +403,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             raise InputError("step_spacing='training' needs the training-time density, which this pipeline was "
                              "saved without; use step_spacing='scheduler'")
         if spacing == "training" and not custom:
-            raise InputError(f"step_spacing='training' needs a scheduler that takes custom timesteps (DDPM, "
+            raise InputError(f"step_spacing='training' needs a scheduler that takes custom timesteps (DDPM, DDIM, "
                              f"DPM-Solver); {type(self.scheduler).__name__} does not")
         return spacing
 

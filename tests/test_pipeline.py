@@ -617,8 +617,8 @@ def test_projection_replaces_the_estimate_below_its_time(pipe, monkeypatch):
 
 
 def test_steps_spaced_by_a_learned_training_density(pipe):
-    """With a learned density the sampler's steps fall as densely as the training times (DDPM, DPM-Solver
-    take custom timesteps); another scheduler keeps its own spacing unless asked, then says why not."""
+    """With a learned density the sampler's steps fall as densely as the training times (DDPM, DDIM,
+    DPM-Solver take custom timesteps); flow-Euler keeps its own spacing unless asked, then says why not."""
     from latentlm.diffusion.time_density import step_times, time_density_spec
 
     bins = [0.001] * 100
@@ -634,8 +634,15 @@ def test_steps_spaced_by_a_learned_training_density(pipe):
     out = ddpm("lily had", max_new_tokens=8, num_inference_steps=16, generator=gen(),
                callback_on_step_end=lambda p, i, ts, tensors: seen.append(int(ts)) or {})
     assert out.texts[0].startswith("lily had") and sum(249 <= ts < 349 for ts in seen) >= 10
-    plain = LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser, pipe.scheduler,
-                                    training_times=spec)  # DDIM
+    ddim = LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser,
+                                   make_scheduler("ddim", pipe.denoiser), training_times=spec)
+    assert ddim.step_spacing() == "training"  # the stepwise DDIM steps to whatever timesteps it is given
+    seen = []
+    ddim("lily had", max_new_tokens=8, num_inference_steps=16, generator=gen(),
+         callback_on_step_end=lambda p, i, ts, tensors: seen.append(int(ts)) or {})
+    assert sum(249 <= ts < 349 for ts in seen) >= 10
+    plain = LatentDiffusionPipeline(pipe.tokenizer, pipe.autoencoder, pipe.denoiser,
+                                    make_scheduler("flow-euler", pipe.denoiser), training_times=spec)
     assert plain.step_spacing() == "scheduler"
     with pytest.raises(InputError, match="custom timesteps"):
         plain("lily had", max_new_tokens=8, num_inference_steps=4, step_spacing="training")
@@ -643,6 +650,21 @@ def test_steps_spaced_by_a_learned_training_density(pipe):
         ddpm("lily had", max_new_tokens=8, step_spacing="even")
     with pytest.raises(InputError, match="saved without"):
         pipe("lily had", max_new_tokens=8, step_spacing="training")
+
+
+def test_stepwise_ddim_takes_custom_timesteps(pipe):
+    """Given diffusers' own timesteps it steps exactly as with its spacing; bad timesteps are refused."""
+    from latentlm.diffusion.ddim import stepwise_ddim
+
+    a, b = stepwise_ddim(pipe.scheduler), stepwise_ddim(pipe.scheduler)
+    a.set_timesteps(12)
+    b.set_timesteps(timesteps=a.timesteps.tolist())
+    x, x0 = torch.randn(2, 3, 8, generator=gen(3)), torch.randn(2, 3, 8, generator=gen(4))
+    for ts in a.timesteps:
+        assert torch.equal(a.step(x0, ts, x).prev_sample, b.step(x0, ts, x).prev_sample)
+    for bad in ([500, 500, 10], [10, 500], [1000, 5], []):
+        with pytest.raises(ValueError, match="decrease strictly"):
+            b.set_timesteps(timesteps=bad)
 
 
 @pytest.mark.parametrize("mode,window", [("parallel", 4), ("block-ar", 4), ("staggered", 2)])
