@@ -7,9 +7,10 @@ them (BLD, "Denoising Blocks, Not Tokens": decoder adaptation on the prior's out
 perplexity 127 -> 26.6 and MAUVE .67 -> .82):
 
     x       = prepare_denoiser_batch(documents)          # the denoiser's own split and encoding
-    t       ~ U(0, time_max)                             # the steps whose estimate is decoded
-    z_t     = alpha_t z0 + sigma_t eps
-    x0_hat  = denoiser(z_t, t, prompt)                   # frozen, self-conditioned as the samplers do
+    t       ~ U(0, time_max)                             # the steps whose estimate is decoded; one per
+    z_t     = alpha_t z0 + sigma_t eps                   #   block of a block-causal denoiser, each block
+    x0_hat  = denoiser(z_t, t, prompt)                   #   seeing the clean blocks before it (block-AR);
+                                                         #   frozen, self-conditioned as the samplers do
     input   = x0_hat  (a share p_estimate of the rows), else z_t / alpha_t
     loss    = CE(decoder(input), continuation tokens)    # padding at pad_weight; none past a cut
 
@@ -59,16 +60,21 @@ def decoder_adaptation_loss(autoencoder, batch: dict[str, torch.Tensor], *, deno
     ``denoiser`` the frozen denoiser of its pipeline, ``split_cfg`` its loss section (how it splits)."""
     x = prepare_denoiser_batch(batch, autoencoder=autoencoder, cfg=split_cfg, block_size=denoiser.config.block_size,
                                sentence_ends=sentence_ends)
-    b = len(x.z0)
-    device = x.z0.device
-    t = torch.rand(b, device=device).clamp_min(1e-3) * cfg.time_max
-    alpha, sigma = (v.float()[:, None, None] for v in denoiser.schedule.alpha_sigma(t))
+    (b, n, _), device = x.z0.shape, x.z0.device
+    block = denoiser.config.block_size
+    if block is None:
+        t = torch.rand(b, device=device).clamp_min(1e-3) * cfg.time_max
+        t_pos, inputs = t[:, None], {}
+    else:  # one time per block, each block seeing the clean blocks before it: what block-AR sampling gives
+        t = torch.rand(b, n // block, device=device).clamp_min(1e-3) * cfg.time_max
+        t_pos, inputs = t.repeat_interleave(block, dim=1), {"clean": x.z0}
+    alpha, sigma = (v.float()[..., None] for v in denoiser.schedule.alpha_sigma(t_pos))  # (b, 1 or n, 1)
     z_t = alpha * x.z0 + sigma * torch.randn_like(x.z0)
     with torch.no_grad():
         denoiser.eval()
-        x0 = denoiser.predict_x0(z_t, t, x.prompt, x.prompt_mask).float()
+        x0 = denoiser.predict_x0(z_t, t, x.prompt, x.prompt_mask, **inputs).float()
         if denoiser.config.self_conditioning:  # as the samplers call it: its own estimate fed back
-            x0 = denoiser.predict_x0(z_t, t, x.prompt, x.prompt_mask, x0).float()
+            x0 = denoiser.predict_x0(z_t, t, x.prompt, x.prompt_mask, x0, **inputs).float()
     use_estimate = (torch.rand(b, device=device) < cfg.p_estimate)[:, None, None]
     latents = torch.where(use_estimate, x0, z_t / alpha)
     logits = autoencoder.decode(latents, x.tokens).float()  # (b, n k, vocab)

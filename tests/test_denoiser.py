@@ -613,3 +613,31 @@ def test_padding_weight_and_min_snr_weighting_follow_their_formulas(ae, tiny_tok
                        ({"min_snr_gamma": 0.0}, "min_snr_gamma")):
         with pytest.raises(ConfigError, match=match):
             DenoiserLossConfig(**bad).validate()
+
+
+@pytest.mark.parametrize("block_size", [None, 2])
+def test_decoder_adaptation_feeds_the_estimate_block_ar_sampling_makes(ae, tiny_tokenizer, block_size):
+    """The adapted decoder learns from estimates made as the sampler makes them: one time per row for a
+    full-attention denoiser; for a block-causal one a time per block, each block seeing the clean blocks
+    before it (block-AR sampling), at times up to ``time_max``."""
+    from latentlm.diffusion.decoder_adaptation import (
+        DecoderAdaptationConfig,
+        decoder_adaptation_loss,
+    )
+
+    torch.manual_seed(0)
+    den = LatentDenoiser(latent_dim=8, dim=32, depth=1, n_heads=4, max_latents=ae.n_latents, block_size=block_size)
+    b = batch(tiny_tokenizer, ["lily had a red kite. she ran to the park.", "tom saw a big dog near the farm."] * 2)
+    calls = []
+    real_forward = den.forward
+    den.forward = lambda z, t, *a, **k: calls.append((z.shape, t.clone(), k.get("clean"))) or real_forward(z, t, *a, **k)
+    out = decoder_adaptation_loss(ae, b, denoiser=den, cfg=DecoderAdaptationConfig(time_max=0.3),
+                                  split_cfg=DenoiserLossConfig())
+    del den.forward
+    assert torch.isfinite(out.loss) and len(calls) == 2  # the second call: self-conditioned on the first
+    for z_shape, t, clean in calls:
+        assert 0 < t.min() and t.max() <= 0.3
+        if block_size is None:
+            assert t.shape == (z_shape[0],) and clean is None
+        else:
+            assert t.shape == (z_shape[0], z_shape[1] // 2) and clean is not None and clean.shape == z_shape
