@@ -4,13 +4,14 @@ and latency.
     python benchmarks/block_latent.py --model b4=runs/den_b4 [--model b1=runs/den_b1 --model full=runs/den ...] \
         --ar runs/ar --judge runs/judge --data ../shared/data/tinystories/valid.jsonl [--prompts 32] \
         [--steps 8 16 32] [--modes block-ar staggered parallel] [--window-blocks 4 16] [--bound-texts 64] \
-        [--decoder-temperatures 0 1] [--denoising-ends 0.5 1] [--project-below 0 0.3] \
+        [--decoder-temperatures 0 1] [--denoising-ends 0.5 1] [--project-below 0 0.3] [--guidance-scales 1 2] \
         [--bound-samples 4] [--train ../shared/data/tinystories/train.jsonl] [--cache runs/block_valid.json]
 
 For each latent pipeline (a block-causal one in every mode, one with block_size None in parallel mode
 only), each mode, step count, decoder temperature (``T=`` in the row's name; 0, the most likely
 tokens, unnamed), denoising end (``end=``; 1, every step, unnamed) and, in parallel mode, the time below
-which the clean estimate is projected onto real codes (``proj=``; 0, never, unnamed), and for the AR (its KV cache, temperature 1):
+which the clean estimate is projected onto real codes (``proj=``; 0, never, unnamed), classifier-free
+guidance scale (``w=``; 1, none, unnamed), and for the AR (its KV cache, temperature 1):
 the continuations of ``--prompts`` openings (``--new-tokens`` new tokens, the batch of all openings)
 scored by the judge (generation perplexity), MAUVE against the real continuations (the real-text row:
 other held-out stories, the data-vs-data ceiling), unigram entropy, rep-4 and, with ``--train`` (the name
@@ -80,13 +81,13 @@ class RowCache:
 
 
 def _generate(lm, prompts, new_tokens, mode, steps, window_blocks, seed=0, decoder_temperature=0.0, denoising_end=1.0,
-              project_below=0.0):
+              project_below=0.0, guidance_scale=1.0):
     gen = torch.Generator().manual_seed(seed)
     if lm.kind == "ar":
         return lm.generate(prompts, new_tokens, generator=gen)
     return lm.generate(prompts, new_tokens, generator=gen, num_inference_steps=steps, mode=mode, window_blocks=window_blocks,
                        decoder_temperature=decoder_temperature, denoising_end=denoising_end,
-                       project_below=project_below)
+                       project_below=project_below, guidance_scale=guidance_scale)
 
 
 def main() -> None:
@@ -109,6 +110,8 @@ def main() -> None:
                         "estimate)")
     p.add_argument("--project-below", type=float, nargs="+", default=[0.0],
                    help="parallel mode: project the clean estimate onto real codes below these times (0: never)")
+    p.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0],
+                   help="classifier-free guidance scales (1: none)")
     p.add_argument("--latency-tokens", type=int, nargs="*", default=[128, 1024],
                    help="new tokens of the batch-1 latency rows; none: no latency rows")
     p.add_argument("--latency-steps", type=int, default=16)
@@ -165,20 +168,22 @@ def main() -> None:
 
     rows = [cache.get("real") or cache.put({"model": "real text", **scores(real, feats_ceiling)}, "real")]
     print(json.dumps(rows[-1]), flush=True)
-    runs = [("AR", ar, "ar", None, None, 0.0, 1.0, 0.0)] + [
-        (name, lm, mode, steps, window, temp, end, proj)
+    runs = [("AR", ar, "ar", None, None, 0.0, 1.0, 0.0, 1.0)] + [
+        (name, lm, mode, steps, window, temp, end, proj, w)
         for name, lm in lms.items() for mode in modes_of(lm) for steps in args.steps
         for window in windows_of(lm, mode) for temp in args.decoder_temperatures
-        for end in args.denoising_ends for proj in args.project_below if mode == "parallel" or not proj]
+        for end in args.denoising_ends for proj in args.project_below if mode == "parallel" or not proj
+        for w in args.guidance_scales]
     samples = {}
-    for name, model, mode, steps, window, temp, end, proj in runs:
+    for name, model, mode, steps, window, temp, end, proj, w in runs:
         label = "AR" if mode == "ar" else (f"{name} {mode}" + (f" T={temp:g}" if temp else "")
-                                           + (f" end={end:g}" if end < 1 else "") + (f" proj={proj:g}" if proj else ""))
+                                           + (f" end={end:g}" if end < 1 else "") + (f" proj={proj:g}" if proj else "")
+                                           + (f" w={w:g}" if w != 1 else ""))
         key = ("generate", label, steps, window, folders[name])
         if (row := cache.get(*key)) is None:
             t0 = time.perf_counter()
             out = _generate(model, prompts, args.new_tokens, mode, steps, window or 1, decoder_temperature=temp,
-                            denoising_end=end, project_below=proj)
+                            denoising_end=end, project_below=proj, guidance_scale=w)
             dt = time.perf_counter() - t0
             s = System(mode, prompts, out.continuations, out.texts)
             row = cache.put({"model": label, "steps": steps, "window": window, "nfe": out.nfe,
