@@ -18,16 +18,17 @@ its stage is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from latentlm.cost import cost_record, run_cost
 from latentlm.data.readers import read_documents
@@ -243,6 +244,23 @@ def with_variants(cfg: ProtocolConfig, clock: StageClock) -> ProtocolConfig:
     return dataclasses.replace(cfg, stages=stages, variants=tuple(saved))
 
 
+@contextlib.contextmanager
+def claimed(out: Path, name: str, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold stage ``name`` of the run folder ``out`` for this process: a second protocol process on the
+    same folder (``--splits test`` beside ``--splits valid``) waits here instead of training the same
+    model into the same folder, then finds it done."""
+    lock = FileLock(out / f".{name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"{name}: another process on this folder is working on it; waiting for it")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _trained(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "model_index.json").is_file()
 
@@ -289,12 +307,13 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
     # --- tokenizer ------------------------------------------------------------------
     step += 1
     tok_dir = models.get("tokenizer", out / "tokenizer")
-    if not (tok_dir / "tokenizer.json").is_file():
-        def make_tokenizer() -> None:
-            tmp = out / "tokenizer.tmp"
-            train_tokenizer(read_documents([files["train"]]), DEFAULT_VOCAB_SIZE).save_pretrained(tmp)
-            move_tree(tmp, tok_dir)
-        clock.run("tokenizer", make_tokenizer)
+    with claimed(out, "tokenizer", say):
+        if not (tok_dir / "tokenizer.json").is_file():
+            def make_tokenizer() -> None:
+                tmp = out / "tokenizer.tmp"
+                train_tokenizer(read_documents([files["train"]]), DEFAULT_VOCAB_SIZE).save_pretrained(tmp)
+                move_tree(tmp, tok_dir)
+            clock.run("tokenizer", make_tokenizer)
     say(f"tokenizer {tok_dir} ({clock.seconds('tokenizer'):.0f} s)")
 
     # --- models ---------------------------------------------------------------------
@@ -306,21 +325,9 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
             clock.mark(stage.name, given=str(folder))
             say(f"{stage.name}: given, {folder}")
             continue
-        if not _trained(folder):
-            overrides = [f"train.save_every={cfg.save_every}", *stage.overrides, *cfg.overrides.get(stage.name, [])]
-            extra = ({"autoencoder": folders[stage.autoencoder]} if stage.autoencoder
-                     else {"pipeline": folders[stage.pipeline]} if stage.pipeline
-                     else {"tokenizer": tok_dir})
-            say(f"training {stage.name} ({stage.kind}, {cfg.preset}{', ' if overrides else ''}"
-                f"{' '.join(overrides)})")
-
-            def fit(stage=stage, folder=folder, overrides=overrides, extra=extra) -> None:
-                result = run_training(stage.kind, [files["train"]], folder, preset=cfg.preset, overrides=overrides,
-                                      valid=[files["valid"]], progress=progress, **extra)
-                if result.interrupted:  # a signal: the checkpoint is saved, the stage is not done
-                    raise KeyboardInterrupt(f"{stage.name} interrupted at step {result.step}")
-
-            clock.run(stage.name, fit, kind=stage.kind, overrides=overrides)
+        with claimed(out, stage.name, say):
+            if not _trained(folder):
+                _train_stage(stage, folder, folders, tok_dir, files, cfg, clock, say, progress)
         say(f"{stage.name} trained, {folder} ({clock.seconds(stage.name):.0f} s)")
 
     # --- where each latent model loses the text (before compare: minutes, not hours) -----------
@@ -329,9 +336,10 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
         if stage.kind not in ("denoiser", "decoder") or not stage.compared:
             continue
         path = out / f"latents_{stage.name}.json"
-        if not path.is_file():
-            clock.run(f"latents_{stage.name}", lambda stage=stage, path=path: _latents_report(
-                folders[stage.name], files["valid"], path, cfg))
+        with claimed(out, f"latents_{stage.name}", say):
+            if not path.is_file():
+                clock.run(f"latents_{stage.name}", lambda stage=stage, path=path: _latents_report(
+                    folders[stage.name], files["valid"], path, cfg))
         latents[stage.compared] = json.loads(path.read_text())
         say(f"{stage.name}: generability report {path}")
 
@@ -343,9 +351,10 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
         step += 1
         say(f"compare on {split}.jsonl")
         report = out / f"compare_{split}"
-        clock.run(f"compare_{split}", lambda split=split, report=report: compare(
-            compared, files[split], report, train=files["train"], judge=judge, cfg=cfg.compare,
-            progress=progress, device=device))
+        with claimed(out, f"compare_{split}", say):
+            clock.run(f"compare_{split}", lambda split=split, report=report: compare(
+                compared, files[split], report, train=files["train"], judge=judge, cfg=cfg.compare,
+                progress=progress, device=device))
         reports[split] = json.loads((report / "results.json").read_text())
     results = summarise(clock.data, reports, cfg, device_name(resolve_device(device)), folders)
     results["latents"] = latents
@@ -356,6 +365,24 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
                                                          render_sampling(results, cfg.splits[-1]),
                                                          render_per_t(results)]))
     return results
+
+
+def _train_stage(stage: TrainStage, folder: Path, folders: dict[str, Path], tok_dir: Path, files: dict[str, Path],
+                 cfg: ProtocolConfig, clock: StageClock, say: Callable[[str], None], progress: bool) -> None:
+    """Train (or resume) one stage into ``folder``; KeyboardInterrupt when a signal stopped it."""
+    overrides = [f"train.save_every={cfg.save_every}", *stage.overrides, *cfg.overrides.get(stage.name, [])]
+    extra = ({"autoencoder": folders[stage.autoencoder]} if stage.autoencoder
+             else {"pipeline": folders[stage.pipeline]} if stage.pipeline
+             else {"tokenizer": tok_dir})
+    say(f"training {stage.name} ({stage.kind}, {cfg.preset}{', ' if overrides else ''}{' '.join(overrides)})")
+
+    def fit() -> None:
+        result = run_training(stage.kind, [files["train"]], folder, preset=cfg.preset, overrides=overrides,
+                              valid=[files["valid"]], progress=progress, **extra)
+        if result.interrupted:  # a signal: the checkpoint is saved, the stage is not done
+            raise KeyboardInterrupt(f"{stage.name} interrupted at step {result.step}")
+
+    clock.run(stage.name, fit, kind=stage.kind, overrides=overrides)
 
 
 def _latents_report(pipeline: Path, valid: Path, path: Path, cfg: ProtocolConfig) -> None:

@@ -190,3 +190,30 @@ def test_two_clocks_on_one_folder_keep_each_others_stages(tmp_path):
     assert data["stages"]["compare_valid"]["note"] == "a"
     assert data["variants"] == ["x=denoiser"] and data["stages"]["compare_test"]["runs"] == 2
     assert P.StageClock(path).is_done("compare_test") and P.StageClock(path).is_done("compare_valid")
+
+
+def test_a_second_process_waits_for_the_stage_the_first_is_working_on(tmp_path):
+    """--splits valid beside --splits test: one trains a stage, the other waits for it, then finds it done."""
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    held = FileLock(tmp_path / ".denoiser.lock")  # another process's hold, on a file descriptor of its own
+    held.acquire()
+    said, inside = [], threading.Event()
+
+    def second() -> None:
+        with P.claimed(tmp_path, "denoiser", said.append):
+            inside.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.3)
+    assert not inside.is_set() and said and "waiting" in said[0]
+    held.release()
+    thread.join(timeout=10)
+    assert inside.is_set()
+    with P.claimed(tmp_path, "denoiser", said.append):  # free: no waiting, nothing said
+        pass
+    assert len(said) == 1
