@@ -490,6 +490,8 @@ def headline(report: dict) -> dict[str, dict]:
             continue
         r = rows[sp["model"]]
         r.setdefault("latency_s", {})[str(sp["new_tokens"])] = sp["latency_s"]
+        if sp.get("tokens_made") is not None:
+            r.setdefault("tokens_made", {})[str(sp["new_tokens"])] = sp["tokens_made"]
         r.setdefault("sample_flops_per_token", sp["gflops_per_sample"] * 1e9 / sp["new_tokens"])
     return rows
 
@@ -545,7 +547,8 @@ def render_training(results: dict) -> str:
 
 
 def render_sampling(results: dict, split: str = "test") -> str:
-    """Sampling cost of every compared model: FLOPs per new token and batch-1 latency."""
+    """Sampling cost of every compared model: FLOPs per new token and batch-1 latency ("(N made)" where
+    the sample ended before the asked length)."""
     rows = results["splits"].get(split, {})
     lengths = sorted({int(n) for r in rows.values() for n in r.get("latency_s", {})})
     head = ["system", "sampling MFLOPs/token", *(f"latency, {n} tokens (s)" for n in lengths)]
@@ -553,9 +556,10 @@ def render_sampling(results: dict, split: str = "test") -> str:
     for name, r in rows.items():
         if "sample_flops_per_token" not in r:
             continue
-        lat = r.get("latency_s", {})
-        lines.append("| " + " | ".join([name, f"{r['sample_flops_per_token'] / 1e6:.1f}",
-                                         *(_num(lat.get(str(n)), "{:.2f}") for n in lengths)]) + " |")
+        lat, made = r.get("latency_s", {}), r.get("tokens_made", {})
+        cells = [_num(lat.get(str(n)), "{:.2f}") + (f" ({made[str(n)]} made)" if made.get(str(n), n) < n else "")
+                 for n in lengths]
+        lines.append("| " + " | ".join([name, f"{r['sample_flops_per_token'] / 1e6:.1f}", *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 

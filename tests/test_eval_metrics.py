@@ -207,3 +207,27 @@ def test_hackable_flags_a_sanity_sampler_that_beats_real_text():
             "model": {"rep4": 0.0, "mauve": 0.95}}
     assert _hackable(rows) == {"rep4": ["sanity: unigram"]}
     assert math.isclose(M.unigram_entropy(["x y"]), 1.0)
+
+
+def test_speed_rows_say_how_many_tokens_a_sample_that_ended_early_made():
+    """A generator that stops at end-of-text returns fewer tokens than asked; its latency is not the
+    asked length's, and the speed row says so (``tokens_made``)."""
+    import torch
+
+    from latentlm.eval.speed import measure_speed, speed_table
+    from latentlm.outputs import GenerationOutput
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+    class EndsAtTen:
+        tokenizer = Tok()
+
+        def generate(self, prompts, n, generator=None, **kw):
+            made = min(n, 10)
+            seq = torch.cat([torch.full((len(prompts), made), 5), torch.zeros(len(prompts), n - made, dtype=torch.long)], 1)
+            return GenerationOutput(texts=list(prompts), continuations=[""] * len(prompts), nfe=made, sequences=seq)
+
+    rows = measure_speed(EndsAtTen(), "early", "a prompt", [8, 64], batch=2)
+    assert [r.tokens_made for r in rows] == [8, 10]
+    assert "| early | 64 | 10 |" in speed_table(rows, reference="early")

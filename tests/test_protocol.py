@@ -217,3 +217,11 @@ def test_a_second_process_waits_for_the_stage_the_first_is_working_on(tmp_path):
     with P.claimed(tmp_path, "denoiser", said.append):  # free: no waiting, nothing said
         pass
     assert len(said) == 1
+
+
+def test_sampling_table_marks_a_sample_that_ended_before_the_asked_length():
+    rows = {"ar": {"sample_flops_per_token": 2e7, "latency_s": {"128": 1.0}, "tokens_made": {"128": 128}},
+            "block": {"sample_flops_per_token": 7e7, "latency_s": {"128": 1.8, "1024": 0.9},
+                      "tokens_made": {"128": 128, "1024": 212}}}
+    table = P.render_sampling({"splits": {"test": rows}}, "test")
+    assert "| ar | 20.0 | 1.00 | - |" in table and "| block | 70.0 | 1.80 | 0.90 (212 made) |" in table
