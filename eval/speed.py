@@ -27,6 +27,7 @@ class SpeedRow:
     tokens_per_s: float | None = None  # batch of ``batch`` samples
     gflops_per_sample: float | None = None
     skipped: str | None = None  # why the row has no numbers
+    tokens_made: int | None = None  # new tokens of the timed sample: fewer than new_tokens when it ended early
 
 
 def measure_speed(lm, name: str, prompt: str, lengths: list[int], batch: int = 16, options: dict | None = None,
@@ -52,21 +53,35 @@ def measure_speed(lm, name: str, prompt: str, lengths: list[int], batch: int = 1
         throughput = batch * n / (time.perf_counter() - t0)
         with FlopCounterMode(display=False) as counter:
             lm.generate([prompt], n, generator=g, **options)
-        rows.append(SpeedRow(name, n, out.nfe, latency, throughput, counter.get_total_flops() / 1e9))
+        rows.append(SpeedRow(name, n, out.nfe, latency, throughput, counter.get_total_flops() / 1e9,
+                             tokens_made=tokens_made(lm, out)))
     return rows
+
+
+def tokens_made(lm, out) -> int | None:
+    """New tokens of the first sample of ``out``: its ``sequences`` row up to the padding that follows an
+    end-of-text (a generator that stops when every row has ended returns fewer than asked). None when
+    the output has no token ids."""
+    seq, tok = getattr(out, "sequences", None), getattr(lm, "tokenizer", None)
+    if seq is None or tok is None:
+        return None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    row = seq[0].tolist()
+    return row.index(pad) if pad in row else len(row)
 
 
 def speed_table(rows: list[SpeedRow], reference: str = "ar") -> str:
     """Markdown table with ratios of latency to the ``reference`` model at the same length."""
     ref = {r.new_tokens: r for r in rows if r.model == reference and r.latency_s}
-    lines = ["| model | new tokens | NFE | latency (s, batch 1) | tokens/s (batch 16) | GFLOPs/sample | "
-             f"latency / {reference} |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | new tokens | made | NFE | latency (s, batch 1) | tokens/s (batch 16) | GFLOPs/sample | "
+             f"latency / {reference} |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.skipped:
-            lines.append(f"| {r.model} | {r.new_tokens} | - | - | - | - | skipped: {r.skipped} |")
+            lines.append(f"| {r.model} | {r.new_tokens} | - | - | - | - | - | skipped: {r.skipped} |")
             continue
         ratio = f"{r.latency_s / ref[r.new_tokens].latency_s:.2f}" if r.new_tokens in ref else "-"
-        lines.append(f"| {r.model} | {r.new_tokens} | {r.nfe} | {r.latency_s:.3f} | {r.tokens_per_s:.0f} | "
+        made = "-" if r.tokens_made is None else str(r.tokens_made)
+        lines.append(f"| {r.model} | {r.new_tokens} | {made} | {r.nfe} | {r.latency_s:.3f} | {r.tokens_per_s:.0f} | "
                      f"{r.gflops_per_sample:.2f} | {ratio} |")
     return "\n".join(lines)
 
