@@ -95,6 +95,29 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_name() -> str:
+    """What a training time was measured on, for telling apart times from different machines: the CPU
+    model, its cores and whether it computes bf16 natively, and the first GPU when there is one."""
+    name = f"{cpu_model()}, {os.cpu_count()} cores, {'native' if cpu_has_native_bf16() else 'no native'} bf16"
+    if torch.cuda.is_available():
+        name += f", {torch.cuda.get_device_name(0)}"
+    return name
+
+
 def synchronize(device: torch.device | None = None) -> None:
     """Wait for queued GPU work (for timing); a no-op on the CPU."""
     if torch.cuda.is_available() and (device is None or device.type == "cuda"):

@@ -33,7 +33,7 @@ from filelock import FileLock, Timeout
 from latentlm.cost import cost_record, run_cost
 from latentlm.data.readers import read_documents
 from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, sentence_end_ids, train_tokenizer
-from latentlm.device import device_name, resolve_device
+from latentlm.device import device_name, machine_name, resolve_device
 from latentlm.errors import DataError, InputError, LatentLMError
 from latentlm.eval.compare import CompareConfig, compare, samples_path
 from latentlm.eval.latents import generability_report, report_table
@@ -185,7 +185,8 @@ class StageClock:
     def run(self, name: str, fn: Callable[[], object], **info) -> None:
         self._mine.add(name)
         entry = self.data["stages"].setdefault(name, {"seconds": 0.0, "runs": 0})
-        entry.update(info, runs=entry["runs"] + 1)
+        machines = sorted({*entry.get("machines", []), machine_name()})  # a stage resumed elsewhere has two
+        entry.update(info, runs=entry["runs"] + 1, machines=machines)
         base, t0, stop = entry["seconds"], time.perf_counter(), threading.Event()
 
         def tick() -> None:
@@ -431,7 +432,7 @@ def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device
         info = stages.get(s.name, {})
         steady = steady_seconds(folders[s.name] / "metrics.jsonl") if s.name in folders else None
         training[s.name] = {"kind": s.kind, "compared": s.compared, "seconds": info.get("seconds"),
-                            "given": info.get("given"),
+                            "given": info.get("given"), "machines": info.get("machines"),
                             "steady_seconds": steady[0] if steady else None, "steps": steady[1] if steady else None,
                             **_cost_of(folders.get(s.name))}
 
@@ -439,13 +440,17 @@ def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device
         t = training.get(name, {})
         return t.get("steady_seconds") or t.get("seconds")
 
+    def comparable(*names: str) -> bool:  # times measured on one machine (runs before the field: assumed)
+        seen = [tuple(training.get(n, {}).get("machines") or ()) for n in names]
+        return all(not m for m in seen) or (all(len(m) == 1 for m in seen) and len(set(seen)) == 1)
+
     def flops(name: str) -> float | None:
         return training.get(name, {}).get("total_flops")
 
     for s in cfg.stages:
-        if s.kind in DIFFUSION_KINDS and cost(s.name) and cost("ar"):
+        if s.kind in DIFFUSION_KINDS and cost(s.name) and cost("ar") and comparable(s.name, "ar"):
             training[s.name]["x_ar"] = cost(s.name) / cost("ar")
-            if s.autoencoder and cost(s.autoencoder):
+            if s.autoencoder and cost(s.autoencoder) and comparable(s.autoencoder, "ar"):
                 training[s.name]["x_ar_with_autoencoder"] = (cost(s.name) + cost(s.autoencoder)) / cost("ar")
         if s.kind in DIFFUSION_KINDS and flops(s.name) and flops("ar"):
             own = flops(s.name) + ((flops(s.autoencoder) or 0) if s.autoencoder else 0)
@@ -543,6 +548,13 @@ def render_training(results: dict) -> str:
                      f"{_num(t.get('total_flops') and t['total_flops'] / 1e15, '{:.3f}')} | "
                      f"{_num(t.get('flops_x_ar'), '{:.2f}')} | {_num(t.get('steps'), '{}')} | "
                      f"{_num(t.get('steady_seconds'), '{:.0f} s')} | {sec} | {ratio} |")
+    machines: dict[str, list[str]] = {}
+    for name, t in results["training"].items():
+        for m in t.get("machines") or ():
+            machines.setdefault(m, []).append(name)
+    if len(machines) > 1:
+        lines += ["", "The stages trained on more than one machine, so times are compared only between stages of "
+                  "one machine (FLOPs always):", *(f"- {m}: {', '.join(names)}" for m, names in machines.items())]
     return "\n".join(lines) + "\n"
 
 

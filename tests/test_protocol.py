@@ -225,3 +225,28 @@ def test_sampling_table_marks_a_sample_that_ended_before_the_asked_length():
                       "tokens_made": {"128": 128, "1024": 212}}}
     table = P.render_sampling({"splits": {"test": rows}}, "test")
     assert "| ar | 20.0 | 1.00 | - |" in table and "| block | 70.0 | 1.80 | 0.90 (212 made) |" in table
+
+
+def test_training_times_from_two_machines_are_not_compared(tmp_path):
+    """A run folder resumed on another machine: each stage records the machines that trained it; the
+    training table gives a time ratio to the AR's only for stages of the AR's one machine, and names
+    which machine trained which stage."""
+    from latentlm.device import machine_name
+
+    clock = P.StageClock(tmp_path / "protocol.json")
+    clock.run("ar", lambda: None)
+    assert clock.data["stages"]["ar"]["machines"] == [machine_name()]
+    stages = {"ar": {"seconds": 100.0, "machines": ["fast"]}, "mdlm": {"seconds": 200.0, "machines": ["fast"]},
+              "autoencoder": {"seconds": 50.0, "machines": ["fast"]},
+              "denoiser": {"seconds": 400.0, "machines": ["slow"]},
+              "denoiser_block": {"seconds": 300.0, "machines": ["fast", "slow"]}}
+    results = P.summarise({"stages": stages}, {}, P.ProtocolConfig(), "cpu")
+    t = results["training"]
+    assert t["mdlm"]["x_ar"] == 2.0
+    assert "x_ar" not in t["denoiser"] and "x_ar" not in t["denoiser_block"]
+    table = P.render_training(results)
+    assert "- fast: ar, autoencoder, mdlm, denoiser_block" in table and "- slow: denoiser, denoiser_block" in table
+    one = {n: {**s, "machines": ["fast"]} for n, s in stages.items()}  # one machine: every ratio, no list
+    results = P.summarise({"stages": one}, {}, P.ProtocolConfig(), "cpu")
+    assert results["training"]["denoiser"]["x_ar_with_autoencoder"] == 4.5
+    assert "more than one machine" not in P.render_training(results)
