@@ -107,13 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             write_text_atomic(path, json.dumps(report, indent=1))
         report = json.loads(path.read_text())
         steady = steady_seconds(folder / "metrics.jsonl")
-        rows.append(summary_row(name, report, steady[0] if steady else None))
-        rows[-1] += f" <!-- {' '.join(overrides)} -->"
+        rows.append(summary_row(name, report, steady[0] if steady else None) + f" {' '.join(overrides) or '-'} |")
     splits = [r["split"] for r in report["reconstruction"]]
     table = ["| option | " + " | ".join(f"{s} %" for s in splits) + " | partial prompt latent % | "
              + " | ".join(f"t = {t}: acc % / entropy" for t in GRID)
-             + " | participation ratio | round-trip drift | training, min |",
-             "|" + "---|" * (len(splits) + len(GRID) + 5)]
+             + " | participation ratio | round-trip drift | training, min | overrides |",
+             "|" + "---|" * (len(splits) + len(GRID) + 6)]
     text = "\n".join([*table, *rows]) + "\n"
     write_text_atomic(out / "summary.md", text)
     print(text)
