@@ -33,9 +33,10 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The TinyStories protocol (hours on 2 CPU cores; rerun to resume): every model, compared on valid and test.
+# The TinyStories run queue (days on 2 AVX2 CPU cores; rerun to resume): every model and row, compared
+# on valid and test (benchmarks/tinystories_queue.sh).
 tinystories: $(STAMP)
-	$(BIN)/python benchmarks/tinystories.py --out runs/ts
+	PYTHON=$(BIN)/python bash benchmarks/tinystories_queue.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_training_loop.py

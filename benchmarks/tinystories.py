@@ -9,7 +9,9 @@ the running one resumes from its last checkpoint (every ``--save-every`` steps).
 STAGE=DIR`` swaps in a trained model for a stage (stages: tokenizer, ar, judge, autoencoder,
 denoiser, mdlm, denoiser_block). ``--variant NAME=BASE[@INPUT][:SECTION.KEY=VALUE,...]`` adds a model
 (a tuning row) to the run: trained after the others, compared with them, remembered by the run folder;
-a finished run trains and compares only the new row. ``--render`` prints the table of a finished run and, with
+a finished run trains and compares only the new row. ``--train-only`` trains every model and
+compares nothing (``benchmarks/tinystories_queue.sh`` trains with both cores, then compares the splits
+side by side). ``--render`` prints the table of a finished run and, with
 ``--write-docs``, puts it into README.md and docs/tinystories.md between their
 ``<!-- tinystories-results -->`` markers; ``--samples ROW`` adds the first openings' samples of ROW next
 to the AR's.
@@ -29,6 +31,7 @@ from latentlm.protocol import (
     protocol_compare_config,
     render_results,
     render_samples,
+    render_training,
     tinystories_protocol,
     write_docs,
 )
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="one more model, a copy of stage or kind BASE with overrides, compared as row NAME and kept "
                         "in the run folder, e.g. --variant broad=denoiser:loss.time_mean=0,loss.time_std=1")
     p.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
+    p.add_argument("--train-only", action="store_true",
+                   help="train every stage (and its generability report), compare nothing; results.json stays")
     p.add_argument("--prompts", type=int, help="openings per split (default: every opening)")
     p.add_argument("--seeds", type=int, help="samples per opening (default 2)")
     p.add_argument("--device", default="auto")
@@ -86,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             models[stage] = folder
         changes = {k: v for k, v in (("prompts", args.prompts), ("seeds", args.seeds)) if v is not None}
         cfg = ProtocolConfig(preset=args.preset, save_every=args.save_every, overrides=overrides,
-                             compare=protocol_compare_config(**changes), splits=tuple(args.splits),
+                             compare=protocol_compare_config(**changes),
+                             splits=() if args.train_only else tuple(args.splits),
                              variants=tuple(args.variants))
         results = tinystories_protocol(out, args.data_dir, cfg=cfg, models=models, device=args.device)
-        print(render_results(results, args.splits[-1]))
-        print(f"results: {out / 'results.json'}")
+        if args.train_only:
+            print(render_training(results))
+        else:
+            print(render_results(results, args.splits[-1]))
+            print(f"results: {out / 'results.json'}")
     except LatentLMError as e:
         print(f"tinystories: error: {e}", file=sys.stderr)
         return 2

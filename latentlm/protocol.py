@@ -280,7 +280,9 @@ def split_files(data_dir: str | Path) -> dict[str, Path]:
 def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: ProtocolConfig | None = None,
                          models: dict[str, str | Path] | None = None, device: str = "auto",
                          progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the protocol into ``out``; returns the results written to ``out/results.json``."""
+    """Run (or resume) the protocol into ``out``; returns the results written to ``out/results.json``.
+    With no ``cfg.splits`` it trains every stage (and writes the generability reports) and returns their
+    record without comparing or writing ``results.json``."""
     cfg = cfg or ProtocolConfig()
     cfg.validate()
     models = {k: Path(v) for k, v in (models or {}).items()}
@@ -359,8 +361,8 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
         reports[split] = json.loads((report / "results.json").read_text())
     results = summarise(clock.data, reports, cfg, device_name(resolve_device(device)), folders)
     results["latents"] = latents
-    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
-    if cfg.splits:
+    if cfg.splits:  # a run without splits trains only: the last compared run's results.json stays
+        write_text_atomic(out / "results.json", json.dumps(results, indent=1))
         write_text_atomic(out / "results.md", "\n".join([render_results(results, cfg.splits[-1]),
                                                          render_training(results),
                                                          render_sampling(results, cfg.splits[-1]),

@@ -89,6 +89,8 @@ def test_protocol_skips_finished_stages_and_resumes_the_interrupted_one(data_dir
                                    log=lambda _: None, models={k: out / k for k in ("tokenizer", "ar", "judge",
                                                                                    "autoencoder", "denoiser")})
     assert calls == [] and given["training"]["ar"]["given"] == str(out / "ar")
+    assert not (tmp_path / "swap" / "results.json").exists()  # no splits: trains only, writes no results
+    assert "| ar | ar |" in P.render_training(given)
 
     # a variant joins the finished run as one more row: only it is trained, and it is kept for reruns
     with_wide = dict(variants=("wide=denoiser:loss.time_std=1.0",),
