@@ -11,7 +11,8 @@ denoiser, mdlm, denoiser_block). ``--variant NAME=BASE[@INPUT][:SECTION.KEY=VALU
 (a tuning row) to the run: trained after the others, compared with them, remembered by the run folder;
 a finished run trains and compares only the new row. ``--train-only`` trains every model and
 compares nothing (``benchmarks/tinystories_queue.sh`` trains with both cores, then compares the splits
-side by side). ``--render`` prints the table of a finished run and, with
+side by side). ``--status`` tells where a run stands (each stage's state, time so far and time left at
+its pace). ``--render`` prints the table of a finished run and, with
 ``--write-docs``, puts it into README.md and docs/tinystories.md between their
 ``<!-- tinystories-results -->`` markers; ``--samples ROW`` adds the first openings' samples of ROW next
 to the AR's.
@@ -29,8 +30,10 @@ from latentlm.errors import InputError, LatentLMError
 from latentlm.protocol import (
     ProtocolConfig,
     protocol_compare_config,
+    protocol_status,
     render_results,
     render_samples,
+    render_status,
     render_training,
     tinystories_protocol,
     write_docs,
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, help="openings per split (default: every opening)")
     p.add_argument("--seeds", type=int, help="samples per opening (default 2)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--status", action="store_true",
+                   help="print where the run stands (each stage's state, time so far, time left); train nothing")
     p.add_argument("--render", action="store_true", help="print the table of a finished run; train nothing")
     p.add_argument("--write-docs", action="store_true", help="with --render: write the table into README and docs")
     p.add_argument("--samples", action="append", default=[], metavar="ROW",
@@ -68,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = Path(args.out)
+        if args.status:
+            cfg = ProtocolConfig(splits=tuple(args.splits), variants=tuple(args.variants))
+            print(render_status(protocol_status(out, cfg)))
+            return 0
         if args.render:
             path = out / "results.json"
             if not path.is_file():

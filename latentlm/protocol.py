@@ -388,6 +388,59 @@ def _train_stage(stage: TrainStage, folder: Path, folders: dict[str, Path], tok_
     clock.run(stage.name, fit, kind=stage.kind, overrides=overrides)
 
 
+
+def protocol_status(out: str | Path, cfg: ProtocolConfig | None = None) -> list[dict]:
+    """Where the run in ``out`` stands, one record per stage (its remembered variants included): state
+    (done, running or stopped at a step, not started, given), wall-clock so far, the median seconds per
+    training step and the time left at that pace. Reads files only; trains nothing."""
+    out = Path(out)
+    path = out / "protocol.json"
+    if not path.is_file():
+        raise InputError(f"{path} does not exist: {out} holds no protocol run (start one without --status)")
+    data = json.loads(path.read_text())
+    cfg = cfg or ProtocolConfig()
+    stages = tuple(cfg.stages)
+    for v in [*data.get("variants", []), *(v for v in cfg.variants if v not in data.get("variants", []))]:
+        stages += (parse_variant(v, stages),)
+    clock = data.get("stages", {})
+    names = ["tokenizer", *(s.name for s in stages),
+             *(f"latents_{s.name}" for s in stages if s.kind in ("denoiser", "decoder") and s.compared),
+             *(f"compare_{split}" for split in cfg.splits)]
+    rows = []
+    for name in names:
+        info = clock.get(name, {})
+        row = {"stage": name, "seconds": info.get("seconds"), "state": "not started"}
+        if info.get("given"):
+            row["state"] = "given"
+        elif info.get("done"):
+            row["state"] = "done"
+        elif info:
+            row["state"] = "started"
+        metrics = out / name / "metrics.jsonl"
+        steady = steady_seconds(metrics) if row["state"] != "given" else None
+        config = out / name / "run_config.json"
+        if steady and config.is_file():
+            steps = json.loads(config.read_text())["train"]["steps"]
+            per_step = steady[0] / steady[1]
+            row.update(step=steady[1], steps=steps, seconds_per_step=per_step)
+            if row["state"] != "done":
+                row["state"] = f"step {steady[1]}/{steps}"
+                row["seconds_left"] = per_step * max(0, steps - steady[1])
+        rows.append(row)
+    return rows
+
+
+def render_status(rows: list[dict]) -> str:
+    """:func:`protocol_status` as a markdown table."""
+    def dur(s: float | None) -> str:
+        return "-" if s is None else f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+
+    lines = ["| stage | state | wall-clock so far | s/step | left at that pace |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['stage']} | {r['state']} | {dur(r['seconds'])} | "
+                     f"{_num(r.get('seconds_per_step'), '{:.2f}')} | {dur(r.get('seconds_left'))} |")
+    return "\n".join(lines) + "\n"
+
 def _latents_report(pipeline: Path, valid: Path, path: Path, cfg: ProtocolConfig) -> None:
     """``latentlm eval latents`` of one latent pipeline, written to ``path`` (JSON) and beside it (markdown)."""
     pipe = load_pipeline(pipeline)

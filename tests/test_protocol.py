@@ -252,3 +252,22 @@ def test_training_times_from_two_machines_are_not_compared(tmp_path):
     results = P.summarise({"stages": one}, {}, P.ProtocolConfig(), "cpu")
     assert results["training"]["denoiser"]["x_ar_with_autoencoder"] == 4.5
     assert "more than one machine" not in P.render_training(results)
+
+
+def test_status_reads_each_stage_state_and_time_left(tmp_path):
+    with pytest.raises(InputError, match="holds no protocol run"):
+        P.protocol_status(tmp_path)
+    (tmp_path / "protocol.json").write_text(json.dumps({"stages": {
+        "tokenizer": {"seconds": 1.0, "done": True}, "ar": {"seconds": 1200.0, "done": True},
+        "judge": {"seconds": 50.0}}, "variants": ["wide=denoiser:loss.time_std=2.0"]}))
+    for name, logged in (("ar", [(10, 20.0), (20, 20.0)]), ("judge", [(10, 30.0), (20, 40.0), (30, 30.0)])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run_config.json").write_text(json.dumps({"train": {"steps": 100}}))
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": st, "seconds": sec}) + "\n" for st, sec in logged))
+    rows = {r["stage"]: r for r in P.protocol_status(tmp_path)}
+    assert rows["ar"]["state"] == "done" and "seconds_left" not in rows["ar"]
+    assert rows["judge"]["state"] == "step 30/100" and rows["judge"]["seconds_per_step"] == pytest.approx(3.0)
+    assert rows["judge"]["seconds_left"] == pytest.approx(70 * 3.0)
+    assert rows["wide"]["state"] == rows["compare_test"]["state"] == "not started"  # a remembered variant
+    assert "| judge | step 30/100 | 1 min | 3.00 | 4 min |" in P.render_status(list(rows.values()))
