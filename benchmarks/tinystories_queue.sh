@@ -37,11 +37,13 @@ BROAD=loss.time_mean=0,loss.time_std=1,loss.latent_pad_weight=0.1
 #    adapted decoder
 phase --variant "block-broad=denoiser_block:$BROAD" --variant block-broad-adapted=decoder@block-broad
 
-# 2. a wider latent space under the chosen recipe (docs/autoencoder.md, options screen), and the
-#    uniform-state (duo) and score-entropy (SEDD) baselines
-phase --variant ae-d128=autoencoder:model.latent_dim=128 \
-      --variant "block-broad-d128=denoiser_block@ae-d128:$BROAD" \
-      --variant block-broad-d128-adapted=decoder@block-broad-d128 \
+# 2. the latent space under the chosen recipe, one change a row (docs/autoencoder.md, options screen):
+#    the chunk-local encoder against the preset's contextual one, then 128 latent dimensions on it;
+#    and the uniform-state (duo) and score-entropy (SEDD) baselines
+phase --variant ae-chunk=autoencoder:model.encoder_context=chunk \
+      --variant "block-broad-chunk=denoiser_block@ae-chunk:$BROAD" \
+      --variant ae-chunk-d128=ae-chunk:model.latent_dim=128 \
+      --variant "block-broad-chunk-d128=denoiser_block@ae-chunk-d128:$BROAD" \
       --variant duo=duo --variant sedd=sedd
 
 # 3. duo's quality against sampling steps, ancestral against the Psi-sampler (docs/baselines.md)
