@@ -467,8 +467,11 @@ def steady_seconds(metrics_file: Path) -> tuple[float, int] | None:
         except json.JSONDecodeError:
             continue
         step = rec.get("step", 0)
-        if step > prev and rec.get("seconds"):  # a resumed run logs from its checkpoint again: skipped
-            per_step.append(rec["seconds"] / (step - prev))
+        # the steps an interval timed: logged since it was added; before, the steps since the last record,
+        # which overcounts the first interval after a resume (its time starts at the checkpoint)
+        steps = rec.get("interval_steps", step - prev)
+        if step > prev and steps > 0 and rec.get("seconds"):  # a run resumed before its last record: skipped
+            per_step.append(rec["seconds"] / steps)
         prev, last = step, max(last, step)
     if not per_step:
         return None

@@ -462,7 +462,7 @@ class _Run:
         bar = tqdm(total=cfg.steps, initial=self.state.step, disable=not (self.main and progress),
                    desc=self.out_dir.name, dynamic_ncols=True)
         self.model.train()
-        interrupted, tokens_seen, t0 = False, 0, time.perf_counter()
+        interrupted, tokens_seen, steps_seen, t0 = False, 0, 0, time.perf_counter()
         with _StopSignal() as stop:
             while self.state.step < end:
                 try:
@@ -472,17 +472,19 @@ class _Run:
                     bar.close()
                     raise
                 tokens_seen += tokens * world
+                steps_seen += 1
                 self.last_loss = float(acc.reduce(step_loss, "mean"))
                 bar.update(1)
                 if self.state.step % cfg.log_every == 0 or self.state.step == end:
                     elapsed = time.perf_counter() - t0
                     record = {"step": self.state.step, "loss": self.last_loss, "lr": self.scheduler.get_last_lr()[0],
-                              "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "seconds": elapsed, **metrics}
+                              "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "seconds": elapsed,
+                              "interval_steps": steps_seen, **metrics}  # steps timed by "seconds"
                     if cfg.eval_every and self.state.step % cfg.eval_every == 0:
                         self.valid_loss = record["valid_loss"] = self.evaluate()
                     bar.set_postfix(loss=f"{self.last_loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                     self.log(record)
-                    tokens_seen, t0 = 0, time.perf_counter()
+                    tokens_seen, steps_seen, t0 = 0, 0, time.perf_counter()
                 if cfg.save_every and self.state.step % cfg.save_every == 0 and self.state.step < end:
                     self.save_checkpoint()
                 if stop.received is not None:

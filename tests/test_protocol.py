@@ -271,3 +271,14 @@ def test_status_reads_each_stage_state_and_time_left(tmp_path):
     assert rows["judge"]["seconds_left"] == pytest.approx(70 * 3.0)
     assert rows["wide"]["state"] == rows["compare_test"]["state"] == "not started"  # a remembered variant
     assert "| judge | step 30/100 | 1 min | 3.00 | 4 min |" in P.render_status(list(rows.values()))
+
+
+def test_steady_time_counts_the_steps_each_interval_timed(tmp_path):
+    """A run stopped at step 13 and resumed logs step 20 after 7 steps: that interval timed 7, not 10."""
+    log = tmp_path / "metrics.jsonl"
+    records = [{"step": 10, "seconds": 20.0, "interval_steps": 10}, {"step": 20, "seconds": 17.5, "interval_steps": 7},
+               {"step": 30, "seconds": 25.0, "interval_steps": 10}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert P.steady_seconds(log) == (pytest.approx(2.5 * 30), 30)  # per step 2.0, 2.5, 2.5
+    log.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "interval_steps"}) + "\n" for r in records))
+    assert P.steady_seconds(log)[0] == pytest.approx(2.0 * 30)  # logs without the field: 2.0, 1.75, 2.5
