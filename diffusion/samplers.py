@@ -208,13 +208,15 @@ class BlockContext:
     ``commit(x) -> ids``: a finished block's latents (b, block, d) to its token ids (b, block k);
     ``extend(ids)``: re-encode committed tokens and append them to the denoiser's KV caches as clean
     context; ``block_size``: latents per block; ``eot_id``: the end-of-text token (a row that wrote it
-    has ended); ``latent_dtype``: the denoiser's dtype (self-conditioning inputs)."""
+    has ended); ``latent_dtype``: the denoiser's dtype (self-conditioning inputs); ``stop_at_eot``: stop
+    when every row has ended (False: go on to the asked length, e.g. to time a fixed length)."""
 
     commit: Callable[[torch.Tensor], torch.Tensor]
     extend: Callable[[torch.Tensor], None]
     block_size: int
     eot_id: int
     latent_dtype: torch.dtype = torch.float32
+    stop_at_eot: bool = True
 
 
 @torch.no_grad()
@@ -227,7 +229,8 @@ def sample_staggered(estimate: Estimate, plan: StepPlan, noise: Callable[[int], 
     arXiv:2407.01392; one network call advances every block in flight). Block j enters as pure noise at call
     j * d, d = ceil(steps / window_blocks); the front block, once through its steps, is committed
     (``blocks.commit``), re-encoded and appended to the cache (``blocks.extend``), so the length is
-    unbounded. Stops when every row has written end-of-text, at ``n_latents`` or on ``interrupt()``.
+    unbounded. Stops when every row has written end-of-text (unless ``blocks.stop_at_eot`` is False), at
+    ``n_latents`` or on ``interrupt()``.
     ``callback`` sees the blocks in flight, concatenated."""
     block, self_cond = blocks.block_size, estimate.self_conditioning
     timesteps, steps = plan.timesteps, plan.run  # a block commits after ``steps`` of its steps
@@ -267,7 +270,7 @@ def sample_staggered(estimate: Estimate, plan: StepPlan, noise: Callable[[int], 
         done.append(x.float())
         tokens.append(ids.cpu())
         ended |= (ids == blocks.eot_id).any(1).cpu()
-        if ended.all() or interrupt() or len(done) == n_blocks:
+        if (blocks.stop_at_eot and ended.all()) or interrupt() or len(done) == n_blocks:
             break
         blocks.extend(ids)
     return SamplerOutput(torch.cat(done, 1), torch.cat(tokens, 1))

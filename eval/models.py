@@ -83,12 +83,18 @@ class LanguageModelAdapter:
     def _tokens(self, text: str, budget: int) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"][:budget]
 
-    def _prompt_ids(self, prompts: list[str], max_new_tokens: int, reserve: int) -> list[list[int]]:
+    def _prompt_ids(self, prompts: list[str], max_new_tokens: int, reserve: int, sliding: bool = False
+                    ) -> list[list[int]]:
+        """Token ids of ``prompts``; InputError unless each prompt with ``reserve`` more tokens (and, unless
+        the model generates with a ``sliding`` context, the new tokens) fits the context."""
         if max_new_tokens <= 0:
             raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
         ids = [self._tokens(p, 10**9) for p in prompts]
         longest = max(len(x) for x in ids)
-        if longest + max_new_tokens + reserve > self.context:
+        if sliding and longest + reserve > self.context:
+            raise InputError(f"prompt of {longest} tokens exceeds the context of {self.context} tokens; "
+                             "shorten the prompt")
+        if not sliding and longest + max_new_tokens + reserve > self.context:
             raise InputError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the "
                              f"context of {self.context} tokens; shorten the prompt or max_new_tokens")
         return ids
@@ -148,9 +154,10 @@ class ARAdapter(LanguageModelAdapter):
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
                  top_p: float = 1.0, stop_at_eot: bool = True) -> GenerationOutput:
-        """``stop_at_eot=False``: sample all ``max_new_tokens`` (the texts still end at the first end-of-text)."""
+        """``stop_at_eot=False``: sample all ``max_new_tokens`` (the texts still end at the first end-of-text).
+        Any ``max_new_tokens``: past the context the KV cache slides (:func:`ar.generate`)."""
         prompts = _check_prompts(prompts)
-        ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
+        ids = self._prompt_ids(prompts, max_new_tokens, reserve=1, sliding=True)
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         new, nfe = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long), 0
         for group, x, m in _length_buckets([[eot] + p for p in ids], pad, self.model.device):
@@ -364,9 +371,10 @@ class LatentAdapter(LanguageModelAdapter):
                  guidance_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                  corrector_steps: int = 0, scheduler: str | None = None, mode: str | None = None,
                  window_blocks: int | None = None, decoder_temperature: float = 0.0,
-                 denoising_end: float = 1.0, project_below: float = 0.0) -> GenerationOutput:
+                 denoising_end: float = 1.0, project_below: float = 0.0, stop_at_eot: bool = True
+                 ) -> GenerationOutput:
         """``mode`` and ``window_blocks``: None for the pipeline's own (its preset's ``sampling_mode``);
-        ``decoder_temperature``, ``denoising_end`` and ``project_below``: as the pipeline's."""
+        ``decoder_temperature``, ``denoising_end``, ``project_below`` and ``stop_at_eot``: as the pipeline's."""
         prompts = _check_prompts(prompts)
         if scheduler is not None:
             self.pipe.scheduler = make_scheduler(scheduler, self.pipe.denoiser)
@@ -374,7 +382,7 @@ class LatentAdapter(LanguageModelAdapter):
                         guidance_scale=guidance_scale, guidance_interval=guidance_interval,
                         corrector_steps=corrector_steps, generator=generator, mode=mode,
                         window_blocks=window_blocks, decoder_temperature=decoder_temperature,
-                        denoising_end=denoising_end, project_below=project_below)
+                        denoising_end=denoising_end, project_below=project_below, stop_at_eot=stop_at_eot)
         return GenerationOutput(out.texts, out.continuations, out.nfe, out.prompts, out.sequences)
 
     def _nll(self, texts, prefix_len: int = 0, *, n_samples: int = 32, progress: bool = False,
@@ -411,9 +419,10 @@ class HFCausalLMAdapter(LanguageModelAdapter):
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 128, *, generator=None, temperature: float = 1.0,
-                 top_p: float = 1.0) -> GenerationOutput:
+                 top_p: float = 1.0, stop_at_eot: bool = True) -> GenerationOutput:
         """Samples of ``generate()`` (greedy at temperature 0); ``generator`` seeds them (transformers
-        draws from torch's global generator, which is restored afterwards)."""
+        draws from torch's global generator, which is restored afterwards). ``stop_at_eot=False``: every
+        row runs to ``max_new_tokens`` (the texts still end at the first end-of-text)."""
         ar.check_sampling(temperature, top_p)
         prompts = _check_prompts(prompts)
         ids = self._prompt_ids(prompts, max_new_tokens, reserve=1)
@@ -427,7 +436,7 @@ class HFCausalLMAdapter(LanguageModelAdapter):
             for group, x, m in _length_buckets([[self._start_id] + p for p in ids], eot, self.model.device):
                 mask = torch.ones_like(x) if m is None else m
                 out = self.model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                          pad_token_id=eot, eos_token_id=eot, **sampling)
+                                          pad_token_id=eot, eos_token_id=eot if stop_at_eot else None, **sampling)
                 rows = out[:, x.shape[1]:].cpu()
                 new[group, : rows.shape[1]] = rows
                 nfe = max(nfe, rows.shape[1])

@@ -4,10 +4,13 @@ Every model runs on the same machine in the same process, one after another,
 after a warm-up call. FLOPs are counted by ``torch.utils.flop_counter`` on one
 batch-1 generation (matrix multiplications and attention; elementwise work is
 not counted), so they include every network evaluation the sampler makes.
+A generator that can stop at end-of-text (``stop_at_eot``: AR, PTP, the latent
+block modes) is asked to go on, so that every row times the length asked.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict, dataclass
 
@@ -27,13 +30,16 @@ class SpeedRow:
     tokens_per_s: float | None = None  # batch of ``batch`` samples
     gflops_per_sample: float | None = None
     skipped: str | None = None  # why the row has no numbers
-    tokens_made: int | None = None  # new tokens of the timed sample: fewer than new_tokens when it ended early
+    tokens_made: int | None = None  # new tokens the timed sample made: fewer than new_tokens when it ended early
 
 
 def measure_speed(lm, name: str, prompt: str, lengths: list[int], batch: int = 16, options: dict | None = None,
                   seed: int = 0) -> list[SpeedRow]:
     """One :class:`SpeedRow` per length; lengths beyond the model's context are reported as skipped."""
-    options = options or {}
+    options = dict(options or {})
+    fixed = "stop_at_eot" in inspect.signature(lm.generate).parameters
+    if fixed:  # every sample runs to the asked length
+        options["stop_at_eot"] = False
     rows = []
     for n in lengths:
         try:
@@ -54,7 +60,7 @@ def measure_speed(lm, name: str, prompt: str, lengths: list[int], batch: int = 1
         with FlopCounterMode(display=False) as counter:
             lm.generate([prompt], n, generator=g, **options)
         rows.append(SpeedRow(name, n, out.nfe, latency, throughput, counter.get_total_flops() / 1e9,
-                             tokens_made=tokens_made(lm, out)))
+                             tokens_made=n if fixed else tokens_made(lm, out)))
     return rows
 
 

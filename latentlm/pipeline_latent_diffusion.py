@@ -432,6 +432,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         denoising_end: float = 1.0,
         project_below: float = 0.0,
         step_spacing: str = "auto",
+        stop_at_eot: bool = True,
         return_dict: bool = True,
     ) -> LatentDiffusionPipelineOutput | tuple:
         """Sample continuations of ``prompt``.
@@ -484,6 +485,9 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                 the saved training-time density: as dense as the denoiser's training) or "auto" (the
                 default: "training" for a learned density, CDCD-style, with DDPM or DPM-Solver, else
                 "scheduler").
+            stop_at_eot: the block modes stop once every row has written end-of-text (the text is cut
+                there in every mode); False samples every block up to ``max_new_tokens`` (timing a fixed
+                length).
         """
         mode = self.config.sampling_mode if mode is None else mode
         window_blocks = self.config.window_blocks if window_blocks is None else window_blocks
@@ -518,7 +522,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                            schedule=self.denoiser.schedule, project=self.project, project_below=project_below)
         else:
             estimate, blocks = self._block_inputs(len(rows), prompt_latents, prompt_mask, interval,
-                                                  float(decoder_temperature), generator)
+                                                  float(decoder_temperature), generator, bool(stop_at_eot))
             options = dict(blocks=blocks) if mode == "block-ar" else dict(blocks=blocks, window_blocks=window_blocks)
         n_latents = self._n_latents(max_new_tokens)
         with self._progress(progress, mode, plan.run, n_latents, window_blocks) as bar:
@@ -559,7 +563,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         return callback
 
     def _block_inputs(self, batch: int, prompt_latents, prompt_mask, interval: tuple[float, float],
-                      decoder_temperature: float, generator) -> tuple[Estimate, BlockContext]:
+                      decoder_temperature: float, generator, stop_at_eot: bool = True
+                      ) -> tuple[Estimate, BlockContext]:
         """The estimate and :class:`BlockContext` of the block samplers: the denoiser's KV caches of the
         clean prompt (and, with guidance, of no prompt), decoding each committed block to tokens at
         ``decoder_temperature`` and re-encoding them into the caches (exact for a chunk-local encoder)."""
@@ -581,7 +586,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             for cache in caches.values():
                 den.extend_cache(cache, clean).trim(window)
 
-        return estimate, BlockContext(commit, extend, den.config.block_size, self.tokenizer.eos_token_id, den.dtype)
+        return estimate, BlockContext(commit, extend, den.config.block_size, self.tokenizer.eos_token_id, den.dtype,
+                                      stop_at_eot)
 
     def _cut(self, tokens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Token ids (b, m) -> (b, max_new_tokens): cut or padded, and padded from the first end-of-text on."""

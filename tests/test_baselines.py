@@ -148,6 +148,25 @@ def test_ar_cached_step_equals_uncached():
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 
+def test_ar_generates_past_its_context_with_a_sliding_window():
+    # one layer: a cached key depends on its token and position only, so the rolling cache must give what a
+    # fresh pass over the last max_seq_len tokens gives (rotary attention sees only relative positions)
+    torch.manual_seed(0)
+    m = CausalLM(vocab_size=30, dim=32, depth=1, n_heads=4, max_seq_len=8).eval()
+    prompt = torch.tensor([[1, 5, 9]])
+    new, nfe = ar_generate(m, prompt, 20, temperature=0, stop_at_eot=False)
+    assert new.shape == (1, 20) and nfe == 20
+    seq = prompt
+    for _ in range(20):
+        nxt = m(seq[:, -8:])[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(new, seq[:, 3:])
+    within, _ = ar_generate(m, prompt, 5, temperature=0, stop_at_eot=False)  # inside the context: unchanged
+    assert torch.equal(within, new[:, :5])
+    with pytest.raises(InputError, match="prompt of 9 tokens exceeds the context of 8"):
+        ar_generate(m, torch.ones(1, 9, dtype=torch.long), 4)
+
+
 def test_ar_exact_nll_matches_chain_rule():
     torch.manual_seed(0)
     m = CausalLM(vocab_size=10, dim=16, depth=1, n_heads=2, max_seq_len=16).eval()

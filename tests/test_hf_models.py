@@ -53,6 +53,7 @@ def test_generation_is_seeded_and_keeps_the_prompts(folders):
     assert all(t.startswith(p) for t, p in zip(a.texts, prompts)) and 0 < a.nfe <= 12
     greedy = lm.generate(prompts, 12, temperature=0)
     assert greedy.texts == lm.generate(prompts, 12, temperature=0, generator=torch.Generator().manual_seed(9)).texts
+    assert lm.generate(prompts, 12, stop_at_eot=False).nfe == 12  # every row to the asked length (timing)
 
 
 def test_compare_reports_a_transformers_model_in_every_table(folders, tmp_path):

@@ -397,6 +397,10 @@ def test_block_ar_stops_when_every_row_has_ended(block_pipe):
     out = block_pipe(["a", "b"], max_new_tokens=32, num_inference_steps=3, mode="block-ar", generator=gen())
     assert out.nfe == 3 and out.latents.shape == (2, 2, 8)  # one block, then both rows had ended
     assert out.sequences.shape == (2, 32) and (out.sequences == block_pipe.tokenizer.pad_token_id).all()
+    # asked to go on (timing a fixed length), it samples every block; the text still ends at end-of-text
+    full = block_pipe(["a", "b"], max_new_tokens=32, num_inference_steps=3, mode="block-ar", generator=gen(),
+                      stop_at_eot=False)
+    assert full.nfe == 3 * 4 and full.latents.shape == (2, 8, 8) and torch.equal(full.sequences, out.sequences)
 
 
 def test_block_ar_bad_input(block_pipe, pipe):

@@ -43,8 +43,10 @@ class CausalLM(ModelMixin, ConfigMixin):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         kv_caches: list[KVCache] | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids (b, s) -> logits (b, s, vocab) of the next token at each position."""
+        """input_ids (b, s) -> logits (b, s, vocab) of the next token at each position. ``positions`` (s,):
+        the rotary positions of ``input_ids`` (default: after the cached ones)."""
         past = kv_caches[0].length if kv_caches else 0
         if past + input_ids.shape[1] > self.config.max_seq_len:
             raise InputError(
@@ -52,7 +54,7 @@ class CausalLM(ModelMixin, ConfigMixin):
                 f"{self.config.max_seq_len}"
             )
         h, _ = self.backbone(self.embed(input_ids), attention_mask=attention_mask, causal=True,
-                             kv_caches=kv_caches)
+                             kv_caches=kv_caches, positions=positions)
         return F.linear(h, self.embed.weight)  # tied input/output embeddings
 
     def new_cache(self) -> list[KVCache]:
@@ -144,12 +146,16 @@ def check_sampling(temperature: float, top_p: float) -> None:
 
 
 def check_prompt(model: CausalLM, input_ids: torch.Tensor, max_new_tokens: int,
-                 attention_mask: torch.Tensor | None) -> None:
+                 attention_mask: torch.Tensor | None, *, sliding: bool = False) -> None:
+    """InputError unless the prompt (and, unless ``sliding``, the new tokens) fit the model's context."""
     if max_new_tokens <= 0:
         raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if input_ids.shape[1] == 0:
         raise InputError("generation needs at least one prompt token (use the end-of-text id)")
-    if input_ids.shape[1] + max_new_tokens > model.config.max_seq_len:
+    if sliding and input_ids.shape[1] > model.config.max_seq_len:
+        raise InputError(f"prompt of {input_ids.shape[1]} tokens exceeds the context of "
+                         f"{model.config.max_seq_len} tokens; shorten the prompt")
+    if not sliding and input_ids.shape[1] + max_new_tokens > model.config.max_seq_len:
         raise InputError(
             f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the "
             f"context of {model.config.max_seq_len} tokens"
@@ -181,11 +187,16 @@ def generate(
     and generation stops when every row has ended; with ``stop_at_eot=False`` rows
     go on past it, as in the stream of documents the model was trained on (speed
     measurements of a fixed number of tokens).
+
+    Any length: once prompt and new tokens fill the context (``max_seq_len``), the
+    cache slides, each new token attending to the last ``max_seq_len`` positions at
+    every layer (sliding-window attention, as Mistral's rolling cache); within the
+    context nothing changes.
     """
     check_sampling(temperature, top_p)
-    check_prompt(model, input_ids, max_new_tokens, attention_mask)
+    check_prompt(model, input_ids, max_new_tokens, attention_mask, sliding=True)
     u = draw_uniforms(input_ids.shape[0], max_new_tokens, generator, input_ids.device)
-    cache = model.new_cache()
+    cache, window = model.new_cache(), model.config.max_seq_len
     eot = model.config.eot_token_id
     mask = attention_mask  # grows by one real position per generated token
     logits = model(input_ids, attention_mask=mask, kv_caches=cache)[:, -1]
@@ -199,7 +210,12 @@ def generate(
         out[:, i] = nxt
         if i + 1 == max_new_tokens or bool(done.all()):  # every row has ended: the rest is end-of-text
             return out, i + 1
+        if cache[0].length == window:  # the context is full: the oldest position leaves the cache
+            for c in cache:
+                c.k, c.v = c.k[:, :, 1:], c.v[:, :, 1:]
+            mask = None if mask is None else mask[:, 1:]
         if mask is not None:  # (b, cached + 1): the new token is real in every row
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits = model(nxt[:, None], attention_mask=mask, kv_caches=cache)[:, -1]
+        position = torch.tensor([input_ids.shape[1] + i], device=input_ids.device)  # rotary: relative offsets kept
+        logits = model(nxt[:, None], attention_mask=mask, kv_caches=cache, positions=position)[:, -1]
     raise AssertionError("unreachable")
