@@ -21,9 +21,10 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/latentlm quickstart
 
+# The slowest tests are listed with every run: the suite has a 15-minute budget with the install.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The edit loop: every test but the slow tier (under 3 minutes on 2 cores).
 test-fast: $(STAMP)
