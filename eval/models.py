@@ -83,18 +83,22 @@ class LanguageModelAdapter:
     def _tokens(self, text: str, budget: int) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"][:budget]
 
-    def _prompt_ids(self, prompts: list[str], max_new_tokens: int, reserve: int, sliding: bool = False
+    def _prompt_ids(self, prompts: list[str], max_new_tokens: int, reserve: int, sliding: int | None = None
                     ) -> list[list[int]]:
-        """Token ids of ``prompts``; InputError unless each prompt with ``reserve`` more tokens (and, unless
-        the model generates with a ``sliding`` context, the new tokens) fits the context."""
+        """Token ids of ``prompts``; InputError unless each prompt with ``reserve`` more tokens and the new
+        tokens fit the context or, for a model whose context slides, unless the prompt fits it and
+        ``max_new_tokens`` is at most ``sliding`` (the model's limit per call)."""
         if max_new_tokens <= 0:
             raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        if sliding is not None and max_new_tokens > sliding:
+            raise InputError(f"max_new_tokens {max_new_tokens} exceeds the limit of {sliding} per call; "
+                             "generate in several calls, each continuing the last")
         ids = [self._tokens(p, 10**9) for p in prompts]
         longest = max(len(x) for x in ids)
-        if sliding and longest + reserve > self.context:
+        if sliding is not None and longest + reserve > self.context:
             raise InputError(f"prompt of {longest} tokens exceeds the context of {self.context} tokens; "
                              "shorten the prompt")
-        if not sliding and longest + max_new_tokens + reserve > self.context:
+        if sliding is None and longest + max_new_tokens + reserve > self.context:
             raise InputError(f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the "
                              f"context of {self.context} tokens; shorten the prompt or max_new_tokens")
         return ids
@@ -157,7 +161,7 @@ class ARAdapter(LanguageModelAdapter):
         """``stop_at_eot=False``: sample all ``max_new_tokens`` (the texts still end at the first end-of-text).
         Any ``max_new_tokens``: past the context the KV cache slides (:func:`ar.generate`)."""
         prompts = _check_prompts(prompts)
-        ids = self._prompt_ids(prompts, max_new_tokens, reserve=1, sliding=True)
+        ids = self._prompt_ids(prompts, max_new_tokens, reserve=1, sliding=ar.MAX_NEW_TOKENS)
         eot, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         new, nfe = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long), 0
         for group, x, m in _length_buckets([[eot] + p for p in ids], pad, self.model.device):

@@ -165,6 +165,8 @@ def test_ar_generates_past_its_context_with_a_sliding_window():
     assert torch.equal(within, new[:, :5])
     with pytest.raises(InputError, match="prompt of 9 tokens exceeds the context of 8"):
         ar_generate(m, torch.ones(1, 9, dtype=torch.long), 4)
+    with pytest.raises(InputError, match="exceeds the limit of 16384 per call"):
+        ar_generate(m, prompt, 10**9)  # rejected before anything is allocated
 
 
 def test_ar_exact_nll_matches_chain_rule():

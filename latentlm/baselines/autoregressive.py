@@ -17,6 +17,8 @@ from latentlm.errors import InputError
 from latentlm.layers import KVCache, Transformer
 from latentlm.outputs import LossOutput
 
+MAX_NEW_TOKENS = 16_384  # documented limit on one generate call (the cache slides past the context: bounds time)
+
 
 class CausalLM(ModelMixin, ConfigMixin):
     """Decoder-only transformer LM; ``forward`` gives next-token logits."""
@@ -155,6 +157,9 @@ def check_prompt(model: CausalLM, input_ids: torch.Tensor, max_new_tokens: int,
     if sliding and input_ids.shape[1] > model.config.max_seq_len:
         raise InputError(f"prompt of {input_ids.shape[1]} tokens exceeds the context of "
                          f"{model.config.max_seq_len} tokens; shorten the prompt")
+    if sliding and max_new_tokens > MAX_NEW_TOKENS:
+        raise InputError(f"max_new_tokens {max_new_tokens} exceeds the limit of {MAX_NEW_TOKENS} per call; "
+                         "generate in several calls, each continuing the last")
     if not sliding and input_ids.shape[1] + max_new_tokens > model.config.max_seq_len:
         raise InputError(
             f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds the "
