@@ -233,7 +233,7 @@ def _system_samples(lm, name: str, prompts: list[str], options: dict, cfg: Compa
     losslessness against its AR is checked on the first seed."""
     conts, texts = [], []
     for s in range(cfg.seeds):
-        path = out / "samples" / f"{name}_seed{s}.jsonl"
+        path = _main_samples_path(out, name, s)
         rows = _load_samples(path, len(prompts))
         if rows is None:
             rows, _ = generate_samples(lm, prompts, cfg, options, seed=cfg.seed + s, cache=path.with_suffix(".partial"))
@@ -400,6 +400,11 @@ def _slug(name: str) -> str:
 def samples_path(out: str | Path, name: str) -> Path:
     """The file of system ``name``'s samples (JSON lines: prompt, continuation, text) in report ``out``."""
     return Path(out) / "samples" / f"{_slug(name)}.jsonl"
+
+
+def _main_samples_path(out: Path, name: str, seed_index: int) -> Path:
+    """The main table's samples of system ``name`` at its ``seed_index``-th seed (its batch cache: ``.partial``)."""
+    return out / "samples" / f"{name}_seed{seed_index}.jsonl"
 
 
 def _load_samples(path: Path, n: int) -> list[tuple[str, str]] | None:
@@ -611,6 +616,9 @@ def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]]
         points = []
         for v in values:
             cache = out / "samples" / f"curve_{_slug(name)}_{knob}_{v}.partial"
+            if _option_value(lm, options, knob) == v:  # the main table's options: its first seed's batches
+                _reuse_batches(_main_samples_path(out, name, 0).with_suffix(".partial"), cache, len(prompts),
+                               cfg.batch_size)
             rows, nfe = generate_samples(lm, prompts, cfg, {**options, knob: v}, seed=cfg.seed, cache=cache)
             s = System(name, prompts, [c for _, c in rows], [t for t, _ in rows])
             point = {"value": v, "nfe": nfe, "entropy": M.unigram_entropy(s.continuations),
@@ -620,6 +628,37 @@ def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]]
             points.append(point)
         curves[knob] = points
     return {"curves": curves, "n": len(prompts)}
+
+
+_NO_DEFAULT = object()
+
+
+def _option_value(lm, options: dict, knob: str):
+    """The value ``lm.generate`` samples with for ``knob`` under ``options``: given, else its default."""
+    if knob in options:
+        return options[knob]
+    p = inspect.signature(lm.generate).parameters.get(knob)
+    return _NO_DEFAULT if p is None or p.default is p.empty else p.default
+
+
+def _reuse_batches(source: Path, cache: Path, n: int, batch: int) -> None:
+    """Start the batch cache of ``n`` openings from the batches of ``source`` (a cache of the same
+    options, seed and openings in the same order, over these ``n`` and maybe more) that cover the same
+    openings: batch i is seeded by (seed, i) either way (:func:`generate_samples`), so they are the very
+    samples it would draw. A curve point at the main table's options then costs no sampling."""
+    if cache.exists() or not source.is_file():
+        return
+    kept = []
+    for line in source.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            start, rows = rec["start"], rec["out"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by an interruption
+        if isinstance(start, int) and 0 <= start < n and start % batch == 0 and len(rows) == min(start + batch, n) - start:
+            kept.append(line + "\n")
+    if kept:
+        write_text_atomic(cache, "".join(kept))
 
 
 def cut_references(texts: list[str], cfg: CompareConfig) -> list[str]:

@@ -161,16 +161,31 @@ def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, 
     tiny_tokenizer.save_pretrained(judge)
     models = {k: folders / k for k in ("latent", "mdlm", "ar")}
     out = tmp_path / "report"
-    cfg = small_config(nfe_sweep=(), speed_lengths=(8,), nll_texts=2, cloze_items=2, mauve_bootstrap=0)
+    cfg = small_config(nfe_sweep=(), speed_lengths=(8,), nll_texts=2, cloze_items=2, mauve_bootstrap=0, batch_size=4)
     res = compare(models, folders / "valid.jsonl", out, judge=judge, cfg=cfg,
                   options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
     s = res["sections"]
+    at_main_options = {"ar": ("temperature", 1.0), "mdlm": ("temperature", 1.0), "latent": ("num_inference_steps", 2)}
     for name, kind in (("ar", "ar"), ("mdlm", "mdlm"), ("latent", "latent")):
         curves = s[f"diversity/{name}"]["curves"]
         assert set(curves) == set(knobs[kind])
         for knob, points in curves.items():
             assert [p["value"] for p in points] == list(knobs[kind][knob])
             assert all(p["gen_ppl"] > 1 and p["entropy"] > 0 and 0 <= p["mauve"] <= 1 for p in points)
+        # the point at the main table's options is its first seed's samples of the same openings, not drawn again
+        knob, v = at_main_options[name]
+        main_rows = [json.loads(line) for line in (out / "samples" / f"{name}_seed0.jsonl").read_text().splitlines()]
+        point = [r for line in (out / "samples" / f"curve_{name}_{knob}_{v}.partial").read_text().splitlines()
+                 for r in json.loads(line)["out"]]
+        assert [c for _, c, _ in point] == [r["continuation"] for r in main_rows[: cfg.curve_prompts]]
+    # and they are the very samples the point would draw afresh
+    ar_rows = [json.loads(line) for line in (out / "samples" / "ar_seed0.jsonl").read_text().splitlines()]
+    fresh, _ = compare_module.generate_samples(compare_module.load_language_model(folders / "ar"),
+                                               [r["prompt"] for r in ar_rows[: cfg.curve_prompts]], cfg, {},
+                                               seed=cfg.seed)
+    reused = [r for line in (out / "samples" / "curve_ar_temperature_1.0.partial").read_text().splitlines()
+              for r in json.loads(line)["out"]]
+    assert fresh == [(t, c) for t, c, _ in reused]
     div = s["diversity"]
     assert div["real_entropy"] > 0 and set(div["matched"]) == set(models)
     for name, m in div["matched"].items():  # a perplexity where a curve crosses real text's entropy, else None
@@ -180,6 +195,19 @@ def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, 
             assert min(ppl) <= m["gen_ppl"] <= max(ppl)
     assert (out / "quality_vs_entropy.png").is_file()
     assert "## Quality against diversity" in (out / "report.md").read_text()
+
+
+def test_a_curve_point_reuses_only_whole_batches_of_the_same_openings(tmp_path):
+    """Openings 0-11 in batches of 5 reuse the main batches at 0 and 5; the one at 10 covers openings
+    10-14, not 10-11, and a line cut by an interruption is skipped; a cache already started is kept."""
+    source, cache = tmp_path / "main.partial", tmp_path / "curve.partial"
+    batches = [{"start": a, "out": [[f"t{i}", f"c{i}", 4] for i in range(a, a + 5)]} for a in (0, 5, 10)]
+    source.write_text("".join(json.dumps(b) + "\n" for b in batches) + '{"start": 15, "ou')
+    compare_module._reuse_batches(source, cache, 12, 5)
+    assert [json.loads(line)["start"] for line in cache.read_text().splitlines()] == [0, 5]
+    cache.write_text("")
+    compare_module._reuse_batches(source, cache, 12, 5)
+    assert cache.read_text() == ""
 
 
 def test_compare_on_an_explicit_device_names_it_and_rejects_unknown_ones(folders, tmp_path):
