@@ -76,6 +76,7 @@ def latent_bound(
     n_samples: int = 32,
     generator: torch.Generator | None = None,
     block_size: int | None = None,
+    samples_per_call: int = 1,
 ) -> BoundTerms:
     """The bound for clean latents z0 (b, n, d).
 
@@ -88,38 +89,56 @@ def latent_bound(
         n_samples: Monte Carlo draws, for the reconstruction and the diffusion terms each.
         block_size: the chain rule over blocks of this many latents: each block's diffusion term at its
             own stratified noise level (``x0_fn`` must condition block j on the clean blocks before it).
+        samples_per_call: draws evaluated in one call of ``decoder_nll`` and ``x0_fn``, stacked along
+            the batch (k x b rows: draw 1's b rows, then draw 2's, ...). The draws are the same whatever
+            its value (one noise tensor per draw, in order), so it trades memory for speed only.
     """
     if n_samples < 2:
         raise InputError(f"n_samples must be at least 2 for a standard error, got {n_samples}")
     if not 0 < t0 < 1:
         raise InputError(f"t0 must be in (0, 1), got {t0}")
+    if not isinstance(samples_per_call, int) or samples_per_call < 1:
+        raise InputError(f"samples_per_call must be a positive integer, got {samples_per_call!r}")
     b, n = z0.shape[:2]
     if block_size is not None and n % block_size:
         raise InputError(f"{n} latents are not whole blocks of {block_size}")
     n_blocks = 1 if block_size is None else n // block_size
     z0 = z0.double()
+    chunks = [range(a, min(a + samples_per_call, n_samples)) for a in range(0, n_samples, samples_per_call)]
 
-    def noise():
-        return torch.randn(z0.shape, generator=generator, dtype=torch.float64).to(z0.device)
+    def noise(k: int) -> torch.Tensor:  # k draws of z0's shape, stacked: (k * b, n, d)
+        draws = [torch.randn(z0.shape, generator=generator, dtype=torch.float64) for _ in range(k)]
+        return (draws[0] if k == 1 else torch.cat(draws)).to(z0.device)
+
+    def tiled(k: int) -> torch.Tensor:  # z0 once per draw: (k * b, n, d)
+        return z0 if k == 1 else z0.repeat(k, 1, 1)
+
+    def per_draw(x: torch.Tensor, k: int) -> list[torch.Tensor]:  # (k * b, ...) -> k tensors (b, ...)
+        return list(x.reshape(k, b, *x.shape[1:]))
 
     a0, s0 = schedule.alpha_sigma(torch.tensor(t0))
-    rec = torch.stack([decoder_nll((a0 * z0 + s0 * noise()) / a0).double() for _ in range(n_samples)])
+    rec = []
+    for ks in chunks:
+        z0k = tiled(len(ks))
+        rec += per_draw(decoder_nll((a0 * z0k + s0 * noise(len(ks))) / a0).double(), len(ks))
+    rec = torch.stack(rec)
     # one stratification offset per block (one for the row without blocks)
     offset = (torch.rand((), generator=generator) if block_size is None
               else torch.rand(n_blocks, generator=generator)).double()
     lam_hi = float(schedule.log_snr(torch.tensor(t0)))
     lam_lo = float(schedule.log_snr(torch.tensor(1.0)))
     diff = []
-    for k in range(n_samples):
-        u = ((k + offset) / n_samples) % 1
-        lam = (lam_lo + (lam_hi - lam_lo) * u).expand(b, n_blocks).to(z0.device)  # (b, blocks)
+    for ks in chunks:
+        u = ((torch.tensor(list(ks), dtype=torch.float64)[:, None] + offset) / n_samples) % 1  # (k, blocks)
+        lam = (lam_lo + (lam_hi - lam_lo) * u).repeat_interleave(b, 0).to(z0.device)  # (k * b, blocks)
         t = schedule.t_of_log_snr(lam)
         a, s = (v.repeat_interleave(n // n_blocks, 1)[..., None] for v in schedule.alpha_sigma(t))
-        z_t = a * z0 + s * noise()
+        z0k = tiled(len(ks))
+        z_t = a * z0k + s * noise(len(ks))
         t_in = t[:, 0] if block_size is None else t
-        err = ((z0 - x0_fn(z_t.float(), t_in.float()).double()) ** 2).sum(-1)  # (b, n)
-        err = err.reshape(b, n_blocks, -1).sum(-1)
-        diff.append((0.5 * (lam_hi - lam_lo) * lam.exp() * err).sum(1))
+        err = ((z0k - x0_fn(z_t.float(), t_in.float()).double()) ** 2).sum(-1)  # (k * b, n)
+        err = err.reshape(len(err), n_blocks, -1).sum(-1)
+        diff += per_draw((0.5 * (lam_hi - lam_lo) * lam.exp() * err).sum(1), len(ks))
     diff_t = torch.stack(diff)
     a1, s1 = schedule.alpha_sigma(torch.tensor(1.0))
     d = z0[0].numel()
@@ -144,7 +163,7 @@ def default_t0(schedule: NoiseSchedule, noise_to_signal: float = DEFAULT_NOISE_T
 @torch.no_grad()
 def pipeline_nll_bound(
     pipe, texts: list[str] | list[list[int]], *, prefix_len: int = 0, n_samples: int = 32, seed: int = 0,
-    t0: float | None = None, min_latents: int = 0,
+    t0: float | None = None, min_latents: int = 0, samples_per_call: int = 8,
 ) -> tuple[list[float], list[float], list[int]]:
     """Bound of each text under a LatentDiffusionPipeline: (nats, standard error, scored tokens).
 
@@ -154,7 +173,8 @@ def pipeline_nll_bound(
     of token ids is scored as it is (end-of-text included if it has one): how the
     comparison scores every model on the same tokens. ``min_latents``: score every continuation in a
     window of at least this many latents (text, end-of-text, then padding; at most the denoiser's
-    ``max_latents``), the same window for texts of different lengths.
+    ``max_latents``), the same window for texts of different lengths. ``samples_per_call``: Monte Carlo
+    draws of a text evaluated in one network call (:func:`latent_bound`; the same draws whatever its value).
     """
 
     ae, den, tok = pipe.autoencoder, pipe.denoiser, pipe.tokenizer
@@ -195,7 +215,7 @@ def pipeline_nll_bound(
 
         def decoder_nll(z: torch.Tensor, cont: torch.Tensor = cont, per: int = per,
                         scored: torch.Tensor = scored) -> torch.Tensor:
-            targets = cont.reshape(-1, per)  # z is one row: (1, n, d)
+            targets = cont.reshape(-1, per).repeat(len(z), 1)  # z: the text's row once per draw (draws, n, d)
             logits = ae.decode(z.reshape(-1, per // k, z.shape[-1]).to(ae.dtype), targets).float()
             ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
             return (ce.reshape(len(z), -1) * scored).sum(1)
@@ -203,11 +223,18 @@ def pipeline_nll_bound(
         extra = {} if block is None else {"clean": z0.to(den.dtype)}
 
         def x0_fn(z_t: torch.Tensor, t: torch.Tensor, ctx=ctx, ctx_mask=ctx_mask, extra=extra) -> torch.Tensor:
-            return pipe.predict_x0(z_t.to(den.dtype), t, ctx, ctx_mask, **extra)  # the time expert of each row
+            per_draw = {k: _rows(v, len(z_t)) for k, v in extra.items()}  # the text's inputs once per draw
+            return pipe.predict_x0(z_t.to(den.dtype), t, _rows(ctx, len(z_t)), _rows(ctx_mask, len(z_t)),
+                                   **per_draw)  # the time expert of each row
 
         terms = latent_bound(z0, decoder_nll, x0_fn, schedule, t0=t0, n_samples=n_samples, generator=gen,
-                             block_size=block)
+                             block_size=block, samples_per_call=min(samples_per_call, n_samples))
         nats.append(float(terms.total[0]))
         ses.append(float(terms.stderr[0]))
         counts.append(len(rest))
     return nats, ses, counts
+
+
+def _rows(x: torch.Tensor | None, m: int) -> torch.Tensor | None:
+    """One row (1, ...) repeated to ``m`` rows."""
+    return None if x is None else x.repeat(m, *[1] * (x.dim() - 1))

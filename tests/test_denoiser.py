@@ -553,12 +553,16 @@ def test_a_block_causal_denoiser_trains_samples_and_bounds_in_whole_blocks(ae, t
     calls = []
     den.forward = lambda z, t, *a, **k: calls.append((tuple(t.shape), k.get("clean") is not None)) or real_forward(
         z, t, *a, **k)
-    nats, ses, counts = pipeline_nll_bound(pipe, ["lily had a red kite. she ran to the park. tom saw a big dog."], n_samples=4)
+    text = "lily had a red kite. she ran to the park. tom saw a big dog."
+    nats, ses, counts = pipeline_nll_bound(pipe, [text], n_samples=4)
     del den.forward
     assert nats[0] > 0 and counts[0] > 0
-    # the chain rule over blocks: one time per block, each block reading the clean blocks before it
+    # the chain rule over blocks: one time per block, each block reading the clean blocks before it; the 4
+    # draws in one call, which gives the bound of one draw a call
     n_latents = -(-counts[0] // ae.config.tokens_per_latent)
-    assert calls and all(shape == (1, -(-n_latents // 4)) and clean for shape, clean in calls)
+    assert calls and all(shape == (4, -(-n_latents // 4)) and clean for shape, clean in calls)
+    one_by_one = pipeline_nll_bound(pipe, [text], n_samples=4, samples_per_call=1)
+    assert one_by_one[0][0] == pytest.approx(nats[0], rel=1e-4) and one_by_one[1][0] == pytest.approx(ses[0], rel=1e-3)
 
 
 @pytest.mark.parametrize("regime", ["row", "independent", "clean-prefix", "mix"])
