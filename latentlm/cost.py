@@ -4,10 +4,13 @@
     cost.flops_per_token, cost.total_flops
 
 FLOPs are counted by ``torch.utils.flop_counter`` on one training step of one row at the run's shapes
-(random weights and tokens: the count depends on shapes only): the loss's forward, its backward, and the
+(random weights and tokens: the count depends on shapes only; the mean of :data:`SHAPE_DRAWS` steps for a
+loss that draws its shapes, such as a denoiser's continuation length): the loss's forward, its backward, and the
 forward of every frozen network it calls (a denoiser's autoencoder encoding its batch). Matrix
 multiplications and attention are counted, elementwise work is not. Per token means per text token of
-the batch (``seq_len`` per row), for every kind, so an AR and a latent model are counted in one unit.
+the batch (the rows the run trains on: ``data.seq_len``, or ``loss.row_lengths`` autoencoder lengths for a
+denoiser, :func:`latentlm.recipes.row_length`), for every kind, so an AR and a latent model are counted
+in one unit.
 Sampling FLOPs are counted the same way by ``compare``'s speed section.
 """
 
@@ -26,10 +29,13 @@ from latentlm.config import from_dict
 from latentlm.data.tokenizer import load_tokenizer
 from latentlm.errors import CheckpointError
 from latentlm.loading import is_pipeline_folder, load_model
-from latentlm.recipes import RunContext, get_recipe, resolve_run_config
+from latentlm.recipes import RunContext, get_recipe, resolve_run_config, row_length
 
 # the kinds a preset trains for the comparison; the latent model is autoencoder + denoiser
 PRESET_KINDS = ("ar", "mdlm", "duo", "sedd", "autoencoder", "denoiser")
+# steps counted for a loss whose shapes vary (Recipe.varying_shapes): the cpu-small denoiser's step ranges
+# over 0.6-1.4x its mean, so 16 draws put the mean within about 5%
+SHAPE_DRAWS = 16
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,10 @@ def training_cost(kind: str, cfg: dict[str, Any], tokenizer, ctx: RunContext | N
         torch.manual_seed(seed)
         model = recipe.build_model(cfg, tokenizer, ctx)
     frozen = sum(p.numel() for net in (ctx.autoencoder, ctx.teacher) if net is not None for p in net.parameters())
-    seq_len, train = cfg["data"].seq_len, cfg["train"]
-    flops = count_training_flops(model, recipe.make_loss(cfg, ctx), seq_len, len(tokenizer),
-                                 _special_ids(tokenizer), seed)
+    seq_len, train = row_length(recipe, cfg, ctx), cfg["train"]
+    draws = SHAPE_DRAWS if recipe.varying_shapes else 1  # each with a fresh loss: no latent cached by another
+    flops = sum(count_training_flops(model, recipe.make_loss(cfg, ctx), seq_len, len(tokenizer),
+                                     _special_ids(tokenizer), seed + i) for i in range(draws)) / draws
     return TrainingCost(kind, sum(p.numel() for p in model.parameters()), frozen, flops / seq_len,
                         train.steps * train.batch_size * train.grad_accum * seq_len)
 

@@ -120,6 +120,8 @@ class Recipe:
     needs_autoencoder: bool = False
     needs_teacher: bool = False
     needs_pipeline: bool = False  # a trained latent pipeline (--pipeline): decoder adaptation
+    # the loss draws its shapes per batch (a denoiser's continuation length and split): a step's FLOPs vary
+    varying_shapes: bool = False
     export: Callable[[torch.nn.Module, Any, RunContext, Path], None] | None = None
 
     def schema(self) -> dict[str, type]:
@@ -250,7 +252,7 @@ def denoiser_recipe() -> Recipe:
 
     return Recipe("denoiser", DenoiserConfig, build, make_loss,
                   layout="document", extra_sections={"loss": DenoiserLossConfig, "experts": ExpertsConfig},
-                  needs_autoencoder=True, export=export)
+                  needs_autoencoder=True, varying_shapes=True, export=export)
 
 
 def judge_recipe() -> Recipe:
@@ -326,6 +328,18 @@ def decoder_recipe() -> Recipe:
 
     return Recipe("decoder", DecoderModelConfig, build, make_loss, layout="document",
                   extra_sections={"loss": DecoderAdaptationConfig}, needs_pipeline=True, export=export)
+
+
+def row_length(recipe: Recipe, cfg: dict[str, Any], ctx: RunContext) -> int:
+    """Tokens per training row of a run: ``data.seq_len``, except on a frozen latent model (a denoiser's
+    autoencoder, an adapted decoder's pipeline), whose rows are ``loss.row_lengths`` autoencoder lengths:
+    a prompt of up to ``max_seq_len`` tokens followed by a continuation of up to ``max_seq_len`` (2), or
+    one length split at a random token (1): the most the pipeline takes and samples."""
+    if recipe.needs_autoencoder and ctx.autoencoder is not None:
+        return cfg["loss"].row_lengths * ctx.autoencoder.config.max_seq_len
+    if recipe.needs_pipeline and ctx.pipeline is not None and ctx.split_cfg is not None:
+        return ctx.split_cfg.row_lengths * ctx.pipeline.autoencoder.config.max_seq_len
+    return cfg["data"].seq_len
 
 
 def get_recipe(kind: str) -> Recipe:
@@ -443,9 +457,6 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         ctx = RunContext(autoencoder=ae, training_times=time_density_of(cfg["loss"]),
                          sampling={name: getattr(cfg["model"], name) for name, _, _ in SAMPLING_FIELDS})
         tokenizer = autoencoder
-        # rows of loss.row_lengths autoencoder lengths (2: a prompt of up to max_seq_len tokens followed by a
-        # continuation of up to max_seq_len, the most the pipeline takes and samples)
-        data_cfg = dataclasses.replace(data_cfg, seq_len=cfg["loss"].row_lengths * ae.config.max_seq_len)
     elif recipe.needs_pipeline:
         if pipeline is None or not is_pipeline_folder(pipeline):
             raise ConfigError(f"training a {kind} needs --pipeline DIR (a trained latent pipeline: "
@@ -455,11 +466,12 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         split_cfg = _saved_denoiser_loss(Path(pipeline))
         ctx = RunContext(pipeline=pipe, split_cfg=split_cfg)
         tokenizer = Path(pipeline) / "tokenizer"
-        data_cfg = dataclasses.replace(data_cfg, seq_len=split_cfg.row_lengths * pipe.autoencoder.config.max_seq_len)
     elif teacher is not None and not recipe.needs_teacher:
         raise ConfigError(f"--teacher is for PTP runs (latentlm train ptp), not for a {kind}")
     if pipeline is not None and not recipe.needs_pipeline:
         raise ConfigError(f"--pipeline is for decoder adaptation (latentlm train decoder), not for a {kind}")
+    data_cfg = dataclasses.replace(data_cfg, seq_len=row_length(recipe, cfg, ctx))
+    cfg = {**cfg, "data": data_cfg}  # run_config.json records the rows the run trains on
     if recipe.needs_teacher:
         ctx.teacher = _load_teacher(teacher, tokenizer)
         tokenizer = teacher

@@ -40,3 +40,28 @@ def test_cost_grows_with_the_network_and_the_budget():
 def test_a_denoiser_cost_needs_its_autoencoder():
     with pytest.raises(CheckpointError, match="autoencoder"):
         training_cost("denoiser", resolve_run_config("denoiser", "cpu-tiny"), [0] * 800)
+
+
+def test_a_denoiser_is_counted_on_the_rows_it_trains_on():
+    """A denoiser's rows are ``loss.row_lengths`` autoencoder lengths (its ``data.seq_len`` does not say how
+    long they are): the count and the tokens use them, as training does, and the count is a mean over
+    draws of the continuation length (:data:`SHAPE_DRAWS`), not one draw's."""
+    from latentlm.cost import SHAPE_DRAWS, _SizeOnly
+    from latentlm.recipes import RunContext, get_recipe, row_length
+
+    tok, recipe = _SizeOnly(800), get_recipe("denoiser")
+    ae_cfg = resolve_run_config("autoencoder", "cpu-tiny", overrides=["data.seq_len=64", "model.dim=32"])
+    ctx = RunContext(autoencoder=get_recipe("autoencoder").build_model(ae_cfg, tok, RunContext()).requires_grad_(False))
+    small = ["data.seq_len=32", "model.dim=32", "model.depth=1"]
+    for rows in (1, 2):
+        assert row_length(recipe, resolve_run_config("denoiser", "cpu-tiny", overrides=[*small, f"loss.row_lengths={rows}"]),
+                          ctx) == 64 * rows
+    cfg = resolve_run_config("denoiser", "cpu-tiny", overrides=[*small, "loss.row_lengths=2"])
+    cost = training_cost("denoiser", cfg, tok, ctx)
+    assert cost.tokens == cfg["train"].steps * cfg["train"].batch_size * 128
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = recipe.build_model(cfg, tok, ctx)
+    one = [count_training_flops(model, recipe.make_loss(cfg, ctx), 128, 800, seed=s) for s in range(SHAPE_DRAWS)]
+    assert len(set(one)) > 1  # the step's shapes vary from draw to draw
+    assert cost.flops_per_token * 128 == pytest.approx(sum(one) / SHAPE_DRAWS)
