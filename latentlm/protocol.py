@@ -505,11 +505,18 @@ def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device
     def flops(name: str) -> float | None:
         return training.get(name, {}).get("total_flops")
 
+    by_name = {s.name: s for s in cfg.stages}
+
+    def chain(s: TrainStage) -> list[str]:  # a latent model's runs: adapted decoder, denoiser, autoencoder
+        return [s.name, *(chain(by_name[s.pipeline]) if s.pipeline in by_name else
+                          [s.autoencoder] if s.autoencoder else [])]
+
     for s in cfg.stages:
         if s.kind in DIFFUSION_KINDS and cost(s.name) and cost("ar") and comparable(s.name, "ar"):
             training[s.name]["x_ar"] = cost(s.name) / cost("ar")
-            if s.autoencoder and cost(s.autoencoder) and comparable(s.autoencoder, "ar"):
-                training[s.name]["x_ar_with_autoencoder"] = (cost(s.name) + cost(s.autoencoder)) / cost("ar")
+            runs = chain(s)
+            if len(runs) > 1 and all(cost(n) for n in runs) and comparable(*runs, "ar"):
+                training[s.name]["x_ar_total"] = sum(cost(n) for n in runs) / cost("ar")
         if s.kind in DIFFUSION_KINDS and flops(s.name) and flops("ar"):
             own = flops(s.name) + ((flops(s.autoencoder) or 0) if s.autoencoder else 0)
             training[s.name]["flops_x_ar"] = own / flops("ar")  # with the autoencoder, for a latent model
@@ -597,8 +604,8 @@ def render_training(results: dict) -> str:
     for name, t in results["training"].items():
         sec = "given" if t.get("given") else _num(t.get("seconds"), "{:.0f} s")
         ratio = _num(t.get("x_ar"), "{:.2f}")
-        if t.get("x_ar_with_autoencoder"):
-            ratio += f" ({t['x_ar_with_autoencoder']:.2f} with the autoencoder)"
+        if t.get("x_ar_total"):
+            ratio += f" ({t['x_ar_total']:.2f} with {'its pipeline' if t['kind'] == 'decoder' else 'the autoencoder'})"
         params = _num(t.get("trained_params"), "{:,}")
         if t.get("frozen_params"):
             params += f" (+{t['frozen_params']:,} frozen)"

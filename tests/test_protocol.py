@@ -249,9 +249,16 @@ def test_training_times_from_two_machines_are_not_compared(tmp_path):
     table = P.render_training(results)
     assert "- fast: ar, autoencoder, mdlm, denoiser_block" in table and "- slow: denoiser, denoiser_block" in table
     one = {n: {**s, "machines": ["fast"]} for n, s in stages.items()}  # one machine: every ratio, no list
-    results = P.summarise({"stages": one}, {}, P.ProtocolConfig(), "cpu")
-    assert results["training"]["denoiser"]["x_ar_with_autoencoder"] == 4.5
-    assert "more than one machine" not in P.render_training(results)
+    one["adapted"] = {"seconds": 150.0, "machines": ["fast"]}
+    cfg = P.ProtocolConfig(variants=("adapted=decoder@denoiser",))
+    results = P.summarise({"stages": one}, {}, P.with_variants(cfg, P.StageClock(tmp_path / "one.json")), "cpu")
+    t = results["training"]
+    # a latent model's whole training: autoencoder + denoiser (+ the decoder adapted to it)
+    assert t["denoiser"]["x_ar"] == 4.0 and t["denoiser"]["x_ar_total"] == 4.5
+    assert t["adapted"]["x_ar"] == 1.5 and t["adapted"]["x_ar_total"] == 6.0
+    table = P.render_training(results)
+    assert "| 4.00 (4.50 with the autoencoder) |" in table and "| 1.50 (6.00 with its pipeline) |" in table
+    assert "more than one machine" not in table
 
 
 def test_status_reads_each_stage_state_and_time_left(tmp_path):
