@@ -27,8 +27,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from latentlm.config import from_dict
 from latentlm.data.tokenizer import load_tokenizer
+from latentlm.diffusion.losses import DenoiserLossConfig
 from latentlm.errors import CheckpointError
-from latentlm.loading import is_pipeline_folder, load_model
+from latentlm.loading import is_pipeline_folder, load_model, load_pipeline
 from latentlm.recipes import RunContext, get_recipe, resolve_run_config, row_length
 
 # the kinds a preset trains for the comparison; the latent model is autoencoder + denoiser
@@ -98,15 +99,19 @@ def training_cost(kind: str, cfg: dict[str, Any], tokenizer, ctx: RunContext | N
     ctx = ctx or RunContext()
     if recipe.needs_autoencoder and ctx.autoencoder is None:
         raise CheckpointError(f"the cost of a {kind} run needs the autoencoder it trains on")
+    if recipe.needs_pipeline and (ctx.pipeline is None or ctx.split_cfg is None):
+        raise CheckpointError(f"the cost of a {kind} run needs the pipeline it adapts and its denoiser's loss section")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = recipe.build_model(cfg, tokenizer, ctx)
-    frozen = sum(p.numel() for net in (ctx.autoencoder, ctx.teacher) if net is not None for p in net.parameters())
+    nets = (ctx.autoencoder, ctx.teacher, *((ctx.pipeline.denoiser, ctx.pipeline.denoiser_2) if ctx.pipeline else ()))
+    frozen = sum(p.numel() for net in nets if net is not None for p in net.parameters())
+    frozen += sum(p.numel() for p in model.parameters() if not p.requires_grad)  # an adapted decoder's encoder
     seq_len, train = row_length(recipe, cfg, ctx), cfg["train"]
     draws = SHAPE_DRAWS if recipe.varying_shapes else 1  # each with a fresh loss: no latent cached by another
     flops = sum(count_training_flops(model, recipe.make_loss(cfg, ctx), seq_len, len(tokenizer),
                                      _special_ids(tokenizer), seed + i) for i in range(draws)) / draws
-    return TrainingCost(kind, sum(p.numel() for p in model.parameters()), frozen, flops / seq_len,
+    return TrainingCost(kind, sum(p.numel() for p in model.parameters() if p.requires_grad), frozen, flops / seq_len,
                         train.steps * train.batch_size * train.grad_accum * seq_len)
 
 
@@ -129,16 +134,16 @@ def preset_costs(preset: str, vocab_size: int, overrides: dict[str, list[str]] |
 
 def run_cost(folder: str | Path) -> TrainingCost | None:
     """The cost of the run that trained ``folder``, from its ``run_config.json`` (None when the folder
-    has none, a model trained elsewhere, or holds a run started from another's weights: PTP, decoder
-    adaptation). A pipeline's denoiser is counted with the pipeline's autoencoder."""
+    has none, a model trained elsewhere, or a PTP run). A pipeline's denoiser is counted with the
+    pipeline's autoencoder, an adapted decoder with the pipeline's denoiser making its estimates."""
     folder = Path(folder)
     try:
         saved = json.loads((folder / "run_config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
     kind = saved.get("kind")
-    if kind not in (*PRESET_KINDS, "judge"):
-        return None  # PTP and decoder adaptation start from another run's weights: counted with it
+    if kind not in (*PRESET_KINDS, "judge", "decoder"):
+        return None
     recipe = get_recipe(kind)
     cfg = {}
     for name, cls in recipe.schema().items():
@@ -152,6 +157,12 @@ def run_cost(folder: str | Path) -> TrainingCost | None:
         if not pipeline:
             raise CheckpointError(f"{folder}: a {kind} run's folder must be its pipeline (with its autoencoder)")
         ctx.autoencoder = load_model(folder / "autoencoder").requires_grad_(False)
+    if recipe.needs_pipeline:
+        if not pipeline or "denoiser_loss" not in saved:
+            return None  # adapted before its run recorded how the denoiser split rows
+        ctx.pipeline = load_pipeline(folder)
+        known = {f.name for f in dataclasses.fields(DenoiserLossConfig)}
+        ctx.split_cfg = DenoiserLossConfig(**{k: v for k, v in saved["denoiser_loss"].items() if k in known})
     return training_cost(kind, cfg, tokenizer, ctx)
 
 

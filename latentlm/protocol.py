@@ -517,9 +517,8 @@ def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device
             runs = chain(s)
             if len(runs) > 1 and all(cost(n) for n in runs) and comparable(*runs, "ar"):
                 training[s.name]["x_ar_total"] = sum(cost(n) for n in runs) / cost("ar")
-        if s.kind in DIFFUSION_KINDS and flops(s.name) and flops("ar"):
-            own = flops(s.name) + ((flops(s.autoencoder) or 0) if s.autoencoder else 0)
-            training[s.name]["flops_x_ar"] = own / flops("ar")  # with the autoencoder, for a latent model
+        if s.kind in DIFFUSION_KINDS and flops("ar") and all(flops(n) for n in chain(s)):
+            training[s.name]["flops_x_ar"] = sum(flops(n) for n in chain(s)) / flops("ar")  # with what it is built on
     splits = {split: headline(rep) for split, rep in reports.items()}
     return {"preset": cfg.preset, "device": device, "training": training, "splits": splits,
             "compare": asdict(cfg.compare), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}

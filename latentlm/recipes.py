@@ -327,7 +327,8 @@ def decoder_recipe() -> Recipe:
         adapted.save_pretrained(folder)
 
     return Recipe("decoder", DecoderModelConfig, build, make_loss, layout="document",
-                  extra_sections={"loss": DecoderAdaptationConfig}, needs_pipeline=True, export=export)
+                  extra_sections={"loss": DecoderAdaptationConfig}, needs_pipeline=True, varying_shapes=True,
+                  export=export)
 
 
 def row_length(recipe: Recipe, cfg: dict[str, Any], ctx: RunContext) -> int:
@@ -525,6 +526,8 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
 
     run_config = {"kind": kind, **origin, "init_from": str(init_from) if init_from else None,
                   **{k: dataclasses.asdict(v) for k, v in cfg.items()}}
+    if ctx.split_cfg is not None:  # how the adapted pipeline's denoiser splits rows (its cost reads it)
+        run_config["denoiser_loss"] = dataclasses.asdict(ctx.split_cfg)
     return train(model, recipe.make_loss(cfg, ctx), batches, train_cfg, out_dir, valid_batches=valid_batches,
                  resume=resume, export=export, run_config=run_config, progress=progress)
 

@@ -140,6 +140,7 @@ def test_block_causal_denoiser_trains_and_samples_in_its_presets_mode(tiny_autoe
 
 def test_decoder_adaptation_trains_the_decoder_alone_and_exports_the_pipeline(pipeline_dir, synthetic_files, tmp_path,
                                                                                capsys):
+    from latentlm.cost import run_cost
     from latentlm.loading import load_pipeline
 
     out = tmp_path / "adapted"
@@ -155,6 +156,12 @@ def test_decoder_adaptation_trains_the_decoder_alone_and_exports_the_pipeline(pi
     assert after.config.training_times == before.config.training_times
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"estimate_acc", "noisy_acc"} <= set(metrics[0])
+    # its cost: the decoder side trained, the encoder and the denoiser making its estimates frozen
+    cost = run_cost(out)
+    ae_params = sum(p.numel() for p in after.autoencoder.parameters())
+    assert 0 < cost.trained_params < ae_params and cost.flops_per_token > 0
+    assert cost.trained_params + cost.frozen_params == ae_params + sum(p.numel() for p in after.denoiser.parameters())
+    assert cost.tokens == 3 * 32 * after.autoencoder.config.max_seq_len  # cpu-tiny: 32 rows of one length
     capsys.readouterr()
     common = ["--data", str(synthetic_files / "train.jsonl"), "--out", str(tmp_path / "x"), "--preset", "cpu-tiny"]
     assert main(["train", "decoder", *common]) == 2
