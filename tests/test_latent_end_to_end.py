@@ -161,7 +161,9 @@ def test_decoder_adaptation_trains_the_decoder_alone_and_exports_the_pipeline(pi
     ae_params = sum(p.numel() for p in after.autoencoder.parameters())
     assert 0 < cost.trained_params < ae_params and cost.flops_per_token > 0
     assert cost.trained_params + cost.frozen_params == ae_params + sum(p.numel() for p in after.denoiser.parameters())
-    assert cost.tokens == 3 * 32 * after.autoencoder.config.max_seq_len  # cpu-tiny: 32 rows of one length
+    rows = json.loads((pipeline_dir / "run_config.json").read_text())["loss"]["row_lengths"]  # 2 here
+    assert json.loads((out / "run_config.json").read_text())["denoiser_loss"]["row_lengths"] == rows
+    assert cost.tokens == 3 * 32 * rows * after.autoencoder.config.max_seq_len  # 3 steps of 32 rows
     capsys.readouterr()
     common = ["--data", str(synthetic_files / "train.jsonl"), "--out", str(tmp_path / "x"), "--preset", "cpu-tiny"]
     assert main(["train", "decoder", *common]) == 2
