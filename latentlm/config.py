@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from latentlm.choices import current_value
-from latentlm.errors import ConfigError
+from latentlm.errors import CheckpointError, ConfigError
 
 T = TypeVar("T")
 
@@ -154,6 +154,20 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     if callable(validate):
         validate()
     return obj
+
+
+def from_saved(cls: type[T], values: Any, where: str) -> T:
+    """Build dataclass ``cls`` from a section an earlier run saved (its ``run_config.json``): keys this
+    version no longer has are dropped; anything else wrong is a :class:`~latentlm.errors.CheckpointError`
+    naming ``where``, since the file, not the user's configuration, is at fault."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{where} should be a section of keys and values, got {type(values).__name__}; "
+                              f"the file is damaged: train the run again or restore it")
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    try:
+        return from_dict(cls, {k: v for k, v in values.items() if k in known}, where)
+    except ConfigError as err:
+        raise CheckpointError(f"{err} (saved in {where}; train the run again or restore the file)") from None
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

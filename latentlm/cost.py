@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from latentlm.config import from_dict
+from latentlm.config import from_saved
 from latentlm.data.tokenizer import load_tokenizer
 from latentlm.diffusion.losses import DenoiserLossConfig
 from latentlm.errors import CheckpointError
@@ -141,15 +141,13 @@ def run_cost(folder: str | Path) -> TrainingCost | None:
         saved = json.loads((folder / "run_config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    kind = saved.get("kind")
+    kind = saved.get("kind") if isinstance(saved, dict) else None
     if kind not in (*PRESET_KINDS, "judge", "decoder"):
         return None
     recipe = get_recipe(kind)
     cfg = {}
     for name, cls in recipe.schema().items():
-        known = {f.name for f in dataclasses.fields(cls)}  # keys of older versions are dropped
-        cfg[name] = from_dict(cls, {k: v for k, v in saved.get(name, {}).items() if k in known},
-                              f"{folder}/run_config.json [{name}]")
+        cfg[name] = from_saved(cls, saved.get(name, {}), f"{folder}/run_config.json [{name}]")
     pipeline = is_pipeline_folder(folder)
     tokenizer = load_tokenizer(folder / "tokenizer" if pipeline else folder)
     ctx = RunContext()
@@ -161,8 +159,8 @@ def run_cost(folder: str | Path) -> TrainingCost | None:
         if not pipeline or "denoiser_loss" not in saved:
             return None  # adapted before its run recorded how the denoiser split rows
         ctx.pipeline = load_pipeline(folder)
-        known = {f.name for f in dataclasses.fields(DenoiserLossConfig)}
-        ctx.split_cfg = DenoiserLossConfig(**{k: v for k, v in saved["denoiser_loss"].items() if k in known})
+        ctx.split_cfg = from_saved(DenoiserLossConfig, saved["denoiser_loss"],
+                                   f"{folder}/run_config.json [denoiser_loss]")
     return training_cost(kind, cfg, tokenizer, ctx)
 
 

@@ -37,7 +37,7 @@ from latentlm.baselines.score_entropy_diffusion import (
     score_entropy_loss,
 )
 from latentlm.baselines.uniform_diffusion import UniformDiffusionLM, UniformLossConfig, uniform_loss
-from latentlm.config import model_section, parse_overrides, resolve_config
+from latentlm.config import from_saved, model_section, parse_overrides, resolve_config
 from latentlm.data.packing import Layout, PackedBatches, split_documents, tokenize_documents
 from latentlm.data.readers import read_documents
 from latentlm.data.shards import TokenShards, is_shard_folder, tokenizer_fingerprint
@@ -59,7 +59,7 @@ from latentlm.diffusion.losses import (
     time_density_of,
 )
 from latentlm.diffusion.modeling_denoiser import LatentDenoiser
-from latentlm.errors import ConfigError, DataError, check_choice
+from latentlm.errors import CheckpointError, ConfigError, DataError, check_choice
 from latentlm.files import move_tree
 from latentlm.kinds import KINDS, resolve, trainable_kinds
 from latentlm.loading import is_pipeline_folder, load_model, load_pipeline, read_model_config
@@ -471,7 +471,13 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
         raise ConfigError(f"--teacher is for PTP runs (latentlm train ptp), not for a {kind}")
     if pipeline is not None and not recipe.needs_pipeline:
         raise ConfigError(f"--pipeline is for decoder adaptation (latentlm train decoder), not for a {kind}")
-    data_cfg = dataclasses.replace(data_cfg, seq_len=row_length(recipe, cfg, ctx))
+    rows = row_length(recipe, cfg, ctx)
+    if rows != data_cfg.seq_len and data_cfg.seq_len != DataConfig.seq_len:  # set by the user, not the default
+        source = ("its pipeline's denoiser rows" if recipe.needs_pipeline else
+                  "loss.row_lengths autoencoder lengths (set loss.row_lengths to 1 or 2 instead)")
+        raise ConfigError(f"data.seq_len = {data_cfg.seq_len} does not apply to a {kind} run: its rows are "
+                          f"{source}, {rows} tokens here; remove data.seq_len")
+    data_cfg = dataclasses.replace(data_cfg, seq_len=rows)
     cfg = {**cfg, "data": data_cfg}  # run_config.json records the rows the run trains on
     if recipe.needs_teacher:
         ctx.teacher = _load_teacher(teacher, tokenizer)
@@ -533,14 +539,20 @@ def _train_run(kind: str, cfg: dict[str, Any], data: Sequence[str | Path], out_d
 
 
 def _saved_denoiser_loss(pipeline: Path) -> DenoiserLossConfig:
-    """The loss section the pipeline's denoiser trained with (its run_config.json), for splitting documents
-    the same way; the defaults when the folder has none."""
+    """The loss section the pipeline's denoiser trained with (its run_config.json; an adapted pipeline's
+    records it as ``denoiser_loss``), for splitting documents the same way; the defaults when the folder
+    has none."""
+    where = pipeline / "run_config.json"
     try:
-        saved = json.loads((pipeline / "run_config.json").read_text())["loss"]
-        known = {f.name for f in dataclasses.fields(DenoiserLossConfig)}
-        return DenoiserLossConfig(**{k: v for k, v in saved.items() if k in known})
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        saved = json.loads(where.read_text())
+    except OSError:
+        return DenoiserLossConfig()  # a pipeline trained elsewhere
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{where} is not valid JSON ({err}); train the pipeline again or restore it") from None
+    section = "denoiser_loss" if isinstance(saved, dict) and "denoiser_loss" in saved else "loss"  # adapted: its own
+    if not isinstance(saved, dict) or section not in saved:
         return DenoiserLossConfig()
+    return from_saved(DenoiserLossConfig, saved[section], f"{where} [{section}]")
 
 
 def _shard_folder(paths: Sequence[str | Path], flag: str) -> TokenShards | None:

@@ -95,3 +95,14 @@ def test_scoped_overrides_split_by_run():
     for bad in ("denoiser", "denoiser.train", ".train.steps=1"):
         with pytest.raises(ConfigError, match="KIND.SECTION.KEY=VALUE"):
             split_scoped_overrides([bad], "KIND")
+
+
+def test_a_saved_section_drops_keys_of_older_versions_and_a_damaged_one_is_a_checkpoint_error():
+    from latentlm.config import from_saved
+    from latentlm.errors import CheckpointError
+    from latentlm.recipes import TrainConfig
+
+    assert from_saved(TrainConfig, {"steps": 7, "a_key_this_version_dropped": 1}, "x.json [train]").steps == 7
+    for damaged in ([7], {"steps": "seven"}):
+        with pytest.raises(CheckpointError, match=r"x.json \[train\]"):
+            from_saved(TrainConfig, damaged, "x.json [train]")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from latentlm.cli import main
+from latentlm.errors import CheckpointError
 from latentlm.eval.models import load_language_model
 
 
@@ -170,3 +171,19 @@ def test_decoder_adaptation_trains_the_decoder_alone_and_exports_the_pipeline(pi
     assert "needs --pipeline" in capsys.readouterr().err
     assert main(["train", "ar", *common, "--pipeline", str(pipeline_dir)]) == 2
     assert "--pipeline is for decoder adaptation" in capsys.readouterr().err
+    # rows are the autoencoder's lengths: a data.seq_len would be ignored, so it is refused
+    assert main(["train", "decoder", *common, "--pipeline", str(pipeline_dir), "--set", "data.seq_len=64"]) == 2
+    assert "does not apply to a decoder run" in capsys.readouterr().err
+    assert main(["train", "denoiser", *common, "--autoencoder", str(pipeline_dir / "autoencoder"),
+                 "--set", "data.seq_len=64"]) == 2
+    assert "set loss.row_lengths to 1 or 2 instead" in capsys.readouterr().err
+    # an adapted pipeline is adapted again with its denoiser's rows; a damaged record is a typed error
+    from latentlm.recipes import _saved_denoiser_loss
+
+    assert _saved_denoiser_loss(out).row_lengths == rows
+    saved = json.loads((out / "run_config.json").read_text())
+    (out / "run_config.json").write_text(json.dumps({**saved, "denoiser_loss": {"row_lengths": "two"}}))
+    with pytest.raises(CheckpointError, match=r"run_config.json \[denoiser_loss\]"):
+        run_cost(out)
+    assert main(["train", "decoder", *common, "--pipeline", str(out)]) == 2
+    assert "denoiser_loss" in capsys.readouterr().err
