@@ -135,7 +135,8 @@ class Results:
     def __init__(self, out: Path, shared: dict, systems: dict[str, dict]) -> None:
         self.out = out
         self.path = out / "results.json"
-        self.data: dict = {"config": {"shared": shared, "systems": systems}, "sections": {}}
+        # sections, and the wall-clock of each stage of compare summed over every run that worked on it
+        self.data: dict = {"config": {"shared": shared, "systems": systems}, "sections": {}, "seconds": {}}
         try:
             old = _migrate(json.loads(self.path.read_text())) if self.path.is_file() else None
         except json.JSONDecodeError:
@@ -144,6 +145,7 @@ class Results:
             before = old["config"].get("systems", {})
             stale = [n for n, spec in before.items() if systems.get(n) != spec]
             self.data["sections"] = old["sections"]
+            self.data["seconds"] = old.get("seconds", {})
             for name in stale:
                 self._forget(name)
             if stale or set(systems) - set(before):
@@ -159,6 +161,9 @@ class Results:
         sections = self.data["sections"]
         for key in [k for k in sections if k.endswith(f"/{name}")]:
             del sections[key]
+        seconds = self.data["seconds"]
+        for label in [k for k in seconds if k.endswith(f" {name}")]:
+            del seconds[label]
         slug = _slug(name)
         files = [*self.out.glob(f"samples/{glob_escape(name)}_seed*"), self.out / f"likelihood_{slug}.partial",
                  self.out / f"cloze_{slug}.partial"]
@@ -186,6 +191,11 @@ class Results:
 
     def put(self, key: str, value) -> None:
         self.data["sections"][key] = value
+        self._write()
+
+    def add_seconds(self, stage: str, seconds: float) -> None:
+        """Add ``seconds`` of wall-clock to ``stage`` (a label such as ``generate ar``)."""
+        self.data["seconds"][stage] = round(self.data["seconds"].get(stage, 0.0) + seconds, 1)
         self._write()
 
     def _write(self) -> None:
@@ -301,7 +311,14 @@ def compare(
     bar = tqdm(total=steps_total, desc="compare", disable=not progress)
     skipped: dict[str, str] = {}
 
+    clock = {"stage": "", "since": time.monotonic()}
+
     def stage(name: str) -> None:
+        """Start stage ``name`` ("" at the end): the one before gets its wall-clock."""
+        now = time.monotonic()
+        if clock["stage"]:
+            res.add_seconds(clock["stage"], now - clock["since"])
+        clock.update(stage=name, since=now)
         bar.set_postfix_str(name)
 
     # --- likelihood -----------------------------------------------------------------
@@ -318,6 +335,7 @@ def compare(
         stage(f"generate {name}")
         systems.append(_system_samples(lm, name, prompts, opts[name], cfg, out, res))
         bar.update(1)
+    stage("reference and sanity samples")
     real = System(REAL, prompts, real_conts)
     systems.append(real)
     if train_docs:
@@ -338,11 +356,11 @@ def compare(
 
     # --- quality against diversity --------------------------------------------------
     if cfg.curves:
-        stage("quality vs entropy")
         if judge_lm is None:
             skipped["quality-entropy curves"] = "no --judge model given"
         else:
             for name, lm in lms.items():
+                stage(f"quality vs entropy {name}")
                 if not res.done(f"diversity/{name}") and diversity_knobs(lm.kind):
                     res.put(f"diversity/{name}", _diversity_curves(lm, name, opts[name], pairs, judge_lm, cfg, out))
             res.put("diversity", _matched(res, lms, pairs, cfg))
@@ -366,8 +384,8 @@ def compare(
 
     # --- quality vs NFE ---------------------------------------------------------------
     if cfg.nfe_sweep:
-        stage("quality vs NFE")
         for name, lm in lms.items():
+            stage(f"quality vs NFE {name}")
             if not res.done(f"nfe_sweep/{name}"):
                 res.put(f"nfe_sweep/{name}", _nfe_sweep(name, lm, opts[name], prompts[: cfg.sweep_prompts], judge_lm,
                                                         synthetic, cfg))
@@ -375,13 +393,14 @@ def compare(
         bar.update(1)
 
     # --- speed ------------------------------------------------------------------------
-    stage("speed")
     for name, lm in lms.items():
+        stage(f"speed {name}")
         if not res.done(f"speed/{name}"):
             res.put(f"speed/{name}", rows_to_json(measure_speed(lm, name, prompts[0], list(cfg.speed_lengths),
                                                                  cfg.speed_batch, opts[name])))
     res.put("speed", [row for name in lms for row in res[f"speed/{name}"]])
     bar.update(1)
+    stage("")
     bar.close()
     res.put("skipped", {**res.data["sections"].get("skipped", {}), **skipped})
     res.put("meta", {"synthetic": synthetic, "n_prompts": len(prompts), "device": device_name(device),

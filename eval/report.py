@@ -184,6 +184,13 @@ def write_report(results: dict, out: Path) -> Path:
     sk = s.get("skipped", {})
     if sk:
         lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in sk.items()] + [""]
+    took = sorted(results.get("seconds", {}).items(), key=lambda kv: -kv[1])
+    if took:
+        total = sum(v for _, v in took)
+        lines += ["## Where the time went", "", f"Wall-clock of each stage, summed over every run that worked on "
+                  f"it: {total / 3600:.2f} h in all.", "",
+                  _table(["stage", "seconds", "share"], [[k, f"{v:,.0f}", f"{v / total:.0%}" if total else "-"]
+                                                         for k, v in took if v >= 0.5]), ""]
     lines += ["Raw samples: `samples/`. All numbers: `results.json`."]
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines) + "\n")

@@ -87,6 +87,11 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
     assert "hackable" in report and "| ar |" in report and "| ptp | 20 / 20 |" in report
+    # where compare's time went: every stage, per model where it is per model
+    took = res["seconds"]
+    assert {f"{stage} {name}" for stage in ("likelihood", "generate", "cloze", "speed") for name in models} <= set(took)
+    assert all(v >= 0 for v in took.values()) and took["generate mdlm"] > 0
+    assert "## Where the time went" in report
     # "auto" runs on the GPU when there is one, and the report names the device that ran
     assert s["meta"]["device"].startswith("cpu") == (not torch.cuda.is_available())
 
@@ -98,6 +103,7 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
                     options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
     assert again["sections"]["quality"] == s["quality"]
     assert "speed" in again["sections"]
+    assert all(again["seconds"][k] >= v for k, v in took.items())  # summed over both runs
 
 
 @pytest.mark.slow
@@ -125,6 +131,7 @@ def test_a_system_added_to_a_finished_comparison_costs_only_its_own_work(folders
     fewer = compare({"ar": folders / "ar"}, folders / "valid.jsonl", out, train=folders / "train.jsonl", cfg=cfg,
                     progress=False)
     assert generated == [] and "latent" not in fewer["sections"]["quality"]["rows"]
+    assert "generate ar" in fewer["seconds"] and not any(k.endswith(" latent") for k in fewer["seconds"])
     assert not list(out.glob("samples/latent_seed*"))
 
 
