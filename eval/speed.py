@@ -2,7 +2,7 @@
 
 Every model runs on the same machine in the same process, one after another,
 after a warm-up call. FLOPs are counted by ``torch.utils.flop_counter`` on one
-batch-1 generation (matrix multiplications and attention; elementwise work is
+batch-1 generation (matrix multiplications and attention, on the CPU too: :mod:`latentlm.flops`; elementwise work is
 not counted), so they include every network evaluation the sampler makes.
 A generator that can stop at end-of-text (``stop_at_eot``: AR, PTP, the latent
 block modes) is asked to go on, so that every row times the length asked.
@@ -15,10 +15,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from latentlm.device import synchronize
 from latentlm.errors import InputError
+from latentlm.flops import flop_counter
 
 
 @dataclass
@@ -57,7 +57,7 @@ def measure_speed(lm, name: str, prompt: str, lengths: list[int], batch: int = 1
         lm.generate([prompt] * batch, n, generator=g, **options)
         synchronize()
         throughput = batch * n / (time.perf_counter() - t0)
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             lm.generate([prompt], n, generator=g, **options)
         rows.append(SpeedRow(name, n, out.nfe, latency, throughput, counter.get_total_flops() / 1e9,
                              tokens_made=n if fixed else tokens_made(lm, out)))

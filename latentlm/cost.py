@@ -3,7 +3,7 @@
     cost = preset_costs("cpu-small", vocab_size=4096)["denoiser"]
     cost.flops_per_token, cost.total_flops
 
-FLOPs are counted by ``torch.utils.flop_counter`` on one training step of one row at the run's shapes
+FLOPs are counted by ``torch.utils.flop_counter`` (:func:`latentlm.flops.flop_counter`: attention on the CPU too) on one training step of one row at the run's shapes
 (random weights and tokens: the count depends on shapes only; the mean of :data:`SHAPE_DRAWS` steps for a
 loss that draws its shapes, such as a denoiser's continuation length): the loss's forward, its backward, and the
 forward of every frozen network it calls (a denoiser's autoencoder encoding its batch). Matrix
@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from latentlm.config import from_saved
 from latentlm.data.tokenizer import load_tokenizer
 from latentlm.diffusion.losses import DenoiserLossConfig
 from latentlm.errors import CheckpointError
+from latentlm.flops import flop_counter
 from latentlm.loading import is_pipeline_folder, load_model, load_pipeline
 from latentlm.recipes import RunContext, get_recipe, resolve_run_config, row_length
 
@@ -82,7 +82,7 @@ def count_training_flops(model: torch.nn.Module, loss_fn, seq_len: int, vocab_si
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     was_training = model.training
     model.train()
-    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+    with torch.random.fork_rng(devices=[]), flop_counter() as counter:
         torch.manual_seed(seed)
         loss_fn(model, batch).loss.backward()
     model.zero_grad(set_to_none=True)

@@ -25,6 +25,26 @@ def test_count_matches_a_linear_layer_by_hand_and_leaves_no_trace():
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_attention_is_counted_on_the_cpu_as_its_matrix_products():
+    """torch's counter has no formula for the CPU's attention kernel (it counts 0 there); ours counts the
+    forward as the same attention written as matrix products, the backward as torch counts it on CUDA."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count
+
+    from latentlm.flops import flop_counter
+
+    q, k, v = (torch.randn(2, 4, n, 16, requires_grad=True) for n in (48, 40, 40))
+    with FlopCounterMode(display=False) as by_hand:
+        torch.softmax(q @ k.transpose(-1, -2) / 4, -1) @ v
+    with flop_counter() as forward:
+        F.scaled_dot_product_attention(q, k, v)
+    assert forward.get_total_flops() == by_hand.get_total_flops() == 2 * (2 * 2 * 4 * 48 * 40 * 16)
+    with flop_counter() as both:
+        F.scaled_dot_product_attention(q, k, v, attn_mask=torch.ones(48, 40, dtype=torch.bool).tril()).sum().backward()
+    backward = sdpa_backward_flop_count(q.shape, q.shape, k.shape, v.shape)
+    assert both.get_total_flops() == forward.get_total_flops() + backward > forward.get_total_flops()
+
+
 def test_cost_grows_with_the_network_and_the_budget():
     costs = preset_costs("cpu-tiny", 800)
     deeper = preset_costs("cpu-tiny", 800, {"ar": ["model.depth=8"], "denoiser": ["train.steps=6000"]})
