@@ -4,8 +4,8 @@ autoencoder's run with its denoiser's).
 
     python benchmarks/compute.py [--presets cpu-tiny cpu-small gpu-base] [--set KIND.SECTION.KEY=VALUE ...]
 
-FLOPs are counted by ``latentlm.cost`` on one training step of one row at each run's shapes (about a
-minute for gpu-base on a 2-core CPU). ``--set`` changes one setting of one kind (e.g. a deeper
+FLOPs are counted by ``latentlm.cost`` on one training step of one row at each run's shapes, without
+computing the products it counts (the three presets in under a minute on a 2-core CPU). ``--set`` changes one setting of one kind (e.g. a deeper
 denoiser: ``--set denoiser.model.depth=8``) to size a model against the rule before training it.
 """
 

@@ -74,15 +74,15 @@ def _special_ids(tok) -> set[int]:
 def count_training_flops(model: torch.nn.Module, loss_fn, seq_len: int, vocab_size: int,
                          special_ids: set[int] = frozenset(), seed: int = 0) -> int:
     """FLOPs of one training step (forward + backward) of ``loss_fn(model, batch)`` on one row of
-    ``seq_len`` tokens drawn from the non-special ids. Leaves the model's gradients and the global
-    random state as they were."""
+    ``seq_len`` tokens drawn from the non-special ids, counted on shapes only (:func:`latentlm.flops.flop_counter`).
+    Leaves the model's gradients and the global random state as they were."""
     ordinary = torch.tensor([i for i in range(vocab_size) if i not in special_ids])
     g = torch.Generator().manual_seed(seed)
     ids = ordinary[torch.randint(len(ordinary), (1, seq_len), generator=g)]
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     was_training = model.training
     model.train()
-    with torch.random.fork_rng(devices=[]), flop_counter() as counter:
+    with torch.random.fork_rng(devices=[]), flop_counter(shapes_only=True) as counter:
         torch.manual_seed(seed)
         loss_fn(model, batch).loss.backward()
     model.zero_grad(set_to_none=True)

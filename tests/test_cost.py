@@ -45,6 +45,35 @@ def test_attention_is_counted_on_the_cpu_as_its_matrix_products():
     assert both.get_total_flops() == forward.get_total_flops() + backward > forward.get_total_flops()
 
 
+@pytest.mark.slow
+def test_a_training_step_counted_on_shapes_only_counts_what_computing_it_counts():
+    """count_training_flops does not compute the products it counts (zeros of their shapes instead): for
+    every kind a preset trains, the count equals that of the step computed, on random tokens."""
+    from latentlm.cost import PRESET_KINDS, _SizeOnly
+    from latentlm.flops import flop_counter
+    from latentlm.recipes import RunContext, get_recipe, row_length
+
+    tok, ctx = _SizeOnly(800), RunContext()
+    small = {"autoencoder": ["model.dim=64", "model.encoder_depth=1", "model.decoder_depth=1"],
+             "denoiser": ["model.dim=64"]}
+    for kind in PRESET_KINDS:
+        recipe = get_recipe(kind)
+        cfg = resolve_run_config(kind, "cpu-tiny", overrides=small.get(kind, ["model.dim=64", "model.depth=2"]))
+        if kind == "denoiser":
+            ae_cfg = resolve_run_config("autoencoder", "cpu-tiny", overrides=small["autoencoder"])
+            ctx.autoencoder = get_recipe("autoencoder").build_model(ae_cfg, tok, RunContext()).requires_grad_(False)
+        torch.manual_seed(0)
+        model, rows = recipe.build_model(cfg, tok, ctx), row_length(recipe, cfg, ctx)
+        for seed in (0, 1) if recipe.varying_shapes else (0,):
+            ids = torch.randint(3, 800, (1, rows), generator=torch.Generator().manual_seed(seed))
+            with torch.random.fork_rng(devices=[]), flop_counter() as computed:
+                torch.manual_seed(seed)
+                recipe.make_loss(cfg, ctx)(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}).loss.backward()
+            model.zero_grad(set_to_none=True)
+            counted = count_training_flops(model, recipe.make_loss(cfg, ctx), rows, 800, {0, 1, 2}, seed=seed)
+            assert counted == computed.get_total_flops() > 0, kind
+
+
 def test_cost_grows_with_the_network_and_the_budget():
     costs = preset_costs("cpu-tiny", 800)
     deeper = preset_costs("cpu-tiny", 800, {"ar": ["model.depth=8"], "denoiser": ["train.steps=6000"]})
