@@ -3,8 +3,9 @@
     cost = preset_costs("cpu-small", vocab_size=4096)["denoiser"]
     cost.flops_per_token, cost.total_flops
 
-FLOPs are counted by ``torch.utils.flop_counter`` (:func:`latentlm.flops.flop_counter`: attention on the CPU too) on one training step of one row at the run's shapes
-(random weights and tokens: the count depends on shapes only; the mean of :data:`SHAPE_DRAWS` steps for a
+FLOPs are counted by ``torch.utils.flop_counter`` (:func:`latentlm.flops.flop_counter`: attention on
+the CPU too, and without computing the products it counts) on one training step of one row at the
+run's shapes (random weights and tokens: the count depends on shapes only; the mean of :data:`SHAPE_DRAWS` steps for a
 loss that draws its shapes, such as a denoiser's continuation length): the loss's forward, its backward, and the
 forward of every frozen network it calls (a denoiser's autoencoder encoding its batch). Matrix
 multiplications and attention are counted, elementwise work is not. Per token means per text token of
@@ -74,8 +75,9 @@ def _special_ids(tok) -> set[int]:
 def count_training_flops(model: torch.nn.Module, loss_fn, seq_len: int, vocab_size: int,
                          special_ids: set[int] = frozenset(), seed: int = 0) -> int:
     """FLOPs of one training step (forward + backward) of ``loss_fn(model, batch)`` on one row of
-    ``seq_len`` tokens drawn from the non-special ids, counted on shapes only (:func:`latentlm.flops.flop_counter`).
-    Leaves the model's gradients and the global random state as they were."""
+    ``seq_len`` tokens drawn from the non-special ids, counted on shapes only
+    (:func:`latentlm.flops.flop_counter`). Leaves the model's gradients and the global random state as
+    they were."""
     ordinary = torch.tensor([i for i in range(vocab_size) if i not in special_ids])
     g = torch.Generator().manual_seed(seed)
     ids = ordinary[torch.randint(len(ordinary), (1, seq_len), generator=g)]
