@@ -12,7 +12,8 @@ multiplications and attention are counted, elementwise work is not. Per token me
 the batch (the rows the run trains on: ``data.seq_len``, or ``loss.row_lengths`` autoencoder lengths for a
 denoiser, :func:`latentlm.recipes.row_length`), for every kind, so an AR and a latent model are counted
 in one unit.
-Sampling FLOPs are counted the same way by ``compare``'s speed section.
+Sampling FLOPs are counted with the same counter by ``compare``'s speed section (computing: a sampler
+stops on what it draws).
 """
 
 from __future__ import annotations
