@@ -134,7 +134,7 @@ def test_variants_build_on_stages_and_on_each_other():
     assert ae.kind == "autoencoder" and ae.compared is None
     den = P.parse_variant("latent-ar=denoiser_block@ae-ar:loss.time_std=1", (*P.STAGES, ae))
     assert (den.autoencoder, den.compared) == ("ae-ar", "latent-ar")
-    assert den.overrides == ("model.block_size=4", "model.sampling_mode=block-ar", "loss.time_std=1")
+    assert den.overrides == ("model.block_size=4", "model.sampling_mode=block-ar", "train.steps=1200", "loss.time_std=1")
     adapted = P.parse_variant("adapted=decoder@latent-ar", (*P.STAGES, ae, den))
     assert (adapted.kind, adapted.pipeline, adapted.compared) == ("decoder", "latent-ar", "adapted")
 
