@@ -63,8 +63,9 @@ STAGES = (
     TrainStage("autoencoder", "autoencoder"),
     TrainStage("denoiser", "denoiser", autoencoder="autoencoder", compared="latent"),
     TrainStage("mdlm", "mdlm", compared="mdlm"),
-    # block-causal steps are slower (3.03 s against 2.33 on a 2-core AVX2 CPU): 1,200 of them keep the latent
-    # model within 2x the AR's time with its autoencoder (1.95x; the preset's 1,300 would take 2.02x)
+    # block-causal steps are slower (a median 2.79-3.03 s over two runs against 2.33 on a 2-core AVX2 CPU):
+    # 1,200 of them keep the latent model within 2x the AR's time with its autoencoder (1.88-1.95x; the
+    # preset's 1,300 would take 1.95-2.02x)
     TrainStage("denoiser_block", "denoiser", ("model.block_size=4", "model.sampling_mode=block-ar", "train.steps=1200"),
                autoencoder="autoencoder", compared="latent-block"),
 )
