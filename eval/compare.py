@@ -112,6 +112,13 @@ AGGREGATE_SECTIONS = ("quality", "diversity", "consistency", "nfe_sweep", "speed
 RENAMED_OPTIONS = {"steps": "num_inference_steps"}
 
 
+def _readable(old) -> bool:
+    """Whether a loaded results.json has the structure :class:`Results` writes."""
+    return (isinstance(old, dict) and isinstance(old.get("config"), dict) and isinstance(old.get("sections"), dict)
+            and isinstance(old["config"].get("systems", {}), dict)
+            and all(isinstance(spec, dict) for spec in old["config"].get("systems", {}).values()))
+
+
 def _migrate(old: dict) -> dict:
     """A results.json written before an option was renamed (:data:`RENAMED_OPTIONS`), under the current
     names: each system's options and the knobs of its quality-entropy curves."""
@@ -138,14 +145,17 @@ class Results:
         # sections, and the wall-clock of each stage of compare summed over every run that worked on it
         self.data: dict = {"config": {"shared": shared, "systems": systems}, "sections": {}, "seconds": {}}
         try:
-            old = _migrate(json.loads(self.path.read_text())) if self.path.is_file() else None
+            old = json.loads(self.path.read_text()) if self.path.is_file() else None
         except json.JSONDecodeError:
             old = None
-        if old is not None and old.get("config", {}).get("shared") == shared:
+        old = _migrate(old) if _readable(old) else None  # damaged: as if another configuration
+        if old is not None and old["config"].get("shared") == shared:
             before = old["config"].get("systems", {})
             stale = [n for n, spec in before.items() if systems.get(n) != spec]
             self.data["sections"] = old["sections"]
-            self.data["seconds"] = old.get("seconds", {})
+            seconds = old.get("seconds")
+            if isinstance(seconds, dict) and all(isinstance(v, (int, float)) for v in seconds.values()):
+                self.data["seconds"] = seconds  # else the stage times alone are lost, not the sections
             for name in stale:
                 self._forget(name)
             if stale or set(systems) - set(before):
@@ -321,86 +331,88 @@ def compare(
         clock.update(stage=name, since=now)
         bar.set_postfix_str(name)
 
-    # --- likelihood -----------------------------------------------------------------
-    for name, lm in lms.items():
-        stage(f"likelihood {name}")
-        key = f"likelihood/{name}"
-        if not res.done(key):
-            res.put(key, _likelihood(lm, docs, cfg, out / f"likelihood_{_slug(name)}.partial"))
-        bar.update(1)
-
-    # --- samples --------------------------------------------------------------------
-    systems: list[System] = []
-    for name, lm in lms.items():
-        stage(f"generate {name}")
-        systems.append(_system_samples(lm, name, prompts, opts[name], cfg, out, res))
-        bar.update(1)
-    stage("reference and sanity samples")
-    real = System(REAL, prompts, real_conts)
-    systems.append(real)
-    if train_docs:
-        for s in sanity_samplers(train_docs):
-            systems.append(System(s.name, prompts, s.generate(prompts, n_words, seed=cfg.seed)))
-    else:
-        skipped["sanity samplers, memorisation, entity persistence"] = "no --train texts given"
-    for s in systems:
-        _write_samples(samples_path(out, s.name), s.prompts, list(zip(s.texts, s.continuations)))
-    bar.update(1)
-
-    # --- sample quality ---------------------------------------------------------------
-    stage("sample quality")
-    if not res.done("quality"):
-        res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
-                                    out / "quality.partial"))
-    bar.update(1)
-
-    # --- quality against diversity --------------------------------------------------
-    if cfg.curves:
-        if judge_lm is None:
-            skipped["quality-entropy curves"] = "no --judge model given"
-        else:
-            for name, lm in lms.items():
-                stage(f"quality vs entropy {name}")
-                if not res.done(f"diversity/{name}") and diversity_knobs(lm.kind):
-                    res.put(f"diversity/{name}", _diversity_curves(lm, name, opts[name], pairs, judge_lm, cfg, out))
-            res.put("diversity", _matched(res, lms, pairs, cfg))
-        bar.update(1)
-
-    # --- long-range consistency -------------------------------------------------------
-    stage("consistency")
-    if not res.done("consistency"):
-        res.put("consistency", _consistency(systems, real, synthetic, train_docs, cfg, skipped))
-    for name, lm in lms.items():
-        stage(f"cloze {name}")
-        key = f"cloze/{name}"
-        context = min(m.context for m in lms.values()) - 2  # every model reads the same stories
-        cache = out / f"cloze_{_slug(name)}.partial"
-        shorter = res.done(key) and res[key].get("context") != context  # a model of shorter context joined
-        if shorter:
-            cache.unlink(missing_ok=True)
-        if shorter or not res.done(key):
-            res.put(key, _cloze(lm, docs, context, cfg, cache))
-        bar.update(1)
-
-    # --- quality vs NFE ---------------------------------------------------------------
-    if cfg.nfe_sweep:
+    try:
+        # --- likelihood -----------------------------------------------------------------
         for name, lm in lms.items():
-            stage(f"quality vs NFE {name}")
-            if not res.done(f"nfe_sweep/{name}"):
-                res.put(f"nfe_sweep/{name}", _nfe_sweep(name, lm, opts[name], prompts[: cfg.sweep_prompts], judge_lm,
-                                                        synthetic, cfg))
-        res.put("nfe_sweep", [row for name in lms for row in res[f"nfe_sweep/{name}"]])
+            stage(f"likelihood {name}")
+            key = f"likelihood/{name}"
+            if not res.done(key):
+                res.put(key, _likelihood(lm, docs, cfg, out / f"likelihood_{_slug(name)}.partial"))
+            bar.update(1)
+
+        # --- samples --------------------------------------------------------------------
+        systems: list[System] = []
+        for name, lm in lms.items():
+            stage(f"generate {name}")
+            systems.append(_system_samples(lm, name, prompts, opts[name], cfg, out, res))
+            bar.update(1)
+        stage("reference and sanity samples")
+        real = System(REAL, prompts, real_conts)
+        systems.append(real)
+        if train_docs:
+            for s in sanity_samplers(train_docs):
+                systems.append(System(s.name, prompts, s.generate(prompts, n_words, seed=cfg.seed)))
+        else:
+            skipped["sanity samplers, memorisation, entity persistence"] = "no --train texts given"
+        for s in systems:
+            _write_samples(samples_path(out, s.name), s.prompts, list(zip(s.texts, s.continuations)))
         bar.update(1)
 
-    # --- speed ------------------------------------------------------------------------
-    for name, lm in lms.items():
-        stage(f"speed {name}")
-        if not res.done(f"speed/{name}"):
-            res.put(f"speed/{name}", rows_to_json(measure_speed(lm, name, prompts[0], list(cfg.speed_lengths),
-                                                                 cfg.speed_batch, opts[name])))
-    res.put("speed", [row for name in lms for row in res[f"speed/{name}"]])
-    bar.update(1)
-    stage("")
+        # --- sample quality ---------------------------------------------------------------
+        stage("sample quality")
+        if not res.done("quality"):
+            res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
+                                        out / "quality.partial"))
+        bar.update(1)
+
+        # --- quality against diversity --------------------------------------------------
+        if cfg.curves:
+            if judge_lm is None:
+                skipped["quality-entropy curves"] = "no --judge model given"
+            else:
+                for name, lm in lms.items():
+                    stage(f"quality vs entropy {name}")
+                    if not res.done(f"diversity/{name}") and diversity_knobs(lm.kind):
+                        res.put(f"diversity/{name}", _diversity_curves(lm, name, opts[name], pairs, judge_lm, cfg, out))
+                res.put("diversity", _matched(res, lms, pairs, cfg))
+            bar.update(1)
+
+        # --- long-range consistency -------------------------------------------------------
+        stage("consistency")
+        if not res.done("consistency"):
+            res.put("consistency", _consistency(systems, real, synthetic, train_docs, cfg, skipped))
+        for name, lm in lms.items():
+            stage(f"cloze {name}")
+            key = f"cloze/{name}"
+            context = min(m.context for m in lms.values()) - 2  # every model reads the same stories
+            cache = out / f"cloze_{_slug(name)}.partial"
+            shorter = res.done(key) and res[key].get("context") != context  # a model of shorter context joined
+            if shorter:
+                cache.unlink(missing_ok=True)
+            if shorter or not res.done(key):
+                res.put(key, _cloze(lm, docs, context, cfg, cache))
+            bar.update(1)
+
+        # --- quality vs NFE ---------------------------------------------------------------
+        if cfg.nfe_sweep:
+            for name, lm in lms.items():
+                stage(f"quality vs NFE {name}")
+                if not res.done(f"nfe_sweep/{name}"):
+                    rows = _nfe_sweep(name, lm, opts[name], prompts[: cfg.sweep_prompts], judge_lm, synthetic, cfg)
+                    res.put(f"nfe_sweep/{name}", rows)
+            res.put("nfe_sweep", [row for name in lms for row in res[f"nfe_sweep/{name}"]])
+            bar.update(1)
+
+        # --- speed ------------------------------------------------------------------------
+        for name, lm in lms.items():
+            stage(f"speed {name}")
+            if not res.done(f"speed/{name}"):
+                res.put(f"speed/{name}", rows_to_json(measure_speed(lm, name, prompts[0], list(cfg.speed_lengths),
+                                                                     cfg.speed_batch, opts[name])))
+        res.put("speed", [row for name in lms for row in res[f"speed/{name}"]])
+        bar.update(1)
+    finally:  # an interrupted stage keeps the wall-clock it spent
+        stage("")
     bar.close()
     res.put("skipped", {**res.data["sections"].get("skipped", {}), **skipped})
     res.put("meta", {"synthetic": synthetic, "n_prompts": len(prompts), "device": device_name(device),

@@ -370,3 +370,37 @@ def test_results_written_under_a_renamed_option_are_reused(tmp_path):
         "num_inference_steps", "decoder_temperature"}
     other = Results(tmp_path, shared, {"latent": {"folder": "f", "options": {"num_inference_steps": 64}}})
     assert not other.done("likelihood/latent")  # a changed option is still a changed system
+
+
+def test_a_stage_interrupted_keeps_the_wall_clock_it_spent(folders, tmp_path, monkeypatch):
+    """A kill (Ctrl-C) in the middle of a stage adds the seconds it ran to that stage's total."""
+    import time
+
+    def interrupted(*args, **kwargs):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_module, "_likelihood", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare({"ar": folders / "ar"}, folders / "valid.jsonl", tmp_path, cfg=small_config(), progress=False)
+    seconds = json.loads((tmp_path / "results.json").read_text())["seconds"]
+    assert seconds["likelihood ar"] >= 0.3
+
+
+@pytest.mark.parametrize("damage", ["a list", "sections", "seconds"])
+def test_a_damaged_results_file_is_read_without_a_crash(tmp_path, damage):
+    """results.json edited by hand or cut short: what has the written structure is kept, the rest restarts."""
+    from latentlm.eval.compare import Results
+
+    shared = {"data": "valid.jsonl"}
+    systems = {"ar": {"folder": "f", "options": {}}}
+    good = {"config": {"shared": shared, "systems": systems}, "sections": {"likelihood/ar": {"nats_per_token": 2.0}},
+            "seconds": {"likelihood ar": 3.0}}
+    bad = {"a list": [good], "sections": {**good, "sections": ["likelihood/ar"]},
+           "seconds": {**good, "seconds": [3.0]}}[damage]
+    (tmp_path / "results.json").write_text(json.dumps(bad))
+    res = Results(tmp_path, shared, systems)
+    assert res.done("likelihood/ar") == (damage == "seconds")  # damaged stage times cost only the times
+    assert res.data["seconds"] == {}
+    res.add_seconds("likelihood ar", 1.0)
+    assert json.loads((tmp_path / "results.json").read_text())["seconds"] == {"likelihood ar": 1.0}
