@@ -102,6 +102,8 @@ def training_cost(kind: str, cfg: dict[str, Any], tokenizer, ctx: RunContext | N
     ctx = ctx or RunContext()
     if recipe.needs_autoencoder and ctx.autoencoder is None:
         raise CheckpointError(f"the cost of a {kind} run needs the autoencoder it trains on")
+    if recipe.needs_teacher and ctx.teacher is None:
+        raise CheckpointError(f"the cost of a {kind} run needs the AR it distils (RunContext(teacher=...))")
     if recipe.needs_pipeline and (ctx.pipeline is None or ctx.split_cfg is None):
         raise CheckpointError(f"the cost of a {kind} run needs the pipeline it adapts and its denoiser's loss section")
     with torch.random.fork_rng(devices=[]):
@@ -137,15 +139,16 @@ def preset_costs(preset: str, vocab_size: int, overrides: dict[str, list[str]] |
 
 def run_cost(folder: str | Path) -> TrainingCost | None:
     """The cost of the run that trained ``folder``, from its ``run_config.json`` (None when the folder
-    has none, a model trained elsewhere, or a PTP run). A pipeline's denoiser is counted with the
-    pipeline's autoencoder, an adapted decoder with the pipeline's denoiser making its estimates."""
+    has none: a model trained elsewhere). A pipeline's denoiser is counted with the pipeline's
+    autoencoder, an adapted decoder with the pipeline's denoiser making its estimates, a PTP predictor
+    with the AR that teaches it (frozen: its forward is counted, its parameters are not trained)."""
     folder = Path(folder)
     try:
         saved = json.loads((folder / "run_config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
     kind = saved.get("kind") if isinstance(saved, dict) else None
-    if kind not in (*PRESET_KINDS, "judge", "decoder"):
+    if kind not in (*PRESET_KINDS, "judge", "decoder", "ptp"):
         return None
     recipe = get_recipe(kind)
     cfg = {}
@@ -158,6 +161,10 @@ def run_cost(folder: str | Path) -> TrainingCost | None:
         if not pipeline:
             raise CheckpointError(f"{folder}: a {kind} run's folder must be its pipeline (with its autoencoder)")
         ctx.autoencoder = load_model(folder / "autoencoder").requires_grad_(False)
+    if recipe.needs_teacher:  # the export keeps the AR its drafts are verified by
+        if not (folder / "teacher").is_dir():
+            raise CheckpointError(f"{folder}: a ptp run's folder holds its teacher in teacher/; it is missing")
+        ctx.teacher = load_model(folder / "teacher").requires_grad_(False).eval()
     if recipe.needs_pipeline:
         if not pipeline or "denoiser_loss" not in saved:
             return None  # adapted before its run recorded how the denoiser split rows

@@ -1,6 +1,7 @@
 """Parallel Token Prediction: inverse-CDF sampling, lossless decoding, the distillation loss, bad input."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -222,7 +223,7 @@ def trained(tmp_path_factory, synthetic_files):
     return root
 
 
-def test_a_trained_ptp_folder_generates_the_ars_text(trained, capsys):
+def test_a_trained_ptp_folder_generates_the_ars_text(trained, capsys, tmp_path):
     cfg = json.loads((trained / "ptp" / "config.json").read_text())
     assert cfg["_class_name"] == "ParallelTokenPredictor" and cfg["draft_tokens"] == 4
     lm = load_language_model(trained / "ptp")
@@ -236,6 +237,16 @@ def test_a_trained_ptp_folder_generates_the_ars_text(trained, capsys):
     assert outs[0] == outs[1]
     ar = load_language_model(trained / "ar")
     assert lm.nll(["the cat sat."]).nats_per_token == ar.nll(["the cat sat."]).nats_per_token  # its AR's
+    # its training cost: the predictor trained, the teacher's forward paid by every step
+    from latentlm.cost import run_cost
+
+    ptp, ar_cost = run_cost(trained / "ptp"), run_cost(trained / "ar")
+    assert ptp.kind == "ptp" and ptp.frozen_params == ar_cost.trained_params
+    assert ptp.trained_params > 0 and ptp.flops_per_token > ar_cost.flops_per_token / 3  # at least its forward
+    assert ptp.tokens == 3 * 4 * 32
+    alone = shutil.copytree(trained / "ptp", tmp_path / "ptp", ignore=shutil.ignore_patterns("teacher"))
+    with pytest.raises(CheckpointError, match="teacher/"):
+        run_cost(alone)
 
 
 def test_ptp_training_and_loading_reject_the_wrong_folders(trained, synthetic_files, tmp_path, tiny_tokenizer):
