@@ -7,7 +7,9 @@ FLOPs are counted by ``torch.utils.flop_counter`` (:func:`latentlm.flops.flop_co
 the CPU too, and without computing the products it counts) on one training step of one row at the
 run's shapes (random weights and tokens: the count depends on shapes only; the mean of :data:`SHAPE_DRAWS` steps for a
 loss that draws its shapes, such as a denoiser's continuation length): the loss's forward, its backward, and the
-forward of every frozen network it calls (a denoiser's autoencoder encoding its batch). Matrix
+forward of every frozen network it calls (a denoiser's autoencoder encoding its batch; with a chunk-local
+autoencoder's latent cache, ``loss.cache_latents``, every encoding is counted as computed: an upper
+bound, since the cache's hits skip the encoder). Matrix
 multiplications and attention are counted, elementwise work is not. Per token means per text token of
 the batch (the rows the run trains on: ``data.seq_len``, or ``loss.row_lengths`` autoencoder lengths for a
 denoiser, :func:`latentlm.recipes.row_length`), for every kind, so an AR and a latent model are counted
