@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -40,6 +41,18 @@ from latentlm.protocol import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop the run the way Ctrl-C does (a training stage checkpoints, compare keeps
+    its finished sections and the stage's seconds), also in the queue's background compare processes,
+    which a non-interactive shell starts with SIGINT ignored."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --render: the first openings' samples of ROW next to the AR's (repeatable)")
     p.add_argument("--n-samples", type=int, default=10, help="openings shown by --samples")
     args = p.parse_args(argv)
+    _stop_on_signals()
     try:
         out = Path(args.out)
         if args.status:
