@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -143,6 +144,8 @@ class ProtocolConfig:
     # the generability report (latentlm eval latents) of every latent model on valid.jsonl: texts, openings
     latents_texts: int = 256
     latents_prompts: int = 64
+    # steps of the AR timed on a machine that trains a stage but did not train the AR (its pace there)
+    pace_steps: int = 40
 
     def validate(self) -> None:
         names = {s.name for s in self.stages} | {v.partition("=")[0].strip() for v in self.variants}
@@ -154,6 +157,8 @@ class ProtocolConfig:
                 raise InputError(f"split {split!r}: compare runs on 'valid' or 'test'")
         if self.save_every < 1:
             raise InputError(f"save_every must be positive, got {self.save_every}")
+        if self.pace_steps < 2:
+            raise InputError(f"pace_steps must be at least 2 (a timed interval past the first), got {self.pace_steps}")
         self.compare.validate()
 
 
@@ -333,6 +338,8 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
             continue
         with claimed(out, stage.name, say):
             if not _trained(folder):
+                if stage.name != "ar" and "ar" in folders:
+                    _time_ar_here(folders["ar"], tok_dir, files, cfg, clock, out, say)
                 _train_stage(stage, folder, folders, tok_dir, files, cfg, clock, say, progress)
         say(f"{stage.name} trained, {folder} ({clock.seconds(stage.name):.0f} s)")
 
@@ -371,6 +378,42 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
                                                          render_sampling(results, cfg.splits[-1]),
                                                          render_per_t(results)]))
     return results
+
+
+def measure_ar_pace(ar_folder: Path, tok_dir: Path, train: Path, work: Path, steps: int) -> float:
+    """The median seconds per training step of the AR run in ``ar_folder`` on this machine: its saved
+    configuration trained for ``steps`` steps in ``work`` (removed after). Times on two machines are
+    compared through it: a stage's time over the AR's pace on the machine that trained the stage."""
+    saved = json.loads((ar_folder / "run_config.json").read_text())
+    log_every = max(1, min(int(saved["train"].get("log_every", 10)), steps // 2))
+    overrides = [*saved.get("overrides", []), f"train.steps={steps}", f"train.log_every={log_every}",
+                 f"train.warmup_steps={min(steps, int(saved['train'].get('warmup_steps', 1)))}",
+                 f"train.eval_every={steps}", f"train.save_every={steps}"]
+    if work.exists():
+        shutil.rmtree(work)
+    try:
+        run_training("ar", [train], work, preset=saved.get("preset"), config_file=saved.get("config_file"),
+                     overrides=overrides, tokenizer=tok_dir, progress=False)
+        steady = steady_seconds(work / "metrics.jsonl")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if steady is None:
+        raise LatentLMError(f"timing the AR on this machine logged no interval in {steps} steps")
+    return steady[0] / steady[1]
+
+
+def _time_ar_here(ar_folder: Path, tok_dir: Path, files: dict[str, Path], cfg: ProtocolConfig,
+                  clock: StageClock, out: Path, say: Callable[[str], None]) -> None:
+    """Before a stage trains on a machine that did not train the AR: time the AR's pace here once."""
+    here = machine_name()
+    ar_machines = clock.data["stages"].get("ar", {}).get("machines") or []
+    paces = dict(clock.data.get("ar_pace", {}))
+    if not ar_machines or here in ar_machines or here in paces or not (ar_folder / "run_config.json").is_file():
+        return
+    say(f"this machine ({here}) did not train the AR: timing {cfg.pace_steps} of its steps here")
+    paces[here] = measure_ar_pace(ar_folder, tok_dir, files["train"], out / ".ar_pace", cfg.pace_steps)
+    clock.put("ar_pace", paces)
+    say(f"the AR's pace here: {paces[here]:.2f} s/step")
 
 
 def _train_stage(stage: TrainStage, folder: Path, folders: dict[str, Path], tok_dir: Path, files: dict[str, Path],
@@ -501,9 +544,24 @@ def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device
         t = training.get(name, {})
         return t.get("steady_seconds") or t.get("seconds")
 
-    def comparable(*names: str) -> bool:  # times measured on one machine (runs before the field: assumed)
-        seen = [tuple(training.get(n, {}).get("machines") or ()) for n in names]
-        return all(not m for m in seen) or (all(len(m) == 1 for m in seen) and len(set(seen)) == 1)
+    ar = training.get("ar", {})
+    paces = clock.get("ar_pace", {})
+
+    def ar_units(name: str) -> float | None:
+        """A stage's time over the AR's on the machine that trained it: the AR's own run there, or on
+        another machine its pace measured there (:func:`measure_ar_pace`) times its steps. None for a
+        stage trained on two machines, or on one where the AR was never timed."""
+        mine, ars = training.get(name, {}).get("machines") or [], ar.get("machines") or []
+        if not cost(name) or not cost("ar"):
+            return None
+        if not mine and not ars:  # runs before machines were recorded: one machine assumed
+            return cost(name) / cost("ar")
+        if len(mine) != 1:
+            return None
+        if ars == mine:
+            return cost(name) / cost("ar")
+        pace = paces.get(mine[0])
+        return cost(name) / (pace * ar["steps"]) if pace and ar.get("steps") else None
 
     def flops(name: str) -> float | None:
         return training.get(name, {}).get("total_flops")
@@ -515,15 +573,15 @@ def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device
                           [s.autoencoder] if s.autoencoder else [])]
 
     for s in cfg.stages:
-        if s.kind in DIFFUSION_KINDS and cost(s.name) and cost("ar") and comparable(s.name, "ar"):
-            training[s.name]["x_ar"] = cost(s.name) / cost("ar")
-            runs = chain(s)
-            if len(runs) > 1 and all(cost(n) for n in runs) and comparable(*runs, "ar"):
-                training[s.name]["x_ar_total"] = sum(cost(n) for n in runs) / cost("ar")
+        if s.kind in DIFFUSION_KINDS and ar_units(s.name) is not None:
+            training[s.name]["x_ar"] = ar_units(s.name)
+            units = [ar_units(n) for n in chain(s)]
+            if len(units) > 1 and None not in units:
+                training[s.name]["x_ar_total"] = sum(units)
         if s.kind in DIFFUSION_KINDS and flops("ar") and all(flops(n) for n in chain(s)):
             training[s.name]["flops_x_ar"] = sum(flops(n) for n in chain(s)) / flops("ar")  # with what it is built on
     splits = {split: headline(rep) for split, rep in reports.items()}
-    return {"preset": cfg.preset, "device": device, "training": training, "splits": splits,
+    return {"preset": cfg.preset, "device": device, "training": training, "ar_pace": paces, "splits": splits,
             "compare": asdict(cfg.compare), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -620,8 +678,12 @@ def render_training(results: dict) -> str:
         for m in t.get("machines") or ():
             machines.setdefault(m, []).append(name)
     if len(machines) > 1:
-        lines += ["", "The stages trained on more than one machine, so times are compared only between stages of "
-                  "one machine (FLOPs always):", *(f"- {m}: {', '.join(names)}" for m, names in machines.items())]
+        paces = results.get("ar_pace", {})
+        lines += ["", "The stages trained on more than one machine. A time ratio divides by the AR's time on the "
+                  "machine that trained the stage: its own run, or where the AR did not train, its pace timed "
+                  "there times its steps; a stage trained on two machines has none (FLOPs always):",
+                  *(f"- {m}: {', '.join(names)}" + (f" (the AR's pace: {paces[m]:.2f} s/step)" if m in paces else "")
+                    for m, names in machines.items())]
     return "\n".join(lines) + "\n"
 
 

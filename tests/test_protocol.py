@@ -289,3 +289,53 @@ def test_steady_time_counts_the_steps_each_interval_timed(tmp_path):
     assert P.steady_seconds(log) == (pytest.approx(2.5 * 30), 30)  # per step 2.0, 2.5, 2.5
     log.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "interval_steps"}) + "\n" for r in records))
     assert P.steady_seconds(log)[0] == pytest.approx(2.0 * 30)  # logs without the field: 2.0, 1.75, 2.5
+
+
+def test_a_stage_on_another_machine_is_timed_against_the_ars_pace_there(tmp_path):
+    """A run folder resumed on a slower machine: a stage trained there is divided by the AR's time
+    there, its pace measured there times its steps; a latent model sums each run's ratio."""
+    (tmp_path / "ar").mkdir()
+    (tmp_path / "ar" / "metrics.jsonl").write_text(  # 1 s/step over 20 steps on "fast"
+        "".join(json.dumps({"step": s, "seconds": 10.0, "interval_steps": 10}) + "\n" for s in (10, 20)))
+    stages = {"ar": {"seconds": 25.0, "machines": ["fast"]}, "autoencoder": {"seconds": 50.0, "machines": ["fast"]},
+              "denoiser": {"seconds": 400.0, "machines": ["slow"]}, "mdlm": {"seconds": 300.0, "machines": ["slow"]},
+              "denoiser_block": {"seconds": 300.0, "machines": ["fast", "slow"]}}
+    cfg, folders = P.ProtocolConfig(), {"ar": tmp_path / "ar"}
+    t = P.summarise({"stages": stages}, {}, cfg, "cpu", folders)["training"]
+    assert "x_ar" not in t["denoiser"] and "x_ar" not in t["mdlm"]  # the AR was never timed on "slow"
+    results = P.summarise({"stages": stages, "ar_pace": {"slow": 4.0}}, {}, cfg, "cpu", folders)
+    t = results["training"]
+    assert t["mdlm"]["x_ar"] == pytest.approx(300 / 80)  # the AR on "slow": 4 s/step x 20 steps
+    assert t["denoiser"]["x_ar"] == pytest.approx(5.0) and t["denoiser"]["x_ar_total"] == pytest.approx(5.0 + 2.5)
+    assert "x_ar" not in t["denoiser_block"]  # trained on two machines: no ratio
+    assert "- slow: denoiser, mdlm, denoiser_block (the AR's pace: 4.00 s/step)" in P.render_training(results)
+
+
+def test_a_machine_that_did_not_train_the_ar_times_its_pace_once(tmp_path, monkeypatch):
+    from latentlm.device import machine_name
+
+    clock = P.StageClock(tmp_path / "protocol.json")
+    clock.mark("ar", machines=["another machine"])
+    (tmp_path / "ar").mkdir()
+    (tmp_path / "ar" / "run_config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(P, "measure_ar_pace", lambda *a: calls.append(a) or 2.5)
+    for _ in range(2):  # timed once, then read from protocol.json
+        P._time_ar_here(tmp_path / "ar", tmp_path, {"train": tmp_path / "train.jsonl"}, P.ProtocolConfig(),
+                        clock, tmp_path, lambda _: None)
+    assert len(calls) == 1 and json.loads((tmp_path / "protocol.json").read_text())["ar_pace"] == {machine_name(): 2.5}
+    own = P.StageClock(tmp_path / "own.json")
+    own.mark("ar", machines=[machine_name()])
+    monkeypatch.setattr(P, "measure_ar_pace", lambda *a: pytest.fail("timed the AR on its own machine"))
+    P._time_ar_here(tmp_path / "ar", tmp_path, {"train": tmp_path / "t.jsonl"}, P.ProtocolConfig(), own,
+                    tmp_path, lambda _: None)
+    assert "ar_pace" not in json.loads((tmp_path / "own.json").read_text())
+
+
+def test_the_ars_pace_is_its_saved_run_timed_here(data_dir, tmp_path):
+    from latentlm.recipes import run_training
+
+    tiny = ["train.steps=2", "train.warmup_steps=1", "train.eval_every=2", "train.batch_size=4"]
+    run_training("ar", [data_dir / "train.jsonl"], tmp_path / "ar", preset="cpu-tiny", overrides=tiny, progress=False)
+    pace = P.measure_ar_pace(tmp_path / "ar", tmp_path / "ar", data_dir / "train.jsonl", tmp_path / "work", 4)
+    assert 0 < pace < 60 and not (tmp_path / "work").exists()
