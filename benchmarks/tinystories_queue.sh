@@ -4,12 +4,10 @@
 # stop (Ctrl-C, a kill, a session end): finished models, compare sections and sample batches are
 # skipped, a training stage resumes from its last checkpoint (every 100 steps).
 #
-# Every model trains first, with every core: stage times are compared with the AR's only within one
-# machine, so the training of all rows is done before the hours of comparing start (a run folder
-# resumed on another machine then moves only compare there). Then compare runs on valid.jsonl and
-# test.jsonl side by side with one thread each (more samples per second on 2 cores:
-# docs/experiments/two-processes-or-two-threads.md), and writes results.json with both splits from the
-# cache. The run folder remembers its variants (protocol.json): each later call names only new rows.
+# Each phase trains its models with every core (stage times comparable with the AR's), compares them
+# on valid.jsonl and test.jsonl side by side with one thread each (more samples per second on 2
+# cores: docs/experiments/two-processes-or-two-threads.md), then writes results.json with both splits
+# from the cache. Phase 1 is the headline table; later phases add rows to the same run folder.
 #
 #   OUT=runs/ts PYTHON=.venv/bin/python bash benchmarks/tinystories_queue.sh
 set -euo pipefail
@@ -20,35 +18,35 @@ DATA=${DATA:-../shared/data/tinystories}
 
 ts() { "$PY" benchmarks/tinystories.py --out "$OUT" --data-dir "$DATA" "$@"; }
 
+phase() {
+    echo "== tinystories queue: $* =="
+    ts --train-only "$@"
+    OMP_NUM_THREADS=1 ts --splits valid & valid=$!
+    OMP_NUM_THREADS=1 ts --splits test & test=$!
+    rc=0
+    wait "$valid" || rc=$?
+    wait "$test" || rc=$?
+    [ "$rc" -eq 0 ] || exit "$rc"
+    ts  # both splits, every section cached: results.json and results.md
+}
+
 # the covering training-time density with a light padding weight: the chosen denoiser recipe
 BROAD=loss.time_mean=0,loss.time_std=1,loss.latent_pad_weight=0.1
 
-# 1. the headline models: AR, judge, MDLM, the latent model (parallel, block-AR), the chosen recipe and
-#    its adapted decoder
-echo "== tinystories queue: training the headline models =="
-ts --train-only --variant "block-broad=denoiser_block:$BROAD" --variant block-broad-adapted=decoder@block-broad
+# 1. the headline: AR, judge, MDLM, the latent model (parallel, block-AR), the chosen recipe and its
+#    adapted decoder
+phase --variant "block-broad=denoiser_block:$BROAD" --variant block-broad-adapted=decoder@block-broad
 
 # 2. the latent space under the chosen recipe, one change a row (docs/autoencoder.md, options screen):
 #    the chunk-local encoder against the preset's contextual one, then 128 latent dimensions on it;
 #    and the uniform-state (duo) and score-entropy (SEDD) baselines
-echo "== tinystories queue: training the latent-space and token-diffusion rows =="
-ts --train-only --variant ae-chunk=autoencoder:model.encoder_context=chunk \
-   --variant "block-broad-chunk=denoiser_block@ae-chunk:$BROAD" \
-   --variant ae-chunk-d128=ae-chunk:model.latent_dim=128 \
-   --variant "block-broad-chunk-d128=denoiser_block@ae-chunk-d128:$BROAD" \
-   --variant duo=duo --variant sedd=sedd
+phase --variant ae-chunk=autoencoder:model.encoder_context=chunk \
+      --variant "block-broad-chunk=denoiser_block@ae-chunk:$BROAD" \
+      --variant ae-chunk-d128=ae-chunk:model.latent_dim=128 \
+      --variant "block-broad-chunk-d128=denoiser_block@ae-chunk-d128:$BROAD" \
+      --variant duo=duo --variant sedd=sedd
 
-# 3. every row compared on both splits side by side, then results.json and results.md from the cache
-echo "== tinystories queue: comparing on valid.jsonl and test.jsonl =="
-OMP_NUM_THREADS=1 ts --splits valid & valid=$!
-OMP_NUM_THREADS=1 ts --splits test & test=$!
-rc=0
-wait "$valid" || rc=$?
-wait "$test" || rc=$?
-[ "$rc" -eq 0 ] || exit "$rc"
-ts
-
-# 4. duo's quality against sampling steps, ancestral against the Psi-sampler (docs/baselines.md)
+# 3. duo's quality against sampling steps, ancestral against the Psi-sampler (docs/baselines.md)
 "$PY" benchmarks/quality_vs_steps.py --model "$OUT/duo" --judge "$OUT/judge" --data "$DATA/valid.jsonl" \
     --steps 8 16 32 64 128 256 --sampler ancestral=decoder=ancestral \
     --sampler psi=decoder=psi,corrector=0.5,corrector_interval=0:0.5 --cache "$OUT/duo_steps"
