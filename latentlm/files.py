@@ -70,3 +70,38 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+def link_copies(folder: Path, others: list[Path], min_bytes: int = 1 << 16) -> int:
+    """Replace each file of ``folder`` (``min_bytes`` or larger, outside ``checkpoints/``) that has the
+    same bytes as a file in one of ``others`` by a relative symlink to that file, atomically; returns
+    the bytes saved. A run folder keeps one copy of a model that several pipelines carry (a latent
+    pipeline's autoencoder is a copy of the autoencoder run it was trained on)."""
+    def big_files(root: Path) -> list[Path]:
+        return [f for f in root.rglob("*") if f.is_file() and not f.is_symlink() and "checkpoints" not in
+                f.relative_to(root).parts and f.stat().st_size >= min_bytes]
+
+    known: dict[int, list[Path]] = {}
+    for root in others:
+        if root.is_dir() and root.resolve() != folder.resolve():
+            for f in big_files(root):
+                known.setdefault(f.stat().st_size, []).append(f)
+    saved, digests = 0, {}
+    for f in big_files(folder):
+        size = f.stat().st_size
+        if size not in known:
+            continue
+        mine = sha256(f)
+        for o in known[size]:
+            if o not in digests:
+                digests[o] = sha256(o)
+        match = next((o for o in known[size] if digests[o] == mine), None)
+        if match is None:
+            continue
+        link = f.with_name(f".{f.name}.link-{os.getpid()}")
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(match, f.parent))
+        os.replace(link, f)
+        fsync_dir(f.parent)
+        saved += size
+    return saved

@@ -38,7 +38,7 @@ from latentlm.device import device_name, machine_name, resolve_device
 from latentlm.errors import DataError, InputError, LatentLMError
 from latentlm.eval.compare import CompareConfig, compare, samples_path
 from latentlm.eval.latents import generability_report, report_table
-from latentlm.files import move_tree, write_text_atomic
+from latentlm.files import link_copies, move_tree, write_text_atomic
 from latentlm.loading import load_pipeline
 from latentlm.recipes import run_training
 
@@ -341,7 +341,10 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
                 if stage.name != "ar" and "ar" in folders:
                     _time_ar_here(folders["ar"], tok_dir, files, cfg, clock, out, say)
                 _train_stage(stage, folder, folders, tok_dir, files, cfg, clock, say, progress)
-        say(f"{stage.name} trained, {folder} ({clock.seconds(stage.name):.0f} s)")
+            # a pipeline carries copies of the models it was built on: one copy in the run folder
+            saved = link_copies(folder, [f for n, f in folders.items() if n != stage.name and n not in models])
+        say(f"{stage.name} trained, {folder} ({clock.seconds(stage.name):.0f} s"
+            + (f"; {saved / 2**20:.0f} MiB of copies linked to the runs they came from)" if saved else ")"))
 
     # --- where each latent model loses the text (before compare: minutes, not hours) -----------
     latents = {}

@@ -80,6 +80,9 @@ def test_protocol_skips_finished_stages_and_resumes_the_interrupted_one(data_dir
     per_t = results["latents"]["latent"]["per_t"]
     assert len(per_t) == 15 and all(0 <= r["x0_accuracy"] <= 1 for r in per_t)
     assert (out / "latents_denoiser.md").is_file() and "| 0.02 |" in P.render_per_t(results)
+    # the latent pipeline's copy of the autoencoder is a link to the autoencoder run's file
+    copies = [f for f in (out / "denoiser" / "autoencoder").iterdir() if f.is_symlink()]
+    assert copies and all(f.resolve().parent == (out / "autoencoder").resolve() for f in copies)
 
     # a finished run reruns nothing and gives the same table; a stage's model can be swapped in by path
     calls.clear()
@@ -339,3 +342,22 @@ def test_the_ars_pace_is_its_saved_run_timed_here(data_dir, tmp_path):
     run_training("ar", [data_dir / "train.jsonl"], tmp_path / "ar", preset="cpu-tiny", overrides=tiny, progress=False)
     pace = P.measure_ar_pace(tmp_path / "ar", tmp_path / "ar", data_dir / "train.jsonl", tmp_path / "work", 4)
     assert 0 < pace < 60 and not (tmp_path / "work").exists()
+
+
+def test_a_run_folder_keeps_one_copy_of_each_model(tmp_path):
+    from latentlm.files import link_copies
+
+    ae, pipe = tmp_path / "ae", tmp_path / "pipe"
+    (pipe / "autoencoder").mkdir(parents=True)
+    (pipe / "denoiser").mkdir()
+    ae.mkdir()
+    weights = bytes(range(256)) * 400
+    (ae / "model.safetensors").write_bytes(weights)
+    (pipe / "autoencoder" / "model.safetensors").write_bytes(weights)
+    (pipe / "denoiser" / "model.safetensors").write_bytes(weights[::-1])  # same size, other bytes
+    (pipe / "autoencoder" / "config.json").write_text("{}")
+    assert link_copies(pipe, [ae, pipe]) == len(weights)
+    copy = pipe / "autoencoder" / "model.safetensors"
+    assert copy.is_symlink() and copy.read_bytes() == weights and copy.resolve() == (ae / "model.safetensors").resolve()
+    assert not (pipe / "denoiser" / "model.safetensors").is_symlink()
+    assert link_copies(pipe, [ae]) == 0  # linked once: nothing left to link
