@@ -342,9 +342,10 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
                     _time_ar_here(folders["ar"], tok_dir, files, cfg, clock, out, say)
                 _train_stage(stage, folder, folders, tok_dir, files, cfg, clock, say, progress)
             # a pipeline carries copies of the models it was built on: one copy in the run folder
-            saved = link_copies(folder, [f for n, f in folders.items() if n != stage.name and n not in models])
+            sources = [] if "tokenizer" in models else [tok_dir]
+            saved = link_copies(folder, sources + [f for n, f in folders.items() if n != stage.name and n not in models])
         say(f"{stage.name} trained, {folder} ({clock.seconds(stage.name):.0f} s"
-            + (f"; {saved / 2**20:.0f} MiB of copies linked to the runs they came from)" if saved else ")"))
+            + (f"; {saved / 2**20:.1f} MiB of copies linked to the runs they came from)" if saved else ")"))
 
     # --- where each latent model loses the text (before compare: minutes, not hours) -----------
     latents = {}
