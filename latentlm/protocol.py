@@ -35,7 +35,7 @@ from latentlm.cost import cost_record, run_cost
 from latentlm.data.readers import read_documents
 from latentlm.data.tokenizer import DEFAULT_VOCAB_SIZE, sentence_end_ids, train_tokenizer
 from latentlm.device import device_name, machine_name, resolve_device
-from latentlm.errors import DataError, InputError, LatentLMError
+from latentlm.errors import CheckpointError, DataError, InputError, LatentLMError
 from latentlm.eval.compare import CompareConfig, compare, samples_path
 from latentlm.eval.latents import generability_report, report_table
 from latentlm.files import link_copies, move_tree, write_text_atomic
@@ -388,7 +388,13 @@ def measure_ar_pace(ar_folder: Path, tok_dir: Path, train: Path, work: Path, ste
     """The median seconds per training step of the AR run in ``ar_folder`` on this machine: its saved
     configuration trained for ``steps`` steps in ``work`` (removed after). Times on two machines are
     compared through it: a stage's time over the AR's pace on the machine that trained the stage."""
-    saved = json.loads((ar_folder / "run_config.json").read_text())
+    config_file = ar_folder / "run_config.json"
+    try:
+        saved = json.loads(config_file.read_text("utf-8"))
+        saved["train"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{config_file} cannot be read as the AR's run configuration ({e!r}): "
+                              f"retrain the AR stage (delete {ar_folder}) or restore the file") from None
     log_every = max(1, min(int(saved["train"].get("log_every", 10)), steps // 2))
     overrides = [*saved.get("overrides", []), f"train.steps={steps}", f"train.log_every={log_every}",
                  f"train.warmup_steps={min(steps, int(saved['train'].get('warmup_steps', 1)))}",

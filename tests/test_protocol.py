@@ -344,6 +344,16 @@ def test_the_ars_pace_is_its_saved_run_timed_here(data_dir, tmp_path):
     assert 0 < pace < 60 and not (tmp_path / "work").exists()
 
 
+def test_a_damaged_ar_configuration_is_named_before_timing(tmp_path):
+    from latentlm.errors import CheckpointError
+
+    (tmp_path / "ar").mkdir()
+    (tmp_path / "ar" / "run_config.json").write_text('{"train": ')
+    with pytest.raises(CheckpointError, match="run_config.json cannot be read"):
+        P.measure_ar_pace(tmp_path / "ar", tmp_path / "ar", tmp_path / "train.jsonl", tmp_path / "work", 4)
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_run_folder_keeps_one_copy_of_each_model(tmp_path):
     from latentlm.files import link_copies
 
