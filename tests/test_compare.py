@@ -48,7 +48,7 @@ def small_config(**kw):
 
 
 @pytest.mark.slow
-def test_compare_writes_every_section_and_resumes(folders, tmp_path):
+def test_compare_writes_every_section_and_resumes(folders, tmp_path, monkeypatch):
     models = {k: folders / k for k in ("latent", "mdlm", "ar", "ptp")}
     out = tmp_path / "report"
     res = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", judge=None,
@@ -61,7 +61,8 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
     assert set(rows) >= {"latent", "mdlm", "ar", "real text", "sanity: unigram", "sanity: repeat"}
     assert rows["sanity: copy train"]["memorised8"] > 0.9  # copies of training stories are memorised
     assert rows["ar"]["rep4_ci"][0] <= rows["ar"]["rep4"] <= rows["ar"]["rep4_ci"][1]
-    assert "entropy_ci" not in rows["ar"]  # corpus statistics get a range over seeds only
+    for key in ("entropy", "distinct2"):  # statistics of the pooled samples: an interval around the value
+        assert rows["ar"][f"{key}_ci"][0] <= rows["ar"][key] <= rows["ar"][f"{key}_ci"][1]
     for name in ("ar", "latent", REAL):  # every MAUVE has its interval
         assert rows[name]["mauve_ci"][0] <= rows[name]["mauve_ci"][1]
     assert "diversity" not in s and "quality-entropy curves" in s["skipped"]  # they need a judge
@@ -103,6 +104,16 @@ def test_compare_writes_every_section_and_resumes(folders, tmp_path):
                     options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
     assert again["sections"]["quality"] == s["quality"]
     assert "speed" in again["sections"]
+    # a quality section whose corpus intervals were drawn another way is redone from its cached rows
+    data = json.loads((out / "results.json").read_text())
+    del data["sections"]["quality"]["corpus_intervals"]
+    for row in data["sections"]["quality"]["rows"].values():
+        row["entropy_ci"] = [0.0, 0.0]
+    (out / "results.json").write_text(json.dumps(data))
+    monkeypatch.setattr(compare_module.M, "mauve_score", lambda *a, **kw: pytest.fail("MAUVE scored again"))
+    redone = compare(models, folders / "valid.jsonl", out, train=folders / "train.jsonl", cfg=small_config(reference_words=16),
+                     options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
+    assert redone["sections"]["quality"] == s["quality"]
     assert all(again["seconds"][k] >= v for k, v in took.items())  # summed over both runs
 
 

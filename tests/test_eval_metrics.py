@@ -103,6 +103,34 @@ def test_mauve_interval_half_samples_openings_with_the_known_spread_of_a_mean(mo
         M.mauve_interval(p[:20], q[:10], groups[:20], range(10))
 
 
+def test_a_corpus_statistic_has_its_interval_around_the_pooled_value():
+    """Word entropy grows with the sample (more of a Zipf vocabulary is seen): each seed's half of the
+    texts scores below the pooled texts, so the range over seeds misses the value it reports; the
+    half-samples' spread, placed around the pooled value, brackets it and narrows with more openings."""
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(3000)]
+    zipf = 1 / np.arange(1, 3001)
+    zipf /= zipf.sum()
+
+    def texts(n_openings: int) -> list[str]:
+        return [" ".join(rng.choice(vocab, 30, p=zipf)) for _ in range(2 * n_openings)]  # seeds x openings
+
+    c = texts(100)
+    pooled = M.unigram_entropy(c)
+    per_seed = [M.unigram_entropy(c[:100]), M.unigram_entropy(c[100:])]
+    assert max(per_seed) < pooled  # the bias a range over seeds reports
+    lo, hi = M.corpus_interval(c, [i % 100 for i in range(200)], M.unigram_entropy, n_boot=50)
+    assert lo < pooled < hi
+    wide = hi - lo
+    c4 = texts(400)
+    lo, hi = M.corpus_interval(c4, [i % 400 for i in range(800)], M.unigram_entropy, n_boot=50)
+    assert lo < M.unigram_entropy(c4) < hi and hi - lo < 0.75 * wide
+    with pytest.raises(InputError, match="one group id per text"):
+        M.corpus_interval(c, [0], M.unigram_entropy)
+    with pytest.raises(InputError, match="20"):
+        M.corpus_interval(c[:20], list(range(10)) * 2, M.unigram_entropy)
+
+
 def test_mauve_interval_brackets_the_score():
     rng = np.random.default_rng(0)
     p, q, far = rng.normal(size=(120, 8)), rng.normal(size=(60, 8)), rng.normal(loc=5.0, size=(120, 8))
