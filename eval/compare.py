@@ -8,8 +8,9 @@ interrupted run keeps what it finished and a rerun skips it), PNG plots and
 the raw samples (``samples/*.jsonl``). Systems scored on the sample metrics:
 each model (samples pooled over seeds), the real continuations of the same
 openings, and the sanity samplers (a metric on which one of them beats real
-text is marked hackable). Intervals are 95% percentile bootstraps over samples
-(and seeds).
+text is marked hackable). Intervals are 95%: percentile bootstraps over samples for
+per-text statistics, half-samples of the openings placed around the full sample's value for
+statistics of the pooled sample (word entropy, distinct-2, MAUVE), which depend on its size.
 """
 
 from __future__ import annotations
@@ -360,7 +361,7 @@ def compare(
 
         # --- sample quality ---------------------------------------------------------------
         stage("sample quality")
-        if not res.done("quality"):
+        if not res.done("quality") or res["quality"].get("corpus_intervals") != CORPUS_INTERVALS:
             res.put("quality", _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
                                         out / "quality.partial"))
         bar.update(1)
@@ -598,18 +599,12 @@ def _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
         skipped["generation perplexity"] = "no --judge model given"
     n = len(real.continuations)  # samples per seed (models hold seeds x openings, opening i at rows i, n + i, ...)
     for s in tqdm(systems, desc="quality", leave=False):
-        if s.name in rows:
-            continue
         c = s.continuations
-        r: dict = {"n": len(c)}
-        # corpus-level statistics (resampling with replacement would duplicate texts and bias them):
-        # the interval is the range over seeds when there are several
-        per_seed = [c[i : i + n] for i in range(0, len(c), n)]
-        for key, fn in (("entropy", M.unigram_entropy), ("distinct2", lambda x: M.distinct_n(x, 2))):
-            r[key] = fn(c)
-            if len(per_seed) > 1:
-                vals = [fn(x) for x in per_seed]
-                r[f"{key}_ci"] = [min(vals), max(vals)]
+        openings = [i % n for i in range(len(c))]
+        if s.name in rows:  # scored before: only the cheap corpus statistics are recomputed
+            rows[s.name].update(_corpus_statistics(c, openings, cfg))
+            continue
+        r: dict = {"n": len(c), **_corpus_statistics(c, openings, cfg)}
         r["rep4"], r["rep4_ci"] = M.rep_n(c, 4), _ci(c, lambda x: M.rep_n(x, 4), cfg)
         nonempty = [x for x in c if x.strip()]
         r["self_bleu"] = M.self_bleu(nonempty) if len(nonempty) >= 2 else None
@@ -631,7 +626,24 @@ def _quality(systems, real, docs, pairs, train_docs, judge_lm, cfg, skipped,
             with cache.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"name": s.name, "row": r}, default=_json_default) + "\n")
     rows = {s.name: rows[s.name] for s in systems}
-    return {"rows": rows, "hackable": _hackable(rows)}
+    return {"rows": rows, "hackable": _hackable(rows), "corpus_intervals": CORPUS_INTERVALS}
+
+
+# how the quality rows' entropy_ci and distinct2_ci are drawn: a quality section drawn otherwise is redone
+# (its judge and MAUVE parts come from quality.partial)
+CORPUS_INTERVALS = "half-samples of openings"
+
+
+def _corpus_statistics(texts: list[str], openings: list[int], cfg: CompareConfig) -> dict:
+    """Word entropy and distinct-2 of the pooled texts, with intervals from half-samples of the openings
+    (resampling with replacement would duplicate texts and bias both) when there are 20 or more."""
+    out: dict = {}
+    for key, fn in (("entropy", M.unigram_entropy), ("distinct2", lambda x: M.distinct_n(x, 2))):
+        out[key] = fn(texts)
+        if len(set(openings)) >= 20:
+            out[f"{key}_ci"] = list(M.corpus_interval(texts, openings, fn, n_boot=cfg.bootstrap, seed=cfg.seed,
+                                                      point=out[key]))
+    return out
 
 
 def _diversity_curves(lm, name: str, options: dict, pairs: list[tuple[str, str]], judge, cfg: CompareConfig,

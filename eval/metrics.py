@@ -180,9 +180,39 @@ def mauve_interval(p_features: np.ndarray, q_features: np.ndarray, p_groups: Seq
         ids_q = ids_p if paired else half(rows_q)
         stats.append(mauve_score(p_features[take(rows_p, ids_p)], q_features[take(rows_q, ids_q)], seed=seed + b))
     point = mauve_score(p_features, q_features, seed=seed) if point is None else point
+    lo, hi = _placed_around(point, stats, level)
+    return float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1))
+
+
+def corpus_interval(texts: Sequence[str], groups: Sequence[int], statistic: Callable[[list[str]], float], *,
+                    n_boot: int = 100, level: float = 0.95, seed: int = 0,
+                    point: float | None = None) -> tuple[float, float]:
+    """Interval of a statistic of the pooled texts (word entropy, distinct-n) by half-sampling groups of
+    texts (openings) without replacement, as :func:`mauve_interval` does.
+
+    Such a statistic depends on the sample's size (half the texts: fewer distinct words over fewer
+    words), so the half-samples' spread is placed around ``point`` (the statistic of every text;
+    computed when None): a range of per-seed values would sit off the pooled value, not around it."""
+    texts, groups = list(texts), list(groups)
+    if len(groups) != len(texts):
+        raise InputError("corpus_interval: one group id per text")
+    if n_boot < 10:
+        raise InputError(f"corpus_interval needs at least 10 resamples, got {n_boot}")
+    rows = _rows_by_group(groups)
+    if len(rows) < 20:
+        raise InputError(f"corpus_interval needs 20+ groups (half-samples of 10+), got {len(rows)}")
+    rng = np.random.default_rng(seed)
+    keys = np.array(list(rows))
+    stats = [statistic([texts[i] for g in rng.choice(keys, len(keys) // 2, replace=False) for i in rows[g]])
+             for _ in range(n_boot)]
+    return _placed_around(statistic(texts) if point is None else point, stats, level)
+
+
+def _placed_around(point: float, stats: Sequence[float], level: float) -> tuple[float, float]:
+    """point + (the ``level`` percentiles of half-sample statistics - their mean)."""
     lo, hi = np.percentile(stats, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     centre = float(np.mean(stats))
-    return float(np.clip(point + lo - centre, 0, 1)), float(np.clip(point + hi - centre, 0, 1))
+    return float(point + lo - centre), float(point + hi - centre)
 
 
 def _rows_by_group(groups: Sequence[int]) -> dict[int, list[int]]:

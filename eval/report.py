@@ -67,9 +67,10 @@ def write_report(results: dict, out: Path) -> Path:
               f"{cfg['seeds']} seed(s)); training texts: `{cfg['train']}`; judge: `{cfg['judge']}`; "
               f"device: {meta.get('device')}; finished {meta.get('finished')}.", "",
               "Models: " + ", ".join(f"**{k}** `{v['folder']}` {v['options']}" for k, v in systems.items()),
-              "", "Intervals: 95% percentile bootstrap over samples (pooled over seeds); for the corpus-level "
-              "statistics (entropy, distinct-2) the range over seeds when there are several (resampling texts "
-              "with replacement would bias them), none with one seed.", ""]
+              "", "Intervals: 95% percentile bootstrap over samples (pooled over seeds); for statistics of the "
+              "pooled samples (entropy, distinct-2, MAUVE), whose value depends on the sample's size, the spread "
+              "of half-samples of the openings placed around the full sample's value (resampling texts with "
+              "replacement would duplicate them and bias these).", ""]
     lines += ["## Summary", "", summary_table(results), ""]
 
     lk = [(k.split("/", 1)[1], v) for k, v in s.items() if k.startswith("likelihood/")]
