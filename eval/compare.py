@@ -206,7 +206,7 @@ class Results:
 
     def add_seconds(self, stage: str, seconds: float) -> None:
         """Add ``seconds`` of wall-clock to ``stage`` (a label such as ``generate ar``)."""
-        self.data["seconds"][stage] = round(self.data["seconds"].get(stage, 0.0) + seconds, 1)
+        self.data["seconds"][stage] = self.data["seconds"].get(stage, 0.0) + seconds  # rounded where printed
         self._write()
 
     def _write(self) -> None:
