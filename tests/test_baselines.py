@@ -5,8 +5,10 @@ from latentlm.baselines.autoregressive import CausalLM, sequence_nll
 from latentlm.baselines.autoregressive import generate as ar_generate
 from latentlm.baselines.masked_diffusion import (
     MaskedDiffusionLM,
+    _mask_tokens,
     exact_nll_by_orders,
     mdlm_loss,
+    nelbo_terms,
     nll_bound,
 )
 from latentlm.baselines.mdlm_decoders import DECODERS, generate
@@ -124,6 +126,26 @@ def test_mdlm_loss_is_finite_and_learns_something(mdlm):
         loss.backward()
         opt.step()
     assert torch.isfinite(loss) and float(loss.detach()) < first / 2
+
+
+def test_the_masked_positions_loss_equals_the_full_forwards(mdlm):
+    """The NELBO runs the head at masked positions only; its terms and gradients are those of the
+    SUBS log-probabilities of every position (the model's forward), gathered at the masked ones."""
+    ids = torch.randint(3, 12, (6, 20))
+    t = torch.linspace(0.1, 0.9, 6)
+    weight = (torch.arange(20) < 15).float().expand(6, 20)
+    torch.manual_seed(3)
+    fast = nelbo_terms(mdlm, ids, t, weight_mask=weight)
+    fast_grads = torch.autograd.grad(fast.sum(), list(mdlm.parameters()))
+    torch.manual_seed(3)
+    xt = _mask_tokens(ids, t[:, None], mdlm.config.mask_token_id, None)
+    nll = -mdlm(xt).gather(-1, ids[..., None]).squeeze(-1)
+    slow = (torch.where(xt == mdlm.config.mask_token_id, nll, 0.0) * weight).sum(-1) / t
+    slow_grads = torch.autograd.grad(slow.sum(), list(mdlm.parameters()))
+    assert (xt == mdlm.config.mask_token_id).any() and (xt != mdlm.config.mask_token_id).any()
+    torch.testing.assert_close(fast, slow)
+    for a, b in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_decoder_bad_input(mdlm):

@@ -67,18 +67,29 @@ class MaskedDiffusionLM(ModelMixin, ConfigMixin):
         Masked positions: log-softmax with the mask token at -inf. Unmasked
         positions: log-prob 0 on their own token, -inf elsewhere (carry-over).
         """
-        if input_ids.shape[1] > self.config.max_seq_len:
-            raise InputError(f"sequence of {input_ids.shape[1]} tokens exceeds the model's context of "
-                             f"{self.config.max_seq_len}")
-        h, attn = self.backbone(self.embed(input_ids), attention_mask=attention_mask,
-                                return_attention_layers=return_attention_layers)
-        logits = self.head(h).float()
-        logits[..., self.config.mask_token_id] = float("-inf")
-        logp = logits.log_softmax(-1)
+        h, attn = self.hidden_states(input_ids, attention_mask, return_attention_layers)
+        logp = self.clean_log_probs(h)
         unmasked = input_ids != self.config.mask_token_id
         carry = torch.full_like(logp, float("-inf")).scatter(-1, input_ids[..., None], 0.0)
         logp = torch.where(unmasked[..., None], carry, logp)
         return (logp, attn) if return_attention_layers else logp
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, return_attention_layers: int = 0,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x_t (b, s) -> the backbone's last hidden states (b, s, dim) and the attention maps asked for."""
+        if input_ids.shape[1] > self.config.max_seq_len:
+            raise InputError(f"sequence of {input_ids.shape[1]} tokens exceeds the model's context of "
+                             f"{self.config.max_seq_len}")
+        return self.backbone(self.embed(input_ids), attention_mask=attention_mask,
+                             return_attention_layers=return_attention_layers)
+
+    def clean_log_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., dim) -> log-probabilities (..., vocab) in float32 of the clean token at a
+        masked position: the head's log-softmax with the mask token at -inf."""
+        logits = self.head(h).float()
+        logits[..., self.config.mask_token_id] = float("-inf")
+        return logits.log_softmax(-1)
 
 
 def _mask_tokens(ids: torch.Tensor, t: torch.Tensor, mask_id: int, keep: torch.Tensor | None) -> torch.Tensor:
@@ -95,9 +106,13 @@ def nelbo_terms(
 ) -> torch.Tensor:
     """One-sample NELBO of each row (b,) at masking levels t (b,): (1/t) * sum of masked CE."""
     xt = _mask_tokens(ids, t[:, None], model.config.mask_token_id, keep)
-    logp = model(xt)
-    nll = -logp.gather(-1, ids[..., None]).squeeze(-1)  # (b, s); 0 at unmasked positions
-    nll = torch.where(xt == model.config.mask_token_id, nll, torch.zeros_like(nll))
+    masked = xt == model.config.mask_token_id
+    h, _ = model.hidden_states(xt)
+    # the head and the log-softmax at the masked positions only (an unmasked one carries its token
+    # over at loss 0): (m, vocab) float32 rather than (b, s, vocab)
+    logp = model.clean_log_probs(h[masked])
+    nll = torch.zeros(ids.shape, dtype=logp.dtype, device=ids.device)
+    nll[masked] = -logp.gather(-1, ids[masked][:, None]).squeeze(-1)
     if weight_mask is not None:
         nll = nll * weight_mask
     return nll.sum(-1) / t
