@@ -660,7 +660,10 @@ def render_results(results: dict, split: str = "test") -> str:
         nll = "-" if r.get("nats_per_token") is None else ("" if r.get("exact") else "<= ") + f"{r['nats_per_token']:.3f}"
         t = training.get(by_compared.get(name, ""), {})
         sec = t.get("steady_seconds") or t.get("seconds")
-        train_s = "-" if not sec else f"{sec / 60:.0f} min" + (f" ({t['x_ar']:.2f}x AR)" if t.get("x_ar") else "")
+        train_s = "-" if not sec else f"{sec / 60:.0f} min" + (f" ({t['x_ar']:.2f}x AR" if t.get("x_ar") else "")
+        if t.get("x_ar") and t.get("x_ar_total"):  # with the runs it is built on
+            train_s += f"; {t['x_ar_total']:.2f}x with {'its pipeline' if t['kind'] == 'decoder' else 'its autoencoder'}"
+        train_s += ")" if t.get("x_ar") else ""
         lines.append("| " + " | ".join([name, matched_s, mauve, _num(r.get("entropy"), "{:.2f}"),
                                          _num(r.get("gen_ppl"), "{:.1f}"), _num(r.get("rep4"), "{:.3f}"),
                                          _num(r.get("known_names"), "{:.3f}"), nll, train_s]) + " |")

@@ -75,6 +75,8 @@ def test_protocol_skips_finished_stages_and_resumes_the_interrupted_one(data_dir
     assert "| denoiser | denoiser |" in P.render_training(results) and "| latent |" in P.render_sampling(results, "valid")
     table = P.render_results(results, "valid")
     assert table.count("\n") == 2 + sum(1 for n in rows if not n.startswith("sanity") or n == "sanity: bigram")
+    latent_row = next(line for line in table.splitlines() if line.startswith("| latent |"))
+    assert f"{t['denoiser']['x_ar']:.2f}x AR; {t['denoiser']['x_ar_total']:.2f}x with its autoencoder)" in latent_row
     assert (out / "results.md").is_file() and (out / "compare_valid" / "report.md").is_file()
     # the generability report of the latent model, before compare: its per-t map in the results
     per_t = results["latents"]["latent"]["per_t"]
