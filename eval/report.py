@@ -228,17 +228,19 @@ def _entropy_plot(s: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for k, v in s.items():
-        if k.startswith("diversity/"):
-            for knob, points in v["curves"].items():
-                ax.plot([p["entropy"] for p in points], [p["gen_ppl"] for p in points], marker="o",
-                        label=f"{k.split('/', 1)[1]} ({knob})")
-    ax.axvline(s["diversity"]["real_entropy"], color="black", linestyle="--", label="real text")
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    models = [k for k in s if k.startswith("diversity/")]
+    for i, k in enumerate(models):  # a color per model, a line style per knob
+        for j, (knob, points) in enumerate(s[k]["curves"].items()):
+            ax.plot([p["entropy"] for p in points], [p["gen_ppl"] for p in points], marker="o", markersize=4,
+                    color=colors[i % len(colors)], linestyle=("-", "--", ":", "-.")[j % 4],
+                    label=f"{k.split('/', 1)[1]} ({knob})")
+    ax.axvline(s["diversity"]["real_entropy"], color="black", linestyle=":", label="real text")
     ax.set_yscale("log")
     ax.set_xlabel("word entropy (bits)")
     ax.set_ylabel("judge perplexity")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(out / "quality_vs_entropy.png", dpi=120)
     plt.close(fig)
