@@ -640,6 +640,11 @@ def _num(v, fmt: str) -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _built_on(t: dict) -> str:
+    """What a stage's total time ratio adds to its own run: a decoder run's pipeline, a denoiser's autoencoder."""
+    return "its pipeline" if t["kind"] == "decoder" else "its autoencoder"
+
+
 def render_results(results: dict, split: str = "test") -> str:
     """The TinyStories results table (markdown) of a protocol run, for README and docs."""
     rows = results["splits"].get(split)
@@ -662,7 +667,7 @@ def render_results(results: dict, split: str = "test") -> str:
         sec = t.get("steady_seconds") or t.get("seconds")
         train_s = "-" if not sec else f"{sec / 60:.0f} min" + (f" ({t['x_ar']:.2f}x AR" if t.get("x_ar") else "")
         if t.get("x_ar") and t.get("x_ar_total"):  # with the runs it is built on
-            train_s += f"; {t['x_ar_total']:.2f}x with {'its pipeline' if t['kind'] == 'decoder' else 'its autoencoder'}"
+            train_s += f"; {t['x_ar_total']:.2f}x with {_built_on(t)}"
         train_s += ")" if t.get("x_ar") else ""
         lines.append("| " + " | ".join([name, matched_s, mauve, _num(r.get("entropy"), "{:.2f}"),
                                          _num(r.get("gen_ppl"), "{:.1f}"), _num(r.get("rep4"), "{:.3f}"),
@@ -678,7 +683,7 @@ def render_training(results: dict) -> str:
         sec = "given" if t.get("given") else _num(t.get("seconds"), "{:.0f} s")
         ratio = _num(t.get("x_ar"), "{:.2f}")
         if t.get("x_ar_total"):
-            ratio += f" ({t['x_ar_total']:.2f} with {'its pipeline' if t['kind'] == 'decoder' else 'the autoencoder'})"
+            ratio += f" ({t['x_ar_total']:.2f} with {_built_on(t)})"
         params = _num(t.get("trained_params"), "{:,}")
         if t.get("frozen_params"):
             params += f" (+{t['frozen_params']:,} frozen)"

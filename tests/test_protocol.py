@@ -262,7 +262,7 @@ def test_training_times_from_two_machines_are_not_compared(tmp_path):
     assert t["denoiser"]["x_ar"] == 4.0 and t["denoiser"]["x_ar_total"] == 4.5
     assert t["adapted"]["x_ar"] == 1.5 and t["adapted"]["x_ar_total"] == 6.0
     table = P.render_training(results)
-    assert "| 4.00 (4.50 with the autoencoder) |" in table and "| 1.50 (6.00 with its pipeline) |" in table
+    assert "| 4.00 (4.50 with its autoencoder) |" in table and "| 1.50 (6.00 with its pipeline) |" in table
     assert "more than one machine" not in table
 
 
