@@ -472,6 +472,8 @@ def protocol_status(out: str | Path, cfg: ProtocolConfig | None = None) -> list[
             row["state"] = "done"
         elif info:
             row["state"] = "started"
+        if name.startswith("compare_") and row["state"] == "done":
+            row["state"] = _compare_state(out / name, [s.compared for s in stages if s.compared])
         metrics = out / name / "metrics.jsonl"
         steady = steady_seconds(metrics) if row["state"] != "given" else None
         config = out / name / "run_config.json"
@@ -484,6 +486,20 @@ def protocol_status(out: str | Path, cfg: ProtocolConfig | None = None) -> list[
                 row["seconds_left"] = per_step * max(0, steps - steady[1])
         rows.append(row)
     return rows
+
+
+def _compare_state(report: Path, rows: list[str]) -> str:
+    """"done" when the compare run in ``report`` holds every row of ``rows`` and its aggregate tables
+    (a row added after it finished leaves them out), else which rows it has still to compare."""
+    try:
+        data = json.loads((report / "results.json").read_text())
+        systems, sections = data["config"]["systems"], data["sections"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return "not started"
+    missing = [r for r in rows if r not in systems]
+    if missing:
+        return f"rows to compare: {', '.join(missing)}"
+    return "done" if "meta" in sections else "started"
 
 
 def render_status(rows: list[dict]) -> str:

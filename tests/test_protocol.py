@@ -283,6 +283,21 @@ def test_status_reads_each_stage_state_and_time_left(tmp_path):
     assert rows["judge"]["seconds_left"] == pytest.approx(70 * 3.0)
     assert rows["wide"]["state"] == rows["compare_test"]["state"] == "not started"  # a remembered variant
     assert "| judge | step 30/100 | 1 min | 3.00 | 4 min |" in P.render_status(list(rows.values()))
+    # a compare run that finished before a row joined: the row is still to compare
+    clock = json.loads((tmp_path / "protocol.json").read_text())
+    clock["stages"]["compare_valid"] = {"seconds": 60.0, "done": True}
+    (tmp_path / "protocol.json").write_text(json.dumps(clock))
+    (tmp_path / "compare_valid").mkdir()
+    systems = {name: {} for name in ("ar", "latent", "mdlm", "latent-block")}
+    (tmp_path / "compare_valid" / "results.json").write_text(
+        json.dumps({"config": {"systems": systems}, "sections": {"meta": {}}}))
+    cfg = P.ProtocolConfig(splits=("valid",))
+    assert {r["stage"]: r for r in P.protocol_status(tmp_path, cfg)}["compare_valid"]["state"] == \
+        "rows to compare: wide"
+    systems["wide"] = {}
+    (tmp_path / "compare_valid" / "results.json").write_text(
+        json.dumps({"config": {"systems": systems}, "sections": {"meta": {}}}))
+    assert {r["stage"]: r for r in P.protocol_status(tmp_path, cfg)}["compare_valid"]["state"] == "done"
 
 
 def test_steady_time_counts_the_steps_each_interval_timed(tmp_path):
