@@ -371,7 +371,10 @@ def compare(
             if judge_lm is None:
                 skipped["quality-entropy curves"] = "no --judge model given"
             else:
-                for name, lm in lms.items():
+                # the models that sampled fastest first: a run stopped here keeps the most finished rows
+                seconds = res.data["seconds"]
+                for name in sorted(lms, key=lambda n: seconds.get(f"generate {n}", float("inf"))):
+                    lm = lms[name]
                     stage(f"quality vs entropy {name}")
                     if not res.done(f"diversity/{name}") and diversity_knobs(lm.kind):
                         res.put(f"diversity/{name}", _diversity_curves(lm, name, opts[name], pairs, judge_lm, cfg, out))

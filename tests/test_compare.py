@@ -173,6 +173,8 @@ def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, 
              "latent": {"decoder_temperature": (0.0, 1.0), "num_inference_steps": (2, 4)}}  # the kinds' knobs, fewer values
     assert all(set(knobs[k]) == set(compare_module.diversity_knobs(k)) for k in knobs)
     monkeypatch.setattr(compare_module, "diversity_knobs", lambda kind: knobs.get(kind, {}))
+    drawn, draw = [], compare_module._diversity_curves
+    monkeypatch.setattr(compare_module, "_diversity_curves", lambda lm, name, *a: drawn.append(name) or draw(lm, name, *a))
     judge = tmp_path / "judge"
     torch.manual_seed(1)
     CausalLM(vocab_size=len(tiny_tokenizer), dim=32, depth=1, n_heads=4, max_seq_len=256).save_pretrained(judge)
@@ -183,6 +185,8 @@ def test_compare_draws_quality_against_entropy_for_each_knob(folders, tmp_path, 
     res = compare(models, folders / "valid.jsonl", out, judge=judge, cfg=cfg,
                   options={"latent": {"num_inference_steps": 2}, "mdlm": {"num_inference_steps": 4}}, progress=False)
     s = res["sections"]
+    # the curves of the fastest samplers first (a stopped run keeps the most rows)
+    assert drawn == sorted(models, key=lambda n: res["seconds"][f"generate {n}"])
     at_main_options = {"ar": ("temperature", 1.0), "mdlm": ("temperature", 1.0), "latent": ("num_inference_steps", 2)}
     for name, kind in (("ar", "ar"), ("mdlm", "mdlm"), ("latent", "latent")):
         curves = s[f"diversity/{name}"]["curves"]
