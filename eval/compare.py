@@ -366,6 +366,11 @@ def compare(
                                         out / "quality.partial"))
         bar.update(1)
 
+        # --- long-range consistency (the main samples: minutes, before the curves' hours) ---
+        stage("consistency")
+        if not res.done("consistency"):
+            res.put("consistency", _consistency(systems, real, synthetic, train_docs, cfg, skipped))
+
         # --- quality against diversity --------------------------------------------------
         if cfg.curves:
             if judge_lm is None:
@@ -378,13 +383,9 @@ def compare(
                     stage(f"quality vs entropy {name}")
                     if not res.done(f"diversity/{name}") and diversity_knobs(lm.kind):
                         res.put(f"diversity/{name}", _diversity_curves(lm, name, opts[name], pairs, judge_lm, cfg, out))
-                res.put("diversity", _matched(res, lms, pairs, cfg))
+                    res.put("diversity", _matched(res, lms, pairs, cfg))  # every finished curve's crossing
             bar.update(1)
 
-        # --- long-range consistency -------------------------------------------------------
-        stage("consistency")
-        if not res.done("consistency"):
-            res.put("consistency", _consistency(systems, real, synthetic, train_docs, cfg, skipped))
         for name, lm in lms.items():
             stage(f"cloze {name}")
             key = f"cloze/{name}"
