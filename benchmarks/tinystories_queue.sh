@@ -37,18 +37,11 @@ BROAD=loss.time_mean=0,loss.time_std=1,loss.latent_pad_weight=0.1
 #    adapted decoder
 phase --variant "block-broad=denoiser_block:$BROAD" --variant block-broad-adapted=decoder@block-broad
 
-# 2. the latent space under the chosen recipe, one change a row (docs/autoencoder.md, options screen):
-#    the chunk-local encoder against the preset's contextual one, then 128 latent dimensions on it,
-#    its decoder adapted to the denoiser's estimates, and CALM's VAE with latent dropout on it;
-#    and the uniform-state (duo) and score-entropy (SEDD) baselines
-phase --variant ae-chunk=autoencoder:model.encoder_context=chunk \
-      --variant "block-broad-chunk=denoiser_block@ae-chunk:$BROAD" \
-      --variant ae-chunk-d128=ae-chunk:model.latent_dim=128 \
-      --variant "block-broad-chunk-d128=denoiser_block@ae-chunk-d128:$BROAD" \
-      --variant duo=duo --variant sedd=sedd \
-      --variant block-broad-chunk-d128-adapted=decoder@block-broad-chunk-d128 \
-      --variant ae-chunk-d128-vae=ae-chunk-d128:model.variational=true,loss.latent_dropout=0.15 \
-      --variant "block-broad-chunk-d128-vae=denoiser_block@ae-chunk-d128-vae:$BROAD"
+# 2. the uniform-state (duo) and score-entropy (SEDD) baselines. (runs/ts also holds the latent-space
+#    screen that chose the preset's autoencoder, rows ae-chunk ... block-broad-chunk-d128-vae: a run folder
+#    remembers its variants and compares them with every phase; their definitions are in protocol.json and
+#    docs/experiments/which-latent-space-does-the-denoiser-write-best-from.md.)
+phase --variant duo=duo --variant sedd=sedd
 
 # 3. duo's quality against sampling steps, ancestral against the Psi-sampler (docs/baselines.md)
 "$PY" benchmarks/quality_vs_steps.py --model "$OUT/duo" --judge "$OUT/judge" --data "$DATA/valid.jsonl" \
