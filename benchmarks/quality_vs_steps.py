@@ -108,8 +108,8 @@ def run(args) -> None:
     print("| sampler | steps | NFE | gen. PPL | word entropy | rep-4 | MAUVE [95% CI] | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
-    for name, options in samplers:
-        for steps in args.steps:
+    for steps in args.steps:  # every sampler at a step count before the next: a stopped run compares them
+        for name, options in samplers:
             t0 = time.perf_counter()
             gen, nfe = generate_samples(lm, prompts, cfg, {**options, "num_inference_steps": steps}, seed=args.seed,
                                         cache=cache / "samples" / f"{name}_{steps}.partial")

@@ -45,6 +45,6 @@ phase --variant duo=duo --variant sedd=sedd
 
 # 3. duo's quality against sampling steps, ancestral against the Psi-sampler (docs/baselines.md)
 "$PY" benchmarks/quality_vs_steps.py --model "$OUT/duo" --judge "$OUT/judge" --data "$DATA/valid.jsonl" \
-    --steps 8 16 32 64 128 256 --sampler ancestral=decoder=ancestral \
+    --steps 8 16 32 64 128 256 --prompts 64 --sampler ancestral=decoder=ancestral \
     --sampler psi=decoder=psi,corrector=0.5,corrector_interval=0:0.5 --cache "$OUT/duo_steps"
 echo "tinystories queue: done. Render: $PY benchmarks/tinystories.py --out $OUT --render --write-docs"

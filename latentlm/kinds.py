@@ -211,7 +211,7 @@ for _kind in (
               model_class="latentlm.baselines.score_entropy_diffusion:ScoreEntropyLM",
               adapter="latentlm.eval.models:ScoreEntropyAdapter", options=("num_inference_steps",),
               compare_options={"num_inference_steps": 64}, steps_sweep=True,
-              diversity_knobs={"num_inference_steps": (16, 32, 64, 128, 256)}),
+              diversity_knobs={"num_inference_steps": (16, 32, 64, 128)}),
     ModelKind("judge", "the judge of `compare` (an AR model larger and trained longer than the baseline)",
               recipe="latentlm.recipes:judge_recipe", model_class="latentlm.baselines.autoregressive:CausalLM"),
     ModelKind("denoiser", "the latent denoiser (exports a complete pipeline)",
