@@ -47,4 +47,7 @@ phase --variant duo=duo --variant sedd=sedd
 "$PY" benchmarks/quality_vs_steps.py --model "$OUT/duo" --judge "$OUT/judge" --data "$DATA/valid.jsonl" \
     --steps 8 16 32 64 128 256 --prompts 64 --sampler ancestral=decoder=ancestral \
     --sampler psi=decoder=psi,corrector=0.5,corrector_interval=0:0.5 --cache "$OUT/duo_steps"
+# ... and ancestral sampling cooled to the Psi-sampler's entropy at 128 steps: the matched-entropy check
+"$PY" benchmarks/quality_vs_steps.py --model "$OUT/duo" --judge "$OUT/judge" --data "$DATA/valid.jsonl" \
+    --steps 128 --prompts 64 --sampler ancestral-t0.95=decoder=ancestral,temperature=0.95 --cache "$OUT/duo_steps_t095"
 echo "tinystories queue: done. Render: $PY benchmarks/tinystories.py --out $OUT --render --write-docs"
