@@ -376,6 +376,7 @@ def tinystories_protocol(out: str | Path, data_dir: str | Path, *, cfg: Protocol
     results = summarise(clock.data, reports, cfg, device_name(resolve_device(device)), folders)
     results["latents"] = latents
     if cfg.splits:  # a run without splits trains only: the last compared run's results.json stays
+        results["splits"] = with_earlier_splits(out / "results.json", results["splits"])
         write_text_atomic(out / "results.json", json.dumps(results, indent=1))
         write_text_atomic(out / "results.md", "\n".join([render_results(results, cfg.splits[-1]),
                                                          render_training(results),
@@ -609,6 +610,19 @@ def summarise(clock: dict, reports: dict[str, dict], cfg: ProtocolConfig, device
     splits = {split: headline(rep) for split, rep in reports.items()}
     return {"preset": cfg.preset, "device": device, "training": training, "ar_pace": paces, "splits": splits,
             "compare": asdict(cfg.compare), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def with_earlier_splits(path: Path, splits: dict) -> dict:
+    """``splits`` (this run's headline per split) with the headlines of the splits that the earlier
+    ``results.json`` at ``path`` holds and this run did not compare: a ``--splits valid`` run keeps the
+    ``test`` table. Ordered as :attr:`ProtocolConfig.splits` (the last is the rendered headline)."""
+    try:
+        earlier = json.loads(path.read_text()).get("splits", {}) if path.exists() else {}
+    except (OSError, ValueError):
+        earlier = {}  # an unreadable earlier file is replaced, as before
+    merged = {**earlier, **splits}
+    order = ProtocolConfig.splits
+    return {s: merged[s] for s in sorted(merged, key=lambda s: order.index(s) if s in order else len(order))}
 
 
 def _cost_of(folder: Path | None) -> dict:

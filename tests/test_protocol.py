@@ -388,3 +388,15 @@ def test_a_run_folder_keeps_one_copy_of_each_model(tmp_path):
     assert copy.is_symlink() and copy.read_bytes() == weights and copy.resolve() == (ae / "model.safetensors").resolve()
     assert not (pipe / "denoiser" / "model.safetensors").is_symlink()
     assert link_copies(pipe, [ae]) == 0  # linked once: nothing left to link
+
+
+def test_a_one_split_run_keeps_the_other_splits_results(tmp_path):
+    path = tmp_path / "results.json"
+    assert P.with_earlier_splits(path, {"valid": {"ar": 1}}) == {"valid": {"ar": 1}}  # no earlier file
+    path.write_text(json.dumps({"splits": {"valid": {"ar": 0}, "test": {"ar": 2}}}))
+    merged = P.with_earlier_splits(path, {"valid": {"ar": 1, "duo": 3}})
+    assert merged == {"valid": {"ar": 1, "duo": 3}, "test": {"ar": 2}}  # this run's valid, the earlier test
+    assert list(merged) == ["valid", "test"]  # the protocol's order: test stays the rendered headline
+    assert list(P.with_earlier_splits(path, {"test": {"ar": 4}})) == ["valid", "test"]
+    path.write_text("{not json")
+    assert P.with_earlier_splits(path, {"test": {"ar": 4}}) == {"test": {"ar": 4}}
